@@ -1,0 +1,1 @@
+"""Datasets: the multimodal RecBole dataset, feature files, and the dataset registry."""

@@ -1,0 +1,78 @@
+"""The dataset registry: which dataset names exist and where their files come from.
+
+A name is usable when it is embedded (ships with a package), or when ``dataset/<name>/`` holds its
+RecBole atomic files. Named datasets that still need preparing are listed with the command that
+prepares them, so an unknown-name error tells the user what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from recbole_vlm4rec import paths
+
+DEFAULT_DATASET = "ml-100k"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    embedded: bool = False  # files ship inside an installed package: nothing to prepare
+    how_to_prepare: str = ""
+
+
+NAMED_DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo(
+            "ml-100k",
+            "MovieLens 100K (943 users, 1,682 items, 100,000 ratings); item text = title, year, "
+            "genres. Ships inside the recbole wheel: the offline default.",
+            embedded=True,
+        ),
+    ]
+}
+
+
+class UnknownDatasetError(ValueError):
+    pass
+
+
+def has_atomic_files(name: str, root: Path | None = None) -> bool:
+    """True when ``<root>/<name>/`` has ``<name>.inter`` or predefined ``<name>.train.inter``."""
+    folder = (root or paths.dataset_root()) / name
+    return (folder / f"{name}.inter").is_file() or (folder / f"{name}.train.inter").is_file()
+
+
+def available_datasets(root: Path | None = None) -> list[str]:
+    """Names that can run now: embedded ones and prepared folders under ``dataset/``."""
+    root = root or paths.dataset_root()
+    names = {info.name for info in NAMED_DATASETS.values() if info.embedded}
+    if root.is_dir():
+        names |= {p.name for p in root.iterdir() if p.is_dir() and has_atomic_files(p.name, root)}
+    return sorted(names)
+
+
+def check_dataset(name: str, root: Path | None = None) -> None:
+    """Raise UnknownDatasetError (saying what exists and how to prepare) unless ``name`` can run."""
+    if name in available_datasets(root):
+        return
+    info = NAMED_DATASETS.get(name)
+    folder = (root or paths.dataset_root()) / name
+    if info is not None:
+        raise UnknownDatasetError(
+            f"dataset '{name}' is not prepared: no atomic files in {folder}. "
+            f"{info.how_to_prepare}"
+        )
+    available = available_datasets(root)
+    close = difflib.get_close_matches(name, [*available, *NAMED_DATASETS], n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownDatasetError(
+        f"unknown dataset '{name}': no {folder}/{name}.inter.{hint}\n"
+        f"  available now: {', '.join(available) or 'none'}\n"
+        f"  named (need preparing): "
+        f"{', '.join(n for n in NAMED_DATASETS if n not in available) or 'none'}"
+    )

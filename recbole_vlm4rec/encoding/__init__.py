@@ -1,0 +1,1 @@
+"""Encoding stage: item texts (descriptions, metadata) -> dense vectors in feature files."""

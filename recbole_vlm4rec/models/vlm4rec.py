@@ -1,0 +1,113 @@
+r"""VLM4Rec: profile-based semantic matching over item embeddings.
+
+Reference:
+    Ty Valencia, Burak Barlas, Varun Singhal, Ruchir Bhatia, Wei Yang. "VLM4Rec: Multimodal
+    Semantic Representation for Recommendation with Large Vision-Language Models." arXiv:2603.12625,
+    2026.
+
+Items are represented by a precomputed embedding (by default the sentence embedding of what a
+vision-language model says about the item image). A user's profile aggregates the L2-normalised
+embeddings of the items in their *training* history; items are ranked by cosine similarity to it.
+Nothing is trained (RecBole's TRADITIONAL model type: one pass, no optimisation).
+
+The same class serves every representation: ``item_feature`` names the dataset feature to match on
+(``vlm``, ``visual``, ``text``...; empty means the dataset's ``default_item_feature``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType, ModelType
+
+from recbole_vlm4rec.models.features import require_item_feature
+
+AGGREGATIONS = ("mean", "max")
+
+
+class VLM4Rec(GeneralRecommender):
+    r"""Cosine matching between a user profile and item embeddings.
+
+    ``profile_aggregation``:
+        ``mean``: profile = mean of the history's normalised embeddings; score = cosine(profile, item).
+        ``max``: score = the highest cosine between the item and any history item.
+    Items without a vector score 0 and are left out of profiles; users whose history has no vector
+    score 0 everywhere (both are counted in the log).
+    """
+
+    input_type = InputType.POINTWISE
+    type = ModelType.TRADITIONAL
+
+    def __init__(self, config: Any, dataset: Any) -> None:
+        super().__init__(config, dataset)
+        self.aggregation = config["profile_aggregation"] or "mean"
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"profile_aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
+            )
+        self.eval_user_batch = int(config["profile_user_batch"] or 1024)
+        feature = require_item_feature(config, dataset, config["item_feature"])
+        self.feature_name = feature.name
+
+        item_embeddings = F.normalize(torch.from_numpy(feature.matrix), dim=1)
+        item_embeddings[~torch.from_numpy(feature.has_vector)] = 0.0
+        # `dataset` is the training split (RecBole builds models on train_data.dataset), so
+        # validation and test interactions cannot enter a profile.
+        history = dataset.inter_matrix(form="csr").astype(np.float32)
+        history = history @ sp.diags(feature.has_vector.astype(np.float32))
+        history.eliminate_zeros()
+        n_history = np.asarray(history.sum(axis=1)).ravel()
+        self.n_users_without_profile = int(((n_history == 0)[1:]).sum())
+        if self.n_users_without_profile:
+            self.logger.warning(
+                f"VLM4Rec: {self.n_users_without_profile} users have no training item with a "
+                f"'{self.feature_name}' vector; they score 0 for every item"
+            )
+
+        # Non-persistent buffers: they follow .to(device) but stay out of checkpoints.
+        self.register_buffer("item_embeddings", item_embeddings, persistent=False)
+        if self.aggregation == "mean":
+            counts = np.maximum(n_history, 1.0)[:, None]
+            profiles = torch.from_numpy(np.asarray(history @ item_embeddings.numpy()) / counts)
+            self.register_buffer("user_profiles", F.normalize(profiles.float(), dim=1),
+                                 persistent=False)
+        else:
+            self.history = history.tocsr()
+        # TRADITIONAL models still need one parameter for RecBole's optimizer.
+        self.dummy_parameter = torch.nn.Parameter(torch.zeros(1))
+
+    def calculate_loss(self, interaction: Any) -> torch.Tensor:
+        return torch.nn.Parameter(torch.zeros(1))
+
+    def predict(self, interaction: Any) -> torch.Tensor:
+        users = interaction[self.USER_ID]
+        items = interaction[self.ITEM_ID]
+        if self.aggregation == "mean":
+            return (self.user_profiles[users] * self.item_embeddings[items]).sum(dim=1)
+        unique_users, row = torch.unique(users, return_inverse=True)
+        return self._max_similarity(unique_users)[row, items]
+
+    def full_sort_predict(self, interaction: Any) -> torch.Tensor:
+        users = interaction[self.USER_ID]
+        if self.aggregation == "mean":
+            scores = self.user_profiles[users] @ self.item_embeddings.T
+        else:
+            scores = self._max_similarity(users)
+        return scores.reshape(-1)
+
+    def _max_similarity(self, users: torch.Tensor) -> torch.Tensor:
+        """``(len(users), n_items)``: max cosine between each item and the user's history items."""
+        history = self.history[users.cpu().numpy()]
+        owner = torch.from_numpy(np.repeat(np.arange(len(users)), np.diff(history.indptr)))
+        history_items = torch.from_numpy(history.indices.astype(np.int64))
+        similarity = self.item_embeddings[history_items.to(self.device)] @ self.item_embeddings.T
+        scores = torch.zeros(len(users), self.n_items, device=self.device)
+        if len(owner):
+            index = owner.to(self.device)[:, None].expand_as(similarity)
+            scores.scatter_reduce_(0, index, similarity, reduce="amax", include_self=False)
+        return scores

@@ -1,0 +1,205 @@
+"""One training/evaluation run: config -> dataset -> splits -> model -> RecBole trainer -> results.
+
+This is RecBole's quick-start pipeline rebuilt without ``recbole.quick_start`` (see compat.py), so
+every model, ours or RecBole's, goes through the same trainer, splits and full-ranking evaluator.
+
+Config layers, later wins: RecBole's defaults (and its own model yaml for RecBole models) <
+``configs/overall.yaml`` < ``configs/model/<Model>.yaml`` < ``configs/dataset/<dataset>.yaml`` <
+user ``config_files`` < ``overrides`` (the command line's ``--key=value``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from recbole_vlm4rec import compat, paths
+from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset
+from recbole_vlm4rec.models import get_model_class, project_models
+
+compat.apply()
+
+from recbole.config import Config  # noqa: E402
+from recbole.data import create_dataset as recbole_create_dataset  # noqa: E402
+from recbole.data import data_preparation  # noqa: E402
+from recbole.utils import ModelType, get_trainer, init_logger, init_seed  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    model: str
+    dataset: str
+    valid_metric: str
+    best_valid_score: float
+    best_valid_result: dict[str, float]
+    test_result: dict[str, float]
+    seconds: dict[str, float]
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    result_file: str | None = None
+
+
+def config_files_for(model: str, dataset: str, extra: Sequence[str] = ()) -> list[str]:
+    """The yaml layers that exist for this model and dataset, in override order."""
+    configs = paths.configs_dir()
+    layers = [
+        configs / "overall.yaml",
+        configs / "model" / f"{model}.yaml",
+        configs / "dataset" / f"{dataset}.yaml",
+    ]
+    files = [str(p) for p in layers if p.is_file()]
+    for path in extra:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        files.append(str(path))
+    return files
+
+
+def build_config(
+    model: str,
+    dataset: str = DEFAULT_DATASET,
+    config_files: Sequence[str] = (),
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """A RecBole Config for ``model`` on ``dataset`` with this project's yaml layers applied."""
+    model_class = get_model_class(model)
+    check_dataset(dataset)
+    files = config_files_for(model, dataset, config_files)
+    set_in_files: set[str] = set()
+    for path in files:
+        set_in_files |= set(yaml.safe_load(Path(path).read_text()) or {})
+    # data_path defaults to this project's dataset/ folder, whatever the working directory.
+    defaults = {} if "data_path" in set_in_files else {"data_path": str(paths.dataset_root())}
+    config_dict = {**defaults, **(overrides or {})}
+    # RecBole loads its own model yaml only when given a name it knows; ours are passed as classes.
+    model_arg: Any = model_class if model in project_models() else model
+    return Config(model=model_arg, dataset=dataset, config_file_list=files, config_dict=config_dict)
+
+
+def create_dataset(config: Config) -> Any:
+    """Our MultimodalDataset for general models; RecBole's own dataset classes otherwise."""
+    if config["MODEL_TYPE"] in (ModelType.GENERAL, ModelType.TRADITIONAL):
+        from recbole_vlm4rec.data.dataset import MultimodalDataset
+
+        return MultimodalDataset(config)
+    return recbole_create_dataset(config)
+
+
+def run(
+    model: str,
+    dataset: str = DEFAULT_DATASET,
+    config_files: Sequence[str] = (),
+    overrides: dict[str, Any] | None = None,
+    write_results: bool = True,
+) -> RunResult:
+    """Train (if the model trains), pick the best epoch on validation, evaluate on test."""
+    started = time.perf_counter()
+    config = build_config(model, dataset, config_files, overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    recbole_logger = logging.getLogger()
+    recbole_logger.info(config)
+
+    data = create_dataset(config)
+    recbole_logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    loaded = time.perf_counter()
+
+    init_seed(config["seed"] + (config["local_rank"] or 0), config["reproducibility"])
+    model_instance = get_model_class(model)(config, train_data._dataset).to(config["device"])
+    recbole_logger.info(model_instance)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_instance)
+    compat.trust_checkpoint_dir(config["checkpoint_dir"])
+    show_progress = bool(config["show_progress"])
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=True, show_progress=show_progress
+    )
+    trained = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
+    finished = time.perf_counter()
+
+    result = RunResult(
+        model=model,
+        dataset=dataset,
+        valid_metric=str(config["valid_metric"]).lower(),
+        best_valid_score=float(best_valid_score),
+        best_valid_result={k: float(v) for k, v in (best_valid_result or {}).items()},
+        test_result={k: float(v) for k, v in test_result.items()},
+        seconds={
+            "load_and_split": round(loaded - started, 3),
+            "fit": round(trained - loaded, 3),
+            "test": round(finished - trained, 3),
+            "total": round(finished - started, 3),
+        },
+        config=_json_safe(config.final_config_dict),
+        environment=_environment(),
+    )
+    if write_results:
+        result.result_file = str(write_result(result, Path(config["results_dir"] or "results")))
+    return result
+
+
+def write_result(result: RunResult, results_dir: Path) -> Path:
+    """``<results_dir>/<dataset>/<model>-<timestamp>.json``; written atomically."""
+    folder = results_dir / result.dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = folder / f"{result.model}-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(result), indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path.resolve()
+
+
+def format_metrics_table(result: RunResult) -> str:
+    """Metrics as rows, best-valid and test as columns."""
+    names = list(result.test_result) or list(result.best_valid_result)
+    width = max([len(n) for n in names] + [len("metric")])
+    lines = [
+        f"{result.model} on {result.dataset} (best epoch chosen by {result.valid_metric})",
+        f"{'metric':<{width}}  {'valid':>8}  {'test':>8}",
+        f"{'-' * width}  {'-' * 8}  {'-' * 8}",
+    ]
+    for name in names:
+        valid = result.best_valid_result.get(name)
+        test = result.test_result.get(name)
+        lines.append(f"{name:<{width}}  {_fmt(valid):>8}  {_fmt(test):>8}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
+    safe = {}
+    for key, value in config.items():
+        try:
+            json.dumps(value)
+            safe[key] = value
+        except TypeError:
+            safe[key] = str(value)
+    return safe
+
+
+def _environment() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("recbole", "torch", "numpy", "scipy", "pandas", "sentence-transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
