@@ -1,9 +1,10 @@
 """Every workaround that RecBole 1.2.1 needs on today's numpy / scipy / pandas / torch.
 
 RecBole 1.2.1 is the last release and predates numpy 2, scipy 1.13, pandas 3 (copy-on-write) and
-torch 2.6 (``weights_only`` loading). We shim rather than pin so that the project installs beside
-current libraries. Each shim is small, idempotent, targeted at one call site, and has its own test
-in ``tests/test_compat.py``. Nothing outside this module patches RecBole.
+torch 2.6 (``weights_only`` loading). Where the breakage is one call site we shim (small,
+idempotent, targeted), so the project installs beside current numpy / scipy / torch; pandas 3 breaks
+RecBole's Dataset in too many places, so it is pinned below 3 instead (see below). Each breakage has
+its own test in ``tests/test_compat.py``. Nothing outside this module patches RecBole.
 
 Call :func:`apply` before importing any ``recbole`` module; ``recbole_vlm4rec/__init__.py`` does.
 """
@@ -30,9 +31,10 @@ def apply() -> None:
     import recbole  # noqa: F401  (after the numpy aliases: recbole's import chain touches them)
 
     _restore_dok_update()
-    _fix_pandas_copy_on_write()
+    _require_pandas_below_3()
     _load_own_checkpoints_with_pickle()
     _stop_config_reading_sys_argv()
+    _evaluate_traditional_models_every_epoch()
     _applied = True
 
 
@@ -74,58 +76,23 @@ def _restore_dok_update() -> None:
     sp.dok_matrix._update = _update
 
 
-# --- pandas 3 ------------------------------------------------------------------------------------
-# RecBole fills missing values with `df[col].fillna(..., inplace=True)`; under copy-on-write that
-# fills a temporary copy and leaves NaN in place. Two sites matter:
-#   * Dataset._load_feat: empty *_seq cells stay NaN and then crash on `.split`;
-#   * Dataset._fill_nan: missing tokens/floats are never imputed.
-class _ReadCsvFillsEmptySequences(ModuleType):
-    """Stands in for ``pandas`` inside recbole's dataset module; only ``read_csv`` differs."""
-
-    def __init__(self, pandas_module: ModuleType) -> None:
-        super().__init__("pandas")
-        self._pandas = pandas_module
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pandas, name)
-
-    def read_csv(self, *args: Any, **kwargs: Any) -> Any:
-        frame = self._pandas.read_csv(*args, **kwargs)
-        # Columns still carry their atomic-file header ("name:token_seq") at this point.
-        for column in frame.columns:
-            if str(column).endswith("_seq"):
-                frame[column] = frame[column].fillna("")
-        return frame
-
-
-def _fill_nan(self: Any) -> None:
-    """Copy-on-write-safe version of ``recbole.data.dataset.Dataset._fill_nan`` (same semantics)."""
-    from recbole.utils import FeatureType
-
-    for feat_name in self.feat_name_list:
-        feat = getattr(self, feat_name)
-        for field in feat:
-            ftype = self.field2type[field]
-            if ftype == FeatureType.TOKEN:
-                feat[field] = feat[field].fillna(value=0)
-            elif ftype == FeatureType.FLOAT:
-                feat[field] = feat[field].fillna(value=feat[field].mean())
-            else:
-                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
-                feat[field] = feat[field].apply(
-                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
-                )
-
-
-def _fix_pandas_copy_on_write() -> None:
+# --- pandas 3: pinned, not shimmed -----------------------------------------------------------------
+# RecBole's Dataset relies on pandas<3 semantics in at least seven places: `df[col].fillna(...,
+# inplace=True)` (a silent no-op under copy-on-write: empty *_seq cells crash on `.split`, missing
+# tokens/floats are never imputed) and `Series.agg(len)` (now the length of the whole Series, which
+# breaks remapping, normalising and discretising every token_seq/float_seq field). Shimming those
+# would mean rewriting large parts of Dataset, so setup.cfg pins pandas<3 and this check fails fast
+# with the fix when another install pulled pandas 3 in.
+def _require_pandas_below_3() -> None:
     import pandas as pd
-    import recbole.data.dataset.dataset as dataset_module
 
-    if int(pd.__version__.split(".")[0]) < 3:
-        return
-    if not isinstance(dataset_module.pd, _ReadCsvFillsEmptySequences):
-        dataset_module.pd = _ReadCsvFillsEmptySequences(pd)
-    dataset_module.Dataset._fill_nan = _fill_nan
+    major = int(pd.__version__.split(".")[0])
+    if major >= 3:
+        raise ImportError(
+            f"pandas {pd.__version__} is installed, but RecBole 1.2.1 silently mis-loads atomic "
+            "files under pandas 3 (copy-on-write fillna, Series.agg semantics). Install the "
+            "supported range: pip install 'pandas>=2.2,<3'"
+        )
 
 
 # --- torch >= 2.6 --------------------------------------------------------------------------------
@@ -176,6 +143,25 @@ def _stop_config_reading_sys_argv() -> None:
         return {}
 
     Config._load_cmd_line = _load_cmd_line
+
+
+# --- TraditionalTrainer and eval_step ------------------------------------------------------------
+# TraditionalTrainer forces one epoch but keeps eval_step from the config; with eval_step > 1 that
+# single epoch is never evaluated, no checkpoint is written, and evaluate() then fails. A grid that
+# sets eval_step for trained models must still run non-trained ones.
+def _evaluate_traditional_models_every_epoch() -> None:
+    from recbole.trainer import TraditionalTrainer
+
+    if getattr(TraditionalTrainer.__init__, "_vlm4rec_shim", False):
+        return
+    original_init = TraditionalTrainer.__init__
+
+    def __init__(self: Any, config: Any, model: Any) -> None:
+        original_init(self, config, model)
+        self.eval_step = 1
+
+    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
+    TraditionalTrainer.__init__ = __init__
 
 
 # --- recbole.quick_start and ray -----------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from recbole_vlm4rec import compat, paths
-from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset
+from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset, is_embedded
 from recbole_vlm4rec.models import get_model_class, project_models
 
 compat.apply()
@@ -74,7 +74,6 @@ def build_config(
 ) -> Config:
     """A RecBole Config for ``model`` on ``dataset`` with this project's yaml layers applied."""
     model_class = get_model_class(model)
-    check_dataset(dataset)
     files = config_files_for(model, dataset, config_files)
     set_in_files: set[str] = set()
     for path in files:
@@ -84,7 +83,10 @@ def build_config(
     config_dict = {**defaults, **(overrides or {})}
     # RecBole loads its own model yaml only when given a name it knows; ours are passed as classes.
     model_arg: Any = model_class if model in project_models() else model
-    return Config(model=model_arg, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    config = Config(model=model_arg, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    if not is_embedded(dataset):
+        check_dataset(dataset, root=Path(config["data_path"]).parent)
+    return config
 
 
 def create_dataset(config: Config) -> Any:

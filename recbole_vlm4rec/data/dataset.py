@@ -9,7 +9,7 @@ are never joined into training batches. Declaration::
         file: text                # stem in features_dir (default: the feature name)
         build: item_text          # optional: (re)build from the .item atomic file when stale
         template: "{movie_title} ({release_year}). Genres: {class}."
-    features_dir: ~               # default: dataset/<name>/features under the project root
+    features_dir: ~               # default: <data_path>/<dataset>/features
     feature_unknown_tokens: error # or ignore: rows for items absent from the dataset
     text_encoder: all-MiniLM-L6-v2
 """
@@ -24,6 +24,7 @@ from recbole.data.dataset import Dataset
 
 from recbole_vlm4rec import paths
 from recbole_vlm4rec.data.features import AlignedFeature, align_feature, load_feature
+from recbole_vlm4rec.data.registry import is_embedded
 
 
 class MissingFeatureError(KeyError):
@@ -53,8 +54,14 @@ class MultimodalDataset(Dataset):
         return normalised
 
     def features_dir(self) -> Path:
+        """``features_dir`` if set; else ``<data_path>/features`` beside the atomic files (for an
+        embedded dataset, whose files sit inside a package, ``dataset/<name>/features``)."""
         configured = self.config["features_dir"]
-        return Path(configured) if configured else paths.features_dir(self.dataset_name)
+        if configured:
+            return Path(configured)
+        if is_embedded(self.dataset_name):
+            return paths.features_dir(self.dataset_name)
+        return Path(self.dataset_path) / "features"
 
     def item_feature(self, name: str) -> AlignedFeature:
         """The feature ``name`` as an ``(n_items, dim)`` matrix indexed by internal item id."""

@@ -41,6 +41,11 @@ class UnknownDatasetError(ValueError):
     pass
 
 
+def is_embedded(name: str) -> bool:
+    info = NAMED_DATASETS.get(name)
+    return bool(info and info.embedded)
+
+
 def has_atomic_files(name: str, root: Path | None = None) -> bool:
     """True when ``<root>/<name>/`` has ``<name>.inter`` or predefined ``<name>.train.inter``."""
     folder = (root or paths.dataset_root()) / name
