@@ -12,6 +12,7 @@ Call :func:`apply` before importing any ``recbole`` module; ``recbole_vlm4rec/__
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,6 +28,9 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    # RecBole's own deprecated calls (chained fillna, torch.cuda.amp) warn on every run; the
+    # behaviour they warn about is handled here, so the warnings only bury real output.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
     _restore_numpy_aliases()
     import recbole  # noqa: F401  (after the numpy aliases: recbole's import chain touches them)
 

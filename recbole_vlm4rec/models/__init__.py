@@ -14,7 +14,7 @@ from functools import lru_cache
 from recbole.model.abstract_recommender import AbstractRecommender
 
 # Helper modules in this package that hold no model.
-_NOT_MODEL_MODULES = {"features"}
+_NOT_MODEL_MODULES = {"features", "cli"}
 _RECBOLE_MODEL_PACKAGES = (
     "general_recommender",
     "context_aware_recommender",

@@ -1,0 +1,50 @@
+"""The ``vlm4rec`` command: one subcommand per pipeline stage.
+
+Each stage module exposes ``register(subparsers)``, which adds its subcommand(s) and sets
+``func`` (called with the parsed args; returns an exit code). Add a stage by listing its module in
+STAGE_MODULES. Heavy imports happen inside the command functions, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+STAGE_MODULES = (
+    "recbole_vlm4rec.data.cli",
+    "recbole_vlm4rec.models.cli",
+)
+
+DESCRIPTION = """\
+VLM4Rec pipeline. Offline stages read and write files with documented formats, so each can be
+rerun on its own; `python run_recbole.py` trains and evaluates models on the results.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlm4rec", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in STAGE_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
