@@ -112,3 +112,24 @@ def test_full_run_never_imports_quick_start_or_ray(tiny_dataset):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "clean" in out.stdout
+
+
+def test_sparse_topk_hits_equal_recboles_dense_computation():
+    from recbole.config import Config
+    from recbole.evaluator.collector import Collector
+
+    config = Config(model="BPR", dataset="ml-100k", config_dict={
+        "gpu_id": "", "metrics": ["Recall", "NDCG", "MRR", "Hit"], "topk": [5, 10]})
+    rng = torch.Generator().manual_seed(0)
+    scores = torch.randn(50, 300, generator=rng)
+    scores[:, 7] = scores[:, 8]  # ties
+    positive_u = torch.randint(0, 50, (400,), generator=rng)
+    positive_i = torch.randint(1, 300, (400,), generator=rng)
+    positive_u[-5:], positive_i[-5:] = positive_u[:5], positive_i[:5]  # duplicate pairs
+    results = []
+    for collect in (Collector.eval_batch_collect, Collector.eval_batch_collect._original):
+        collector = Collector(config)
+        collect(collector, scores.clone(), None, positive_u, positive_i)
+        results.append(collector.data_struct.get("rec.topk"))
+    assert Collector.eval_batch_collect._vlm4rec_shim
+    torch.testing.assert_close(results[0], results[1])
