@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownModelError, UnknownDatasetError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     print()
     print(format_metrics_table(result))
     print(f"\nseconds: {result.seconds}")

@@ -124,9 +124,18 @@ def run(
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_instance)
     compat.trust_checkpoint_dir(config["checkpoint_dir"])
     show_progress = bool(config["show_progress"])
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=True, show_progress=show_progress
-    )
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=True, show_progress=show_progress
+        )
+    except KeyboardInterrupt:
+        # RecBole saves the best epoch as it goes: say where it is, then stop as asked.
+        saved = Path(trainer.saved_model_file)
+        recbole_logger.warning(
+            f"interrupted; best checkpoint so far: {saved}" if saved.is_file()
+            else "interrupted before the first evaluation: no checkpoint was written"
+        )
+        raise
     trained = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
     finished = time.perf_counter()
