@@ -48,6 +48,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_vlm4rec.data.dataset import MissingFeatureError
+    from recbole_vlm4rec.data.features import FeatureFileError
     from recbole_vlm4rec.data.registry import DEFAULT_DATASET, UnknownDatasetError
     from recbole_vlm4rec.models import UnknownModelError
     from recbole_vlm4rec.runner import format_metrics_table, run
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             config_files=args.config_files.split(),
             overrides=overrides,
         )
-    except (UnknownModelError, UnknownDatasetError, FileNotFoundError) as error:
+    except (UnknownModelError, UnknownDatasetError, FeatureFileError, MissingFeatureError,
+            FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
