@@ -110,3 +110,42 @@ def build_tiny_llava(folder: Path) -> Path:
                                image_token="<image>", chat_template=LLAVA_TEMPLATE)
     processor.save_pretrained(folder)
     return folder
+
+
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def build_tiny_idefics3(folder: Path) -> Path:
+    """Idefics3 (the SmolVLM family's architecture): 56 px images, no splitting, 4 image tokens."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+
+    special = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+               "<global-img>"]
+    tokenizer = word_tokenizer(special, pad="<|endoftext|>", eos="<end_of_utterance>")
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=56, patch_size=14),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                max_position_embeddings=256, pad_token_id=ids["<|endoftext|>"],
+                                eos_token_id=ids["<end_of_utterance>"]),
+        scale_factor=2, image_token_id=ids["<image>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config)
+    _always_words(model, ids["<end_of_utterance>"], ids["<|endoftext|>"], [0, *ids.values()])
+    model.save_pretrained(folder)
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 56},
+                                                max_image_size={"longest_edge": 56})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    processor.save_pretrained(folder)
+    return folder
