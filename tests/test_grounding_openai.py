@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,21 @@ def test_unknown_model_and_unreachable_endpoint_fail_before_any_item():
     assert dead.describe([request("a"), request("b")])[1].error == "connection_error"
     with pytest.raises(BackendUnavailableError, match="3 items in a row"):
         dead.describe([request("c")])
+
+
+def test_close_stops_items_that_are_waiting_to_retry():
+    """Ctrl-C closes the backend: requests in their backoff sleep give up instead of retrying."""
+    with StubServer(policy=scripted_policy) as server:
+        client = backend(server, backoff_base=30.0, max_retries=5)
+        outputs = []
+        worker = threading.Thread(target=lambda: outputs.extend(client.describe([request("always-500")])))
+        worker.start()
+        while server.requests["always-500"] < 1:
+            time.sleep(0.01)
+        client.close()
+        worker.join(timeout=20)
+    assert not worker.is_alive() and outputs[0].error == "interrupted"
+    assert server.requests["always-500"] == 1
 
 
 def test_retry_after_header_forms():

@@ -92,6 +92,7 @@ class OpenAICompatibleBackend(GroundingBackend):
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set by close(): in-flight items stop retrying (Ctrl-C)
         self._connection_failures = 0  # consecutive items that could not connect at all
 
     def model_id(self) -> str:
@@ -126,6 +127,7 @@ class OpenAICompatibleBackend(GroundingBackend):
         return [self._describe_one(request) for request in requests]
 
     def close(self) -> None:
+        self._stop.set()
         self._client.close()
 
     def payload(self, request: GroundingRequest) -> dict[str, Any]:
@@ -167,9 +169,12 @@ class OpenAICompatibleBackend(GroundingBackend):
                 if response.status_code not in RETRY_STATUSES:
                     break  # a permanent failure of this item (e.g. 400: image rejected)
                 retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            if attempt < self.max_retries:
-                time.sleep(self._backoff(attempt, retry_after))
-        if error == "connection_error":
+            if attempt < self.max_retries and not self._stop.is_set():
+                self._stop.wait(self._backoff(attempt, retry_after))
+            if self._stop.is_set():
+                error, detail = "interrupted", f"stopped while retrying ({error}: {detail})"
+                break
+        if error == "connection_error" and not self._stop.is_set():
             self._cannot_connect(detail)
         tries = f" after {self.max_retries + 1} tries" if self.max_retries else ""
         return GroundingOutput(request.item_id, error=error, detail=f"{detail}{tries}")
