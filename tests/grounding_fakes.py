@@ -121,3 +121,11 @@ def write_shop_dataset(root: Path, name: str = "shop") -> Path:
         lines.append(f"{item_id}\ttitle of {item_id}\t{reference}")
     (folder / f"{name}.item").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def make_project_home(tmp_path: Path, monkeypatch) -> Path:
+    """Point VLM4REC_HOME at ``tmp_path`` (configs/ linked from the repo) with the 'shop' dataset."""
+    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    write_shop_dataset(tmp_path / "dataset")
+    return tmp_path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from grounding_fakes import write_shop_dataset
+from grounding_fakes import make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend, _retry_after_seconds
@@ -127,9 +127,7 @@ def test_retry_after_header_forms():
 
 
 def test_ground_command_through_the_stub(tmp_path: Path, monkeypatch, capsys):
-    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
-    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
-    write_shop_dataset(tmp_path / "dataset")
+    make_project_home(tmp_path, monkeypatch)
 
     def policy(payload, seen):
         return 200, {}, completion("" if "title of i02" in request_prompt(payload) else STUB_ANSWER)

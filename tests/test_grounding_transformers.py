@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from grounding_fakes import bad_and_good_images, write_shop_dataset
+from grounding_fakes import bad_and_good_images, make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.transformers_vlm import TransformersBackend
@@ -28,10 +28,7 @@ def tiny_model(request, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
-    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
-    write_shop_dataset(tmp_path / "dataset")
-    return tmp_path
+    return make_project_home(tmp_path, monkeypatch)
 
 
 def requests_of_mixed_sizes() -> list[GroundingRequest]:

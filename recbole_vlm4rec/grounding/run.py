@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections import Counter
@@ -36,7 +35,6 @@ from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import OutputRejected, PromptSpec
 from recbole_vlm4rec.grounding.store import DescriptionRow, DescriptionStore, export_jsonl
 
-logger = logging.getLogger(__name__)
 
 
 class GroundingAborted(RuntimeError):
