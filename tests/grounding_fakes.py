@@ -5,6 +5,7 @@ Importable from test files and from subprocesses started by tests (``PYTHONPATH=
 
 from __future__ import annotations
 
+import _thread
 import io
 import json
 import threading
@@ -23,18 +24,21 @@ GOOD_TEXT = "A {colour} item with a calm, minimal style, made of smooth material
 class ScriptedBackend(GroundingBackend):
     """Describes an image by its mean colour. ``script`` maps item id -> a raw answer or
     ``("error", code)``; ``interrupt_after`` raises KeyboardInterrupt once that many items were
-    answered; ``delay`` sleeps per batch (seconds)."""
+    answered (``in_main=True``: delivers it to the main thread instead, like Ctrl-C does);
+    ``delay`` sleeps per batch (seconds)."""
 
     name = "fake"
 
     def __init__(self, model: str = "fake-model", script: dict | None = None, batch_size: int = 2,
-                 concurrency: int = 1, interrupt_after: int | None = None, delay: float = 0.0) -> None:
+                 concurrency: int = 1, interrupt_after: int | None = None, delay: float = 0.0,
+                 in_main: bool = False) -> None:
         self.model = model
         self.script = dict(script or {})
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.interrupt_after = interrupt_after
         self.delay = delay
+        self.in_main = in_main
         self.seen: list[str] = []
         self.prompts: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -47,7 +51,10 @@ class ScriptedBackend(GroundingBackend):
             time.sleep(self.delay)
         with self._lock:
             if self.interrupt_after is not None and len(self.seen) >= self.interrupt_after:
-                raise KeyboardInterrupt
+                if not self.in_main:
+                    raise KeyboardInterrupt
+                self.interrupt_after = None
+                _thread.interrupt_main()  # the main thread gets KeyboardInterrupt where it waits
             self.seen.extend(r.item_id for r in requests)
             self.prompts.update((r.item_id, r.prompt) for r in requests)
         outputs = []

@@ -120,6 +120,18 @@ def test_close_stops_items_that_are_waiting_to_retry():
     assert server.requests["always-500"] == 1
 
 
+def test_json_mode_asks_for_json_on_structured_prompts_only():
+    client = OpenAICompatibleBackend(model="m", base_url="http://127.0.0.1:9/v1", json_mode=True)
+    structured = GroundingRequest("a", Image.new("RGB", (8, 8)), "0" * 64, "fill", ("category", "style"))
+    assert client.payload(structured)["response_format"] == {"type": "json_object"}
+    assert "response_format" not in client.payload(request("free text"))
+    assert "json_mode" in client.model_id() and "json_mode" not in backend_model_id_default()
+
+
+def backend_model_id_default() -> str:
+    return OpenAICompatibleBackend(model="m", base_url="http://127.0.0.1:9/v1").model_id()
+
+
 def test_retry_after_header_forms():
     assert _retry_after_seconds("2.5") == 2.5
     assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None

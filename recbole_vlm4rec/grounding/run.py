@@ -82,7 +82,8 @@ class GroundingSummary:
         lines += [f"  {reason:<18} {count}" for reason, count in self.failures.most_common()]
         if self.not_done:
             lines.append(f"not done     {self.not_done}  (interrupted: rerun the same command to go on)")
-        lines.append(f"time         {self.seconds:.1f} s ({rate:.2f} items/s sent to the backend)")
+        sent = f" ({rate:.2f} items/s sent to the backend)" if self.to_do and rate else ""
+        lines.append(f"time         {self.seconds:.1f} s{sent}")
         if self.output:
             lines.append(f"wrote        {self.output} ({self.exported} rows)")
         return "\n".join(lines)

@@ -14,6 +14,8 @@ Failure handling, per request:
 * after the retries, or at once for other 4xx, the item is recorded as failed with a reason:
   ``http_<status>``, ``timeout``, ``connection_error``, ``bad_response`` (body not the expected
   JSON). An empty answer comes back as empty text and the pipeline records ``empty_output``.
+* ``json_mode=True`` (``--backend-option json_mode=true``) adds ``response_format: json_object``
+  to structured prompts, for servers that constrain decoding to JSON (vLLM, OpenAI).
 * failures that mean *no* item can succeed stop the run with a clear error instead of thousands of
   per-item failures: unreachable endpoint (checked before the run by :meth:`preflight`, and again
   when ``abort_after`` consecutive items fail to connect), 401/403 (API key), 404 (model or path).
@@ -65,6 +67,7 @@ class OpenAICompatibleBackend(GroundingBackend):
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         abort_after: int | None = None,
+        json_mode: bool = False,
     ) -> None:
         if not model:
             raise ValueError("the openai backend needs --model: the model name the endpoint serves "
@@ -79,6 +82,7 @@ class OpenAICompatibleBackend(GroundingBackend):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.jpeg_quality = jpeg_quality
+        self.json_mode = json_mode  # structured prompts ask for response_format json_object
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.abort_after = abort_after or max(3, 2 * concurrency)
@@ -96,7 +100,8 @@ class OpenAICompatibleBackend(GroundingBackend):
         self._connection_failures = 0  # consecutive items that could not connect at all
 
     def model_id(self) -> str:
-        return f"{self.model} (max_tokens={self.max_new_tokens}, temperature={self.temperature:g})"
+        json_mode = ", json_mode" if self.json_mode else ""
+        return f"{self.model} (max_tokens={self.max_new_tokens}, temperature={self.temperature:g}{json_mode})"
 
     def preflight(self) -> None:
         """GET /models: unreachable endpoint, bad key or unknown model fail here, before any item."""
@@ -134,7 +139,7 @@ class OpenAICompatibleBackend(GroundingBackend):
         buffer = io.BytesIO()
         request.image.save(buffer, "JPEG", quality=self.jpeg_quality)
         data_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": [
                 {"type": "text", "text": request.prompt},
@@ -143,6 +148,9 @@ class OpenAICompatibleBackend(GroundingBackend):
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
         }
+        if self.json_mode and request.structured_slots:
+            body["response_format"] = {"type": "json_object"}  # vLLM / OpenAI: constrained to JSON
+        return body
 
     def _describe_one(self, request: GroundingRequest) -> GroundingOutput:
         body = self.payload(request)
