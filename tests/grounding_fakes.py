@@ -5,9 +5,10 @@ Importable from test files and from subprocesses started by tests (``PYTHONPATH=
 
 from __future__ import annotations
 
-import _thread
 import io
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ GOOD_TEXT = "A {colour} item with a calm, minimal style, made of smooth material
 class ScriptedBackend(GroundingBackend):
     """Describes an image by its mean colour. ``script`` maps item id -> a raw answer or
     ``("error", code)``; ``interrupt_after`` raises KeyboardInterrupt once that many items were
-    answered (``in_main=True``: delivers it to the main thread instead, like Ctrl-C does);
+    answered (``in_main=True``: sends the process a real SIGINT instead, as Ctrl-C does);
     ``delay`` sleeps per batch (seconds)."""
 
     name = "fake"
@@ -41,6 +42,7 @@ class ScriptedBackend(GroundingBackend):
         self.in_main = in_main
         self.seen: list[str] = []
         self.prompts: dict[str, str] = {}
+        self.original_bytes: dict[str, bool] = {}  # item -> the request carried the file's bytes
         self._lock = threading.Lock()
 
     def model_id(self) -> str:
@@ -54,9 +56,10 @@ class ScriptedBackend(GroundingBackend):
                 if not self.in_main:
                     raise KeyboardInterrupt
                 self.interrupt_after = None
-                _thread.interrupt_main()  # the main thread gets KeyboardInterrupt where it waits
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the main thread gets KeyboardInterrupt
             self.seen.extend(r.item_id for r in requests)
             self.prompts.update((r.item_id, r.prompt) for r in requests)
+            self.original_bytes.update((r.item_id, r.image_bytes is not None) for r in requests)
         outputs = []
         for request in requests:
             assert request.image.mode == "RGB"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import threading
 import time
@@ -125,6 +127,11 @@ def test_json_mode_asks_for_json_on_structured_prompts_only():
     structured = GroundingRequest("a", Image.new("RGB", (8, 8)), "0" * 64, "fill", ("category", "style"))
     assert client.payload(structured)["response_format"] == {"type": "json_object"}
     assert "response_format" not in client.payload(request("free text"))
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    as_is = GroundingRequest("b", Image.new("RGB", (4, 4)), "0" * 64, "x", None, png.getvalue())
+    url = client.payload(as_is)["messages"][0]["content"][1]["image_url"]["url"]
+    assert url == "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
     assert "json_mode" in client.model_id() and "json_mode" not in backend_model_id_default()
 
 

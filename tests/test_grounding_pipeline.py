@@ -51,6 +51,9 @@ def test_every_bad_input_is_recorded_and_the_run_goes_on(shop):
     assert rows["i01"]["backend"] == "fake" and rows["i01"]["model"] == "fake-model"
     assert (rows["i01"]["prompt"], rows["i01"]["prompt_version"]) == ("preference", "1")
     assert "title of i01" in backend.prompts["i01"]  # the context template reached the prompt
+    # unchanged JPEG/PNG files travel as they are; converted or downscaled ones do not
+    assert backend.original_bytes == {"i01": True, "i02": True, "i03": False, "i04": False,
+                                      "i05": False, "i06": False}
     assert summary.described == len(OK_ITEMS) and summary.cached == 0
     assert summary.failures == {reason: 1 for reason in EXPECTED.values() if reason}
     text = summary.format()

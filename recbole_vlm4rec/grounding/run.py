@@ -19,10 +19,11 @@
 
 from __future__ import annotations
 
+import queue
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, TextIO
@@ -197,14 +198,16 @@ def _describe_batch(
     for task in batch:
         item_id = task.item.item_id
         try:
-            loaded = load_image(task.item.image, max_side=max_side)
+            data = read_image_bytes(task.item.image)
+            loaded = load_image(data, max_side=max_side, name=task.item.image)
         except ImageError as error:
             rows[item_id] = meta.failed(item_id, task.prompt_key, task.image_sha256, error.reason, error.detail)
             continue
         notes[item_id] = "; ".join(loaded.notes)
         task.image_sha256 = loaded.sha256  # what was described, even if the file changed since
+        unchanged = not loaded.notes and data[:3] in (b"\xff\xd8\xff", b"\x89PN")  # JPEG / PNG as is
         requests.append(GroundingRequest(item_id, loaded.image, loaded.sha256, task.prompt,
-                                         prompt.structured_slots))
+                                         prompt.structured_slots, data if unchanged else None))
     outputs = backend.describe(requests) if requests else []
     if len(outputs) != len(requests):
         raise GroundingAborted(f"backend {backend.name} returned {len(outputs)} outputs for {len(requests)} requests")
@@ -231,8 +234,8 @@ def _describe_all(
     meta: _RowMaker, max_side: int | None, progress: bool, stream: TextIO, summary: GroundingSummary,
     done: dict[str, DescriptionRow],
 ) -> None:
-    """Run the batches on worker threads, committing each finished batch into the cache and
-    ``done`` (filled as it goes, so the caller has every saved row even after an exception)."""
+    """Run the batches on worker threads, committing finished batches into the cache and ``done``
+    (filled as it goes, so the caller has every saved row even after an exception)."""
     if not tasks:
         return
     batch_size, workers = max(1, backend.batch_size), max(1, backend.concurrency)
@@ -242,23 +245,25 @@ def _describe_all(
                disable=not progress, file=stream, dynamic_ncols=True)
     started = time.perf_counter()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grounding")
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()  # O(1) per completion at any concurrency
     pending: set[Future] = set()
     next_batch, failed = 0, [0]
 
-    def collect(futures) -> None:
-        """Save every successful batch, then re-raise the first failure (Ctrl-C included)."""
+    def collect(futures: list[Future]) -> None:
+        """Save every successful batch in one transaction, then re-raise the first failure."""
         error: BaseException | None = None
+        rows: list[DescriptionRow] = []
         for future in futures:
+            pending.discard(future)
             try:
-                rows = future.result()
-            except BaseException as raised:  # noqa: BLE001  (re-raised below)
+                rows.extend(future.result())
+            except BaseException as raised:  # noqa: BLE001  (re-raised below, Ctrl-C included)
                 error = error or raised
-                continue
-            store.put_many(rows)
-            done.update((row.item_id, row) for row in rows)
-            failed[0] += sum(not row.ok for row in rows)
-            bar.update(len(rows))
-            bar.set_postfix(failed=failed[0], refresh=False)
+        store.put_many(rows)
+        done.update((row.item_id, row) for row in rows)
+        failed[0] += sum(not row.ok for row in rows)
+        bar.update(len(rows))
+        bar.set_postfix(failed=failed[0], refresh=False)
         if isinstance(error, Exception) and not isinstance(error, GroundingAborted):
             raise GroundingAborted(f"backend {backend.name} failed: {type(error).__name__}: {error}") from error
         if error is not None:
@@ -267,13 +272,16 @@ def _describe_all(
     try:
         while next_batch < len(batches) or pending:
             while next_batch < len(batches) and len(pending) < window:
-                pending.add(executor.submit(_describe_batch, batches[next_batch], prompt, backend,
-                                            meta, max_side))
+                future = executor.submit(_describe_batch, batches[next_batch], prompt, backend, meta, max_side)
+                pending.add(future)
+                future.add_done_callback(finished.put)
                 next_batch += 1
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            collect(finished)
+            ready = [finished.get()]  # blocks; Ctrl-C lands here
+            while not finished.empty():  # under load several batches finish together: one commit
+                ready.append(finished.get())
+            collect(ready)
     except BaseException:
-        for future in pending:
+        for future in list(pending):
             future.cancel()
         # batches that finished while we were stopping are saved too
         collect([f for f in pending if f.done() and not f.cancelled() and f.exception() is None])

@@ -2,7 +2,8 @@
 
 Works with vLLM (``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``), Ollama (``/v1``), SGLang, LM Studio
 and hosted APIs. Each item is one request: the prompt as a text part and the image as a base64
-JPEG data URL, greedy (``temperature 0``). This is how grounding scales out: raise
+JPEG data URL (the original file's bytes when it is a JPEG/PNG that needed no fix), greedy
+(``temperature 0``). This is how grounding scales out: raise
 ``concurrency`` (requests in flight; the pipeline runs that many worker threads) and point
 ``base_url`` at a server on a GPU machine.
 
@@ -136,9 +137,13 @@ class OpenAICompatibleBackend(GroundingBackend):
         self._client.close()
 
     def payload(self, request: GroundingRequest) -> dict[str, Any]:
-        buffer = io.BytesIO()
-        request.image.save(buffer, "JPEG", quality=self.jpeg_quality)
-        data_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        if request.image_bytes:  # the original JPEG/PNG: no re-encoding cost, no generation loss
+            data, mime = request.image_bytes, "png" if request.image_bytes[:3] == b"\x89PN" else "jpeg"
+        else:
+            buffer = io.BytesIO()
+            request.image.save(buffer, "JPEG", quality=self.jpeg_quality)
+            data, mime = buffer.getvalue(), "jpeg"
+        data_url = f"data:image/{mime};base64," + base64.b64encode(data).decode("ascii")
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": [
