@@ -14,10 +14,20 @@ from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.transformers_vlm import TransformersBackend
 from recbole_vlm4rec.grounding.store import read_descriptions
-from tiny_vlms import WORDS, build_tiny_idefics3, build_tiny_llava, build_tiny_qwen2_vl
+from tiny_vlms import (
+    WORDS,
+    build_tiny_idefics3,
+    build_tiny_llava,
+    build_tiny_llava_next,
+    build_tiny_qwen2_5_vl,
+    build_tiny_qwen2_vl,
+)
 
 N_OK = sum(reason is None for _, _, reason in bad_and_good_images().values())
-ARCHITECTURES = {"qwen2_vl": build_tiny_qwen2_vl, "llava": build_tiny_llava, "idefics3": build_tiny_idefics3}
+ARCHITECTURES = {
+    "qwen2_vl": build_tiny_qwen2_vl, "qwen2_5_vl": build_tiny_qwen2_5_vl, "llava": build_tiny_llava,
+    "llava_next": build_tiny_llava_next, "idefics3": build_tiny_idefics3,
+}
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
