@@ -47,6 +47,7 @@ def test_every_bad_input_is_recorded_and_the_run_goes_on(shop):
     assert sorted(backend.seen) == OK_ITEMS  # unusable images never reach the backend
     assert rows["i01"]["text"] == GOOD_TEXT.format(colour="red")
     assert rows["i03"]["detail"] == "converted CMYK to RGB"
+    assert rows["i10"]["detail"].endswith("img/gone.jpg: the image file does not exist")
     assert "transparency" in rows["i04"]["detail"] and "downscaled" in rows["i06"]["detail"]
     assert rows["i01"]["backend"] == "fake" and rows["i01"]["model"] == "fake-model"
     assert (rows["i01"]["prompt"], rows["i01"]["prompt_version"]) == ("preference", "1")

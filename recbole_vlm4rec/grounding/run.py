@@ -31,6 +31,7 @@ from typing import Sequence, TextIO
 from tqdm.auto import tqdm
 
 from recbole_vlm4rec.data.images import DEFAULT_MAX_SIDE, ImageError, image_sha256, load_image, read_image_bytes
+from recbole_vlm4rec.data.images import REASONS as IMAGE_REASONS
 from recbole_vlm4rec.grounding.backends.base import GroundingBackend, GroundingRequest
 from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import OutputRejected, PromptSpec
@@ -58,6 +59,7 @@ class GroundingSummary:
     described: int = 0          # new ok rows
     cached: int = 0             # current rows reused from the cache
     failures: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> one failed item and its detail
     to_do: int = 0              # items sent (or, in a dry run, that would be sent) to the backend
     exported: int = 0
     interrupted: bool = False
@@ -73,6 +75,12 @@ class GroundingSummary:
     def not_done(self) -> int:
         return self.total - self.ok - sum(self.failures.values())
 
+    def count_failures(self, rows) -> None:
+        for row in sorted(rows, key=lambda row: row.item_id):
+            if not row.ok:
+                self.failures[row.reason] += 1
+                self.examples.setdefault(row.reason, f"item {row.item_id}: {row.detail}")
+
     def format(self) -> str:
         rate = self.to_do / self.describe_seconds if self.describe_seconds > 0 else 0.0
         lines = [
@@ -80,7 +88,8 @@ class GroundingSummary:
             f"ok           {self.ok}  ({self.described} described now, {self.cached} cache hits)",
             f"failed       {sum(self.failures.values())}",
         ]
-        lines += [f"  {reason:<18} {count}" for reason, count in self.failures.most_common()]
+        lines += [f"  {reason:<18} {count:<6} e.g. {self.examples.get(reason, '')}"[:160].rstrip()
+                  for reason, count in self.failures.most_common()]
         if self.not_done:
             lines.append(f"not done     {self.not_done}  (interrupted: rerun the same command to go on)")
         sent = f" ({rate:.2f} items/s sent to the backend)" if self.to_do and rate else ""
@@ -125,7 +134,7 @@ def run_grounding(
         try:
             sha = image_sha256(read_image_bytes(item.image))
         except ImageError as error:
-            row = meta.failed(item.item_id, key, None, error.reason, error.detail)
+            row = meta.failed(item.item_id, key, None, error.reason, _detail(error))
             current[item.item_id] = row
             image_failures.append(row)
             continue
@@ -138,7 +147,7 @@ def run_grounding(
     summary.to_do = len(tasks)
     if dry_run:
         _print_dry_run(tasks, image_failures, summary, prompt, backend, stream)
-        summary.failures.update(row.reason for row in current.values() if not row.ok)
+        summary.count_failures(current.values())
         return summary
     store.put_many(image_failures)
     if tasks:
@@ -153,7 +162,7 @@ def run_grounding(
         raise
     finally:
         current.update(described)
-        summary.failures.update(row.reason for row in current.values() if not row.ok)
+        summary.count_failures(current.values())
         summary.described = sum(row.ok for row in current.values()) - summary.cached
         summary.exported = export_jsonl(output, current.values())
         summary.output = Path(output)
@@ -201,7 +210,7 @@ def _describe_batch(
             data = read_image_bytes(task.item.image)
             loaded = load_image(data, max_side=max_side, name=task.item.image)
         except ImageError as error:
-            rows[item_id] = meta.failed(item_id, task.prompt_key, task.image_sha256, error.reason, error.detail)
+            rows[item_id] = meta.failed(item_id, task.prompt_key, task.image_sha256, error.reason, _detail(error))
             continue
         notes[item_id] = "; ".join(loaded.notes)
         task.image_sha256 = loaded.sha256  # what was described, even if the file changed since
@@ -290,6 +299,11 @@ def _describe_all(
         executor.shutdown(wait=False, cancel_futures=True)
         bar.close()
         summary.describe_seconds = time.perf_counter() - started
+
+
+def _detail(error: ImageError) -> str:
+    """Where and what: the file and the error (or the reason's description)."""
+    return f"{error.source}: {error.detail or IMAGE_REASONS[error.reason]}"
 
 
 def _print_dry_run(
