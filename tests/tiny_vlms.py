@@ -95,33 +95,47 @@ def build_tiny_qwen2_5_vl(folder: Path) -> Path:
     return build_tiny_qwen2_vl(folder, version="2.5")
 
 
-def build_tiny_llava(folder: Path) -> Path:
+def build_tiny_llava(folder: Path, anyres: bool = False) -> Path:
+    """LLaVA 1.5 (28 px images, 4 image tokens) or, with ``anyres``, LLaVA-NeXT: 28 px tiles on a
+    grid of at most 2 tiles, plus the base image."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    import transformers
+    from transformers import CLIPVisionConfig, LlamaConfig
     from transformers.models.clip import CLIPImageProcessorPil
+    from transformers.models.llava_next import LlavaNextImageProcessorPil
 
     special = ["<pad>", "<s>", "</s>", "<image>"]
     tokenizer = word_tokenizer(special, pad="<pad>", eos="</s>")
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
-    config = LlavaConfig(
+    prefix, extra = "Llava", {}
+    if anyres:
+        prefix, extra = "LlavaNext", {"image_grid_pinpoints": [[28, 28], [28, 56], [56, 28]]}
+    config = getattr(transformers, f"{prefix}Config")(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2, image_size=28, patch_size=14),
         text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                max_position_embeddings=256, pad_token_id=ids["<pad>"],
+                                max_position_embeddings=512, pad_token_id=ids["<pad>"],
                                 bos_token_id=ids["<s>"], eos_token_id=ids["</s>"]),
         image_token_index=ids["<image>"], vision_feature_select_strategy="default", vision_feature_layer=-1,
+        **extra,
     )
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
     _always_words(model, ids["</s>"], ids["<pad>"], [0, *ids.values()])
     model.save_pretrained(folder)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               image_token="<image>", chat_template=LLAVA_TEMPLATE)
+    image_processor = (LlavaNextImageProcessorPil if anyres else CLIPImageProcessorPil)(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, **extra)
+    processor = getattr(transformers, f"{prefix}Processor")(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>",
+        chat_template=LLAVA_TEMPLATE)
     processor.save_pretrained(folder)
     return folder
+
+
+def build_tiny_llava_next(folder: Path) -> Path:
+    return build_tiny_llava(folder, anyres=True)
 
 
 IDEFICS3_TEMPLATE = (
@@ -159,39 +173,5 @@ def build_tiny_idefics3(folder: Path) -> Path:
                                                 max_image_size={"longest_edge": 56})
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
                                   chat_template=IDEFICS3_TEMPLATE)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def build_tiny_llava_next(folder: Path) -> Path:
-    """LLaVA-NeXT ("anyres"): 28 px tiles on a grid of at most 2 tiles, plus the base image."""
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
-    from transformers import LlavaNextProcessor
-    from transformers.models.llava_next import LlavaNextImageProcessorPil
-
-    special = ["<pad>", "<s>", "</s>", "<image>"]
-    tokenizer = word_tokenizer(special, pad="<pad>", eos="</s>")
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
-    pinpoints = [[28, 28], [28, 56], [56, 28]]
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=28, patch_size=14),
-        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                max_position_embeddings=512, pad_token_id=ids["<pad>"],
-                                bos_token_id=ids["<s>"], eos_token_id=ids["</s>"]),
-        image_token_index=ids["<image>"], vision_feature_select_strategy="default", vision_feature_layer=-1,
-        image_grid_pinpoints=pinpoints,
-    )
-    torch.manual_seed(0)
-    model = LlavaNextForConditionalGeneration(config)
-    _always_words(model, ids["</s>"], ids["<pad>"], [0, *ids.values()])
-    model.save_pretrained(folder)
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                                                 image_grid_pinpoints=pinpoints)
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                   image_token="<image>", chat_template=LLAVA_TEMPLATE)
     processor.save_pretrained(folder)
     return folder
