@@ -102,6 +102,7 @@ def _run(build: Callable[[argparse.Namespace], Any],
         config_path, written = write_dataset_config(prepared, config_dir)
         card = read_card(folder) or {}
         _print_summary(folder, card, time.perf_counter() - started)
+        _compare_with_published(prepared.name, card)
         print(f"config: {config_path} ({'written' if written else 'exists, left unchanged'})")
         print(f"next: python run_recbole.py --model=LightGCN --dataset={prepared.name}")
         return 0
@@ -125,6 +126,22 @@ def _print_summary(folder: Path, card: dict[str, Any], seconds: float) -> None:
         print(f"  feature {name}: dim {info['dim']}, {info['items_covered']:,} items covered")
     for key, info in card.get("counters", {}).items():
         print(f"  {key}: {info['count']:,} ({info['reason']})")
+
+
+def _compare_with_published(name: str, card: dict[str, Any]) -> None:
+    from recbole_vlm4rec.data.registry import NAMED_DATASETS
+
+    info = NAMED_DATASETS.get(name)
+    if info is None or info.expected_counts is None:
+        return
+    counts = card.get("counts", {})
+    got = (counts.get("users"), counts.get("items"), counts.get("interactions"))
+    if got == info.expected_counts:
+        print(f"  matches the published counts of '{name}'")
+    else:
+        print(f"warning: '{name}' is published with users/items/interactions "
+              f"{info.expected_counts}, this preparation has {got}: results will not be "
+              "comparable with the literature", file=sys.stderr)
 
 
 def _prepare_mmrec(args: argparse.Namespace) -> Any:
