@@ -44,12 +44,54 @@ def register(subparsers: Any) -> None:
                        "tokens as `prepare amazon`), or MMRec's integers")
     mmrec.set_defaults(func=_run(_prepare_mmrec, positional=("folder",)))
 
+    catalogue = _source_parser(
+        sources, "catalogue", "any catalogue: an interactions table (csv/tsv, RecBole atomic "
+        "headers too) + an items table (text columns, image path or URL) + an images folder",
+        "vlm4rec prepare catalogue --interactions ratings.csv --items movies.csv "
+        "--images posters/ --name my-movies",
+    )
+    catalogue.add_argument("--interactions", required=True, help="interactions table")
+    catalogue.add_argument("--items", help="items table: item column, text columns, image column")
+    catalogue.add_argument("--images", help="images folder: base of relative image paths, or "
+                           "<item>.<jpg|png|webp> when the items table has no image column")
+    for column in ("user", "item", "rating", "time", "image"):
+        catalogue.add_argument(f"--{column}-col", help=f"name of the {column} column "
+                               "(default: guessed from common names)")
+    catalogue.add_argument("--text-cols", help="comma-separated text columns of the items table "
+                           "(default: every column but item and image)")
+    _add_split_options(catalogue)
+    catalogue.set_defaults(func=_run(_prepare_catalogue))
 
-def _source_parser(sources: Any, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    posters = _source_parser(
+        sources, "ml-100k-posters", "RecBole's bundled ml-100k with movie posters referenced "
+        "in place", "vlm4rec prepare ml-100k-posters --posters ../shared/data/movielens-posters",
+        default_name="ml-100k-posters",
+    )
+    posters.add_argument("--posters", required=True,
+                         help="folder with ml100k_items_with_posters.tsv and images/")
+    _add_split_options(posters, k_core=False)
+    posters.set_defaults(func=_run(_prepare_ml100k_posters))
+
+
+def _add_split_options(parser: argparse.ArgumentParser, k_core: bool = True) -> None:
+    if k_core:
+        parser.add_argument("--k-core", type=int, default=0,
+                            help="drop users and items with fewer than K interactions, "
+                            "iteratively (default 0: no filtering)")
+    parser.add_argument("--split", choices=("recbole", "mmrec"), default="recbole",
+                        help="recbole (default): one <name>.inter split by RecBole at load time; "
+                        "mmrec: predefined per-user shuffled 8:1:1 train/valid/test files")
+    parser.add_argument("--seed", type=int, default=2024, help="seed of --split mmrec")
+
+
+def _source_parser(sources: Any, name: str, help_text: str, example: str,
+                   default_name: str | None = None) -> argparse.ArgumentParser:
     parser = sources.add_parser(name, help=help_text, description=help_text,
                                 epilog=f"example:\n  {example}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", required=True, help="dataset name: writes dataset/<name>/")
+    parser.add_argument("--name", required=default_name is None, default=default_name,
+                        help="dataset name: writes dataset/<name>/"
+                        + (f" (default {default_name})" if default_name else ""))
     parser.add_argument("--encoding", default="utf-8",
                         help="text encoding of the input files (default utf-8)")
     parser.add_argument("--root", default=None, help="dataset root (default: the project's dataset/)")
@@ -67,6 +109,8 @@ def render_command(args: argparse.Namespace, positional: tuple[str, ...]) -> str
     for key, value in sorted(vars(args).items()):
         if key in skip or value in (None, False) or (key, value) in _DEFAULTS:
             continue
+        if key == "seed" and getattr(args, "split", None) != "mmrec":
+            continue
         flag = "--" + key.replace("_", "-")
         if value is True:
             parts.append(flag)
@@ -77,8 +121,8 @@ def render_command(args: argparse.Namespace, positional: tuple[str, ...]) -> str
     return shlex.join(parts)
 
 
-_DEFAULTS = {("encoding", "utf-8"), ("ids", "raw")}
-_PATH_OPTIONS = {"inter"}
+_DEFAULTS = {("encoding", "utf-8"), ("ids", "raw"), ("split", "recbole"), ("k_core", 0)}
+_PATH_OPTIONS = {"inter", "interactions", "items", "images", "posters", "reviews", "meta"}
 
 
 def _run(build: Callable[[argparse.Namespace], Any],
@@ -149,3 +193,21 @@ def _prepare_mmrec(args: argparse.Namespace) -> Any:
 
     return prepare_mmrec_folder(args.folder, args.name, inter_file=args.inter, ids=args.ids,
                                 encoding=args.encoding)
+
+
+def _prepare_catalogue(args: argparse.Namespace) -> Any:
+    from recbole_vlm4rec.data.prepare.catalogue import prepare_catalogue
+
+    return prepare_catalogue(
+        args.interactions, args.name, items=args.items, images=args.images,
+        user_col=args.user_col, item_col=args.item_col, rating_col=args.rating_col,
+        time_col=args.time_col, image_col=args.image_col,
+        text_cols=args.text_cols.split(",") if args.text_cols else None,
+        k=args.k_core, split=args.split, seed=args.seed, encoding=args.encoding,
+    )
+
+
+def _prepare_ml100k_posters(args: argparse.Namespace) -> Any:
+    from recbole_vlm4rec.data.prepare.catalogue import prepare_ml100k_posters
+
+    return prepare_ml100k_posters(args.posters, args.name, split=args.split, seed=args.seed)
