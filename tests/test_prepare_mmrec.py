@@ -58,7 +58,7 @@ def test_split_ids_features_and_counted_problems(tmp_path):
     assert prepared.counters["malformed_lines"] == 3
     assert "toy.inter:5" in prepared.reasons["malformed_lines"]
     assert prepared.counters["duplicate_interactions"] == 1
-    assert prepared.counters["items_without_image_url"] == 1
+    assert prepared.counters["items_without_image"] == 1
     visual = prepared.features["visual"]
     row = visual.tokens.index("A004")
     np.testing.assert_allclose(visual.matrix[row], source["visual"][4])
@@ -124,3 +124,19 @@ def test_predefined_split_trains_through_recbole(tmp_path, monkeypatch):
         "show_progress": False, "checkpoint_dir": str(tmp_path / "saved"),
         "results_dir": str(tmp_path / "results")})
     assert 0.0 <= result.test_result["recall@20"] <= 1.0
+
+
+def test_meta_file_adds_item_text(tmp_path):
+    write_mmrec_folder(tmp_path / "toy")
+    meta = tmp_path / "meta_Toy.json"
+    meta.write_text(repr({"asin": "A000", "title": "Crib\tsheet", "price": 9.5,
+                          "imUrl": "http://img.example/meta0.jpg", "categories": [["Baby"]]})
+                    + "\n" + repr({"asin": "A001", "title": "Bib"}) + "\n")
+    prepared = prepare_mmrec_folder(tmp_path / "toy", "toy", meta=meta)
+    items = prepared.items.set_index("item_id")
+    assert items.loc["A000", "title"] == "Crib sheet" and items.loc["A000", "price"] == 9.5
+    assert items.loc["A000", "image"] == "http://img.example/meta0.jpg"  # url file had none
+    assert items.loc["A001", "image"] == "http://img.example/1.jpg"  # url file wins
+    assert prepared.counters["items_without_metadata"] == 7
+    assert "items_without_image" not in prepared.counters
+    assert prepared.item_types["price"] == "float" and list(items.columns)[-1] == "image"

@@ -65,7 +65,7 @@ def read_reviews(path: Path, encoding: str, problems: Problems) -> pd.DataFrame:
     """``user_id, item_id, rating, timestamp`` per review line, in file order."""
     records = []
     for line_no, record in tqdm(iter_records(path, encoding, problems), desc=f"reading {path.name}",
-                                unit=" lines", mininterval=2.0, leave=False):
+                                unit=" lines", mininterval=2.0, leave=False, disable=None):
         where = f"{path}:{line_no}"
         try:
             user = check_token(record.get("reviewerID", ""), where)
@@ -99,7 +99,7 @@ def read_meta(path: Path, wanted: set[str], encoding: str, problems: Problems) -
     """Item text and image URL for the ``wanted`` asins (first line of each asin wins)."""
     rows: dict[str, dict[str, Any]] = {}
     for line_no, record in tqdm(iter_records(path, encoding, problems), desc=f"reading {path.name}",
-                                unit=" lines", mininterval=2.0, leave=False):
+                                unit=" lines", mininterval=2.0, leave=False, disable=None):
         asin = str(record.get("asin", "")).strip()
         if not asin:
             problems.add(f"{path}:{line_no}", "no asin")

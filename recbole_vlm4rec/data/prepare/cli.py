@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     mmrec.add_argument("--ids", choices=("raw", "mmrec"), default="raw",
                        help="tokens: raw Amazon ids from the *_id_mapping.csv files (default; same "
                        "tokens as `prepare amazon`), or MMRec's integers")
+    mmrec.add_argument("--meta", help="optional Amazon 2014 meta_<Cat>.json.gz: item text "
+                       "(title, brand, categories, description, price) joined by asin")
     mmrec.set_defaults(func=_run(_prepare_mmrec, positional=("folder",)))
 
     catalogue = _source_parser(
@@ -227,7 +229,7 @@ def _prepare_mmrec(args: argparse.Namespace) -> Any:
     from recbole_vlm4rec.data.prepare.mmrec import prepare_mmrec_folder
 
     return prepare_mmrec_folder(args.folder, args.name, inter_file=args.inter, ids=args.ids,
-                                encoding=args.encoding)
+                                encoding=args.encoding, meta=args.meta)
 
 
 def _prepare_catalogue(args: argparse.Namespace) -> Any:

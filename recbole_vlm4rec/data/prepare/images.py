@@ -120,7 +120,8 @@ async def _download_all(urls: dict[str, str], folder: Path, report: DownloadRepo
     import httpx
 
     limit = asyncio.Semaphore(concurrency)
-    progress = tqdm(total=len(urls), desc="downloading images", unit=" img", mininterval=1.0)
+    progress = tqdm(total=len(urls), desc="downloading images", unit=" img", mininterval=1.0,
+                    disable=None)
 
     async def one(client, token: str, url: str) -> None:
         async with limit:

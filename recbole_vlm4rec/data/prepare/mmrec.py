@@ -13,6 +13,9 @@ Input files (tab separated unless noted):
     row ``i`` = MMRec ``itemID`` ``i``; imported as features ``visual`` / ``text``.
 ``*url*.csv`` (optional, comma separated)
     ``itemID,asin,imUrl``: the image URL of each item, written to the ``image`` column.
+``meta`` (optional argument)
+    an Amazon 2014 ``meta_<Cat>.json.gz``: adds title, brand, categories, description, price
+    (see ``amazon.py``), and image URLs for items the url file lacks. Needs raw ids (asins).
 
 Policies: a repeated (user, item) pair keeps its first line (counted); lines with the wrong field
 count, a non-integer id or an ``x_label`` outside 0/1/2 are skipped and reported as ``file:line``.
@@ -86,6 +89,7 @@ def prepare_mmrec_folder(
     inter_file: str | Path | None = None,
     ids: str = "raw",
     encoding: str = "utf-8",
+    meta: str | Path | None = None,
 ) -> PreparedDataset:
     """Read an MMRec folder into a PreparedDataset (see the module docstring)."""
     folder = Path(folder).resolve()
@@ -168,10 +172,14 @@ def prepare_mmrec_folder(
         item_types["asin"] = "token"
     items["image"] = [urls.get(i, "") for i in item_ids]
     item_types["image"] = "token"
-    without_url = int((items["image"] == "").sum())
-    if url_path is not None and without_url:
-        prepared.count("items_without_image_url", without_url,
-                       f"items with no URL in {url_path.name}: kept, empty image column")
+    if meta is not None:
+        items = _merge_meta(Path(meta).resolve(), items, encoding, malformed, prepared)
+        item_types = {c: item_types.get(c, "float" if c == "price" else "token_seq")
+                      for c in items.columns}
+    without_image = int((items["image"] == "").sum())
+    if (url_path is not None or meta is not None) and without_image:
+        prepared.count("items_without_image", without_image,
+                       "items with no image URL in the url/meta files: kept, empty image column")
 
     for feature_name, file_name in FEATURE_FILES.items():
         path = folder / file_name
@@ -216,3 +224,26 @@ def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dic
         meta={"kind": "imported", "source": str(path), "format": "MMRec (row i = itemID i)",
               "rows_in_source": int(matrix.shape[0])},
     )
+
+
+def _merge_meta(path: Path, items: pd.DataFrame, encoding: str, problems: Problems,
+                prepared: PreparedDataset) -> pd.DataFrame:
+    """Join Amazon metadata by asin; the url file's image wins over ``imUrl``."""
+    from recbole_vlm4rec.data.prepare.amazon import read_meta
+
+    if not path.is_file():
+        raise PrepareError(f"metadata file not found: {path}")
+    asins = items["asin"] if "asin" in items.columns else items["item_id"]
+    table = read_meta(path, set(asins), encoding, problems)
+    prepared.sources.append(path)
+    missing = len(set(asins) - set(table["item_id"]))
+    if missing:
+        prepared.count("items_without_metadata", missing,
+                       f"items absent from {path.name}: kept with empty text")
+    table = table.rename(columns={"item_id": "_asin", "image": "_meta_image"})
+    merged = items.assign(_asin=list(asins)).merge(table, on="_asin", how="left")
+    merged = merged.fillna({c: "" for c in merged.columns if c != "price"})
+    merged["image"] = [own or meta_url for own, meta_url in
+                       zip(merged["image"], merged["_meta_image"])]
+    columns = [c for c in merged.columns if c not in ("_asin", "_meta_image", "image")]
+    return merged[[*columns, "image"]]

@@ -53,21 +53,25 @@ def mmrec_split(inter: pd.DataFrame, seed: int) -> pd.DataFrame:
     ``(n + 5) // 10`` test (10% each, the half rounded towards test), the rest train. This
     reproduces the per-user split sizes of MMRec's released Amazon data exactly.
     """
+    inter = inter.reset_index(drop=True)
     order_columns = ["user_id", "timestamp", "item_id"] if "timestamp" in inter.columns \
         else ["user_id", "item_id"]
     ordered = inter.sort_values(order_columns, kind="stable")
+    positions = ordered.index.to_numpy()
+    users = ordered["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
     rng = np.random.default_rng(seed)
-    labels = pd.Series(0, index=inter.index, dtype=np.int64)
-    for _, rows in ordered.groupby("user_id", sort=True).groups.items():
-        rows = np.asarray(rows)
-        n = len(rows)
-        n_valid, n_test = (1, 1) if n < 10 else (n // 10, (n + 5) // 10)
+    labels = np.zeros(len(inter), dtype=np.int64)
+    for start, end in zip(starts, ends):
+        n = end - start
         if n < 3:  # too few to hold out both: keep everything in train
             continue
-        shuffled = rows[rng.permutation(n)]
+        n_valid, n_test = (1, 1) if n < 10 else (n // 10, (n + 5) // 10)
+        shuffled = positions[start:end][rng.permutation(n)]
         labels[shuffled[n - n_valid - n_test:n - n_test]] = 1
         labels[shuffled[n - n_test:]] = 2
-    return inter.assign(split=labels.to_numpy())
+    return inter.assign(split=labels)
 
 
 def split_description(split: str, seed: int) -> str:
