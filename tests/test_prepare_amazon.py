@@ -105,6 +105,11 @@ def test_mmrec_split_cli_is_byte_identical_and_atomic(tmp_path, monkeypatch):
     assert cli.main(argv[:-4] + ["--seed", "9", *argv[-4:]]) == 130
     assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == snapshot
     assert [p.name for p in root.iterdir()] == ["toy"]
+    # A prepare killed outright (no cleanup ran) leaves a staging folder: the next one removes it.
+    (root / ".toy.preparing-999999999").mkdir()
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    assert [p.name for p in root.iterdir()] == ["toy"]
 
 
 def test_missing_inputs_are_clear_errors(tmp_path, capsys):

@@ -140,3 +140,34 @@ def test_meta_file_adds_item_text(tmp_path):
     assert prepared.counters["items_without_metadata"] == 7
     assert "items_without_image" not in prepared.counters
     assert prepared.item_types["price"] == "float" and list(items.columns)[-1] == "image"
+
+
+def test_reprepare_keeps_later_features_drops_vanished_imports(tmp_path):
+    from recbole_vlm4rec.data.features import save_feature
+
+    write_mmrec_folder(tmp_path / "toy")
+    root = tmp_path / "datasets"
+    argv = ["prepare", "mmrec", str(tmp_path / "toy"), "--name", "toy", "--root", str(root),
+            "--config-dir", str(tmp_path / "cfg")]
+    assert cli.main(argv) == 0
+    features = root / "toy" / "features"
+    save_feature(features, "vlm", np.ones((2, 3)), ["A000", "A001"], {"kind": "vlm"})
+    (tmp_path / "toy" / "text_feat.npy").unlink()
+    assert cli.main(argv) == 0
+    assert (features / "vlm.npy").is_file() and (features / "vlm.tokens").is_file()
+    assert (features / "visual.npy").is_file() and not (features / "text.npy").exists()
+
+
+def test_named_datasets_say_how_to_prepare(tmp_path, capsys):
+    from recbole_vlm4rec.data.registry import NAMED_DATASETS, UnknownDatasetError, check_dataset
+
+    for name in ("amazon-baby", "amazon-sports", "amazon-clothing", "ml-100k-posters"):
+        assert NAMED_DATASETS[name].expected_counts is not None
+        with pytest.raises(UnknownDatasetError, match=f"vlm4rec prepare .*--name {name}|"
+                           "vlm4rec prepare ml-100k-posters"):
+            check_dataset(name, root=tmp_path)
+    write_mmrec_folder(tmp_path / "toy")
+    assert cli.main(["prepare", "mmrec", str(tmp_path / "toy"), "--name", "amazon-sports",
+                     "--root", str(tmp_path / "d"), "--config-dir", str(tmp_path / "c")]) == 0
+    assert "published with users/items/interactions (35598" in capsys.readouterr().err
+    assert cli.main(["prepare"]) == 2

@@ -27,9 +27,12 @@ card.json + CARD.md) and configs/dataset/<name>.yaml when none exists. Then:
 def register(subparsers: Any) -> None:
     prepare = subparsers.add_parser(
         "prepare", help="turn user data (MMRec folder, Amazon dumps, catalogue) into a dataset",
-        description=__doc__, epilog=PREPARE_EPILOG,
+        description="Turn user data into dataset/<name>/: RecBole atomic files, item metadata "
+        "with image references, imported features and a dataset card. One SOURCE per data "
+        "shape; `vlm4rec prepare SOURCE --help` shows its options.", epilog=PREPARE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    prepare.set_defaults(func=lambda args: prepare.print_help() or 2)
     sources = prepare.add_subparsers(dest="source", metavar="SOURCE")
 
     mmrec = _source_parser(
@@ -108,7 +111,7 @@ def _add_split_options(parser: argparse.ArgumentParser, k_core: bool = True,
                         help=f"recbole: one <name>.inter split by RecBole at load time; mmrec: "
                         "predefined per-user shuffled 8:1:1 train/valid/test files (default "
                         f"{default_split})")
-    parser.add_argument("--seed", type=int, default=2024, help="seed of --split mmrec")
+    parser.add_argument("--seed", type=int, default=2024, help="seed of --split mmrec (default 2024)")
 
 
 def _source_parser(sources: Any, name: str, help_text: str, example: str,

@@ -146,9 +146,8 @@ def write_dataset(prepared: PreparedDataset, root: Path) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / prepared.name
+    _remove_stale_leftovers(root, prepared.name)
     staging = root / f".{prepared.name}.preparing-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
     staging.mkdir()
     try:
         _write_files(prepared, staging)
@@ -159,6 +158,26 @@ def write_dataset(prepared: PreparedDataset, root: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _remove_stale_leftovers(root: Path, name: str) -> None:
+    """Delete staging/retired folders of ``name`` left by a prepare that was killed outright."""
+    for pattern in (f".{name}.preparing-*", f".{name}.old-*"):
+        for folder in root.glob(pattern):
+            pid = folder.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+                continue  # another prepare of the same name is running right now
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_files(prepared: PreparedDataset, folder: Path) -> None:
@@ -179,7 +198,13 @@ def _write_files(prepared: PreparedDataset, folder: Path) -> None:
 
 
 def _carry_over(old: Path, new: Path) -> None:
-    """Hard-link (or copy) files of ``old``'s carried folders that ``new`` does not have."""
+    """Hard-link (or copy) files of ``old``'s carried folders that ``new`` does not have.
+
+    Features an earlier prepare imported (meta ``kind: imported``) are not carried: when the
+    source no longer has them, they must disappear rather than go stale.
+    """
+    from recbole_vlm4rec.data.features import read_meta
+
     for sub in CARRIED_OVER:
         source = old / sub
         if not source.is_dir():
@@ -187,6 +212,9 @@ def _carry_over(old: Path, new: Path) -> None:
         for path in sorted(source.rglob("*")):
             target = new / path.relative_to(old)
             if path.is_dir() or target.exists() or path.name.startswith("."):
+                continue
+            if sub == "features" and (read_meta(path.parent, path.stem) or {}).get(
+                    "kind") == "imported":
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
