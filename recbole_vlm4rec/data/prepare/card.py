@@ -29,7 +29,8 @@ def build_card(prepared: PreparedDataset, folder: Path) -> dict[str, Any]:
     n_items = int(inter["item_id"].nunique())
     n_inter = len(inter)
     density = n_inter / max(n_users * n_items, 1)
-    split: dict[str, Any] = {"description": prepared.split_description}
+    description = prepared.split_description.replace("<name>", prepared.name)
+    split: dict[str, Any] = {"description": description}
     if prepared.predefined_split:
         sizes = inter["split"].value_counts()
         split["kind"] = "predefined"

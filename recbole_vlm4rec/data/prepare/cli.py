@@ -47,6 +47,7 @@ def register(subparsers: Any) -> None:
                        "tokens as `prepare amazon`), or MMRec's integers")
     mmrec.add_argument("--meta", help="optional Amazon 2014 meta_<Cat>.json.gz: item text "
                        "(title, brand, categories, description, price) joined by asin")
+    _add_download_options(mmrec)
     mmrec.set_defaults(func=_run(_prepare_mmrec, positional=("folder",)))
 
     catalogue = _source_parser(
