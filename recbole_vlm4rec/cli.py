@@ -13,6 +13,7 @@ import sys
 
 STAGE_MODULES = (
     "recbole_vlm4rec.data.cli",
+    "recbole_vlm4rec.data.prepare.cli",
     "recbole_vlm4rec.models.cli",
 )
 
