@@ -60,7 +60,20 @@ def register(subparsers: Any) -> None:
     catalogue.add_argument("--text-cols", help="comma-separated text columns of the items table "
                            "(default: every column but item and image)")
     _add_split_options(catalogue)
+    _add_download_options(catalogue)
     catalogue.set_defaults(func=_run(_prepare_catalogue))
+
+    amazon = _source_parser(
+        sources, "amazon", "Amazon 2014 review dumps: reviews_<Cat>_5.json.gz (JSON lines) + "
+        "meta_<Cat>.json.gz (Python-literal dicts)",
+        "vlm4rec prepare amazon --reviews reviews_Baby_5.json.gz --meta meta_Baby.json.gz "
+        "--name amazon-baby --split mmrec --download-images",
+    )
+    amazon.add_argument("--reviews", required=True, help="reviews_<Cat>_5.json.gz (or plain)")
+    amazon.add_argument("--meta", help="meta_<Cat>.json.gz: item text and image URLs")
+    _add_split_options(amazon, default_split="mmrec")
+    _add_download_options(amazon)
+    amazon.set_defaults(func=_run(_prepare_amazon))
 
     posters = _source_parser(
         sources, "ml-100k-posters", "RecBole's bundled ml-100k with movie posters referenced "
@@ -73,14 +86,26 @@ def register(subparsers: Any) -> None:
     posters.set_defaults(func=_run(_prepare_ml100k_posters))
 
 
-def _add_split_options(parser: argparse.ArgumentParser, k_core: bool = True) -> None:
+def _add_download_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--download-images", action="store_true",
+                        help="fetch image URLs into dataset/<name>/images/ (resumable: files "
+                        "already there are kept); the .item then names the local files")
+    parser.add_argument("--concurrency", type=int, default=8, help="parallel downloads (8)")
+    parser.add_argument("--retries", type=int, default=3, help="retries per image (3)")
+    parser.add_argument("--max-image-bytes", type=int, default=10_000_000,
+                        help="reject larger images (10 MB)")
+
+
+def _add_split_options(parser: argparse.ArgumentParser, k_core: bool = True,
+                       default_split: str = "recbole") -> None:
     if k_core:
         parser.add_argument("--k-core", type=int, default=0,
                             help="drop users and items with fewer than K interactions, "
                             "iteratively (default 0: no filtering)")
-    parser.add_argument("--split", choices=("recbole", "mmrec"), default="recbole",
-                        help="recbole (default): one <name>.inter split by RecBole at load time; "
-                        "mmrec: predefined per-user shuffled 8:1:1 train/valid/test files")
+    parser.add_argument("--split", choices=("recbole", "mmrec"), default=default_split,
+                        help=f"recbole: one <name>.inter split by RecBole at load time; mmrec: "
+                        "predefined per-user shuffled 8:1:1 train/valid/test files (default "
+                        f"{default_split})")
     parser.add_argument("--seed", type=int, default=2024, help="seed of --split mmrec")
 
 
@@ -105,7 +130,8 @@ def render_command(args: argparse.Namespace, positional: tuple[str, ...]) -> str
     parts = ["vlm4rec", "prepare", args.source]
     for name in positional:
         parts.append(str(Path(getattr(args, name)).resolve()))
-    skip = {"func", "source", "command", "root", "config_dir", *positional}
+    parts += ["--name", args.name]
+    skip = {"func", "source", "command", "root", "config_dir", "name", *positional}
     for key, value in sorted(vars(args).items()):
         if key in skip or value in (None, False) or (key, value) in _DEFAULTS:
             continue
@@ -121,7 +147,8 @@ def render_command(args: argparse.Namespace, positional: tuple[str, ...]) -> str
     return shlex.join(parts)
 
 
-_DEFAULTS = {("encoding", "utf-8"), ("ids", "raw"), ("split", "recbole"), ("k_core", 0)}
+_DEFAULTS = {("encoding", "utf-8"), ("ids", "raw"), ("k_core", 0), ("concurrency", 8),
+             ("retries", 3), ("max_image_bytes", 10_000_000)}
 _PATH_OPTIONS = {"inter", "interactions", "items", "images", "posters", "reviews", "meta"}
 
 
@@ -141,6 +168,14 @@ def _run(build: Callable[[argparse.Namespace], Any],
             return 2
         prepared.command = render_command(args, positional)
         root = Path(args.root) if args.root else paths.dataset_root()
+        if getattr(args, "download_images", False):
+            from recbole_vlm4rec.data.prepare.images import localise_images
+
+            report = localise_images(prepared, root / prepared.name,
+                                     concurrency=args.concurrency, retries=args.retries,
+                                     max_bytes=args.max_image_bytes)
+            print(f"images: {len(report.saved):,} local ({report.reused:,} from an earlier run), "
+                  f"{len(report.failures):,} failed")
         folder = write_dataset(prepared, root)
         config_dir = Path(args.config_dir) if args.config_dir else paths.configs_dir() / "dataset"
         config_path, written = write_dataset_config(prepared, config_dir)
@@ -211,3 +246,10 @@ def _prepare_ml100k_posters(args: argparse.Namespace) -> Any:
     from recbole_vlm4rec.data.prepare.catalogue import prepare_ml100k_posters
 
     return prepare_ml100k_posters(args.posters, args.name, split=args.split, seed=args.seed)
+
+
+def _prepare_amazon(args: argparse.Namespace) -> Any:
+    from recbole_vlm4rec.data.prepare.amazon import prepare_amazon
+
+    return prepare_amazon(args.reviews, args.meta, args.name, k=args.k_core, split=args.split,
+                          seed=args.seed, encoding=args.encoding)

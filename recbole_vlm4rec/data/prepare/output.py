@@ -91,7 +91,7 @@ def check_token(value: str, where: str) -> str:
 
 def format_number(value: Any) -> str:
     """Floats without a spurious ``.0`` (``5.0`` -> ``5``), so files read like the sources."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
         return ""
     number = float(value)
     return str(int(number)) if number.is_integer() else repr(number)
