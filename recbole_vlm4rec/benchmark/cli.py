@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
                        help="override the spec: a process per cell (default) or all in this one")
     bench.add_argument("--datasets", help="comma-separated subset of the spec's datasets")
     bench.add_argument("--models", help="comma-separated subset of the spec's model labels")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override for every cell, above all spec layers (yaml value), e.g. "
+                       "--set epochs=1; repeatable. Saved in <out>/spec.yaml; use another --out")
     bench.set_defaults(func=_bench)
 
     report = subparsers.add_parser(
@@ -56,6 +59,18 @@ def _subset(entries: dict, wanted: str | None, what: str) -> dict:
     return {n: entries[n] for n in names}
 
 
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    forced = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set takes KEY=VALUE, got {item!r}")
+        forced[key] = yaml.safe_load(value)
+    return forced
+
+
 def _bench(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.benchmark.grid import run_grid
     from recbole_vlm4rec.benchmark.report import write_report
@@ -68,6 +83,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
     spec.models = _subset(spec.models, args.models, "models")
+    spec.with_forced(_parse_set(args.set))
     summary = run_grid(spec, args.out, rerun=args.rerun, isolation=args.isolation)
     print(f"cells: {summary.line()}")
     try:

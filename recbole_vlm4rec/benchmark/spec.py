@@ -12,7 +12,9 @@ Spec format (``configs/benchmarks/*.yaml``)::
     seeds: [2020, 2021, 2022]
     metrics: [recall@20, ndcg@20]   # table / plot / significance columns (default: all reported)
     reference: [VLM4Rec (vlm), VLM4Rec (text)]  # first one with results on a dataset is the reference
-    overrides: {epochs: 50}         # every cell; later layers win: overrides < dataset < model < seed
+    overrides: {epochs: 50}         # every cell; later layers win: overrides < dataset < model <
+                                    # `set` < seed
+    set: {}                         # above every layer; `vlm4rec bench --set key=value` adds here
     config_files: []                # extra RecBole yaml layers for every cell
     isolation: subprocess           # or inprocess (faster start, shared memory peak)
     timeout_s: ~                    # per cell, subprocess only
@@ -33,7 +35,7 @@ from typing import Any
 
 import yaml
 
-KNOWN_KEYS = {"name", "models", "datasets", "seeds", "metrics", "reference", "overrides",
+KNOWN_KEYS = {"name", "models", "datasets", "seeds", "metrics", "reference", "overrides", "set",
               "config_files", "isolation", "timeout_s", "alpha", "description"}
 ISOLATIONS = ("subprocess", "inprocess")
 
@@ -95,6 +97,14 @@ class BenchSpec:
     alpha: float = 0.05
     source: str = "<spec>"
     raw: dict[str, Any] = field(default_factory=dict)
+    forced: dict[str, Any] = field(default_factory=dict)  # the `set` key: beats every layer
+
+    def with_forced(self, forced: dict[str, Any]) -> "BenchSpec":
+        """This spec with more `set` overrides (kept in ``raw`` so a saved spec reproduces it)."""
+        self.forced = {**self.forced, **forced}
+        if forced:
+            self.raw = {**self.raw, "set": self.forced}
+        return self
 
     def cells(self) -> list[Cell]:
         """Every cell, dataset-major then model then seed (one dataset's results come first)."""
@@ -103,7 +113,7 @@ class BenchSpec:
             for label, entry in self.models.items():
                 for seed in self.seeds:
                     overrides = {**self.overrides, **dataset_overrides, **entry["overrides"],
-                                 "seed": seed}
+                                 **self.forced, "seed": seed}
                     cells.append(Cell(label, entry["model"], dataset, seed, overrides,
                                       tuple(self.config_files)))
         return cells
@@ -182,6 +192,7 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "benchmark
         name=str(data.get("name") or default_name), models=models, datasets=datasets,
         seeds=seeds, metrics=metrics, reference=reference,
         overrides=_mapping(data.get("overrides"), f"{source}: overrides"),
+        forced=_mapping(data.get("set"), f"{source}: set"),
         config_files=[str(Path(p).resolve()) for p in config_files], isolation=isolation,
         timeout_s=float(timeout) if timeout else None, alpha=alpha, source=source, raw=data,
     )
