@@ -17,6 +17,7 @@ STAGE_MODULES = (
     "recbole_vlm4rec.grounding.cli",
     "recbole_vlm4rec.encoding.cli",
     "recbole_vlm4rec.models.cli",
+    "recbole_vlm4rec.benchmark.cli",
 )
 
 DESCRIPTION = """\

@@ -26,6 +26,7 @@ import yaml
 
 from recbole_vlm4rec import compat, paths
 from recbole_vlm4rec.benchmark.per_user import record_per_user
+from recbole_vlm4rec.data.cold_start import apply_cold_start
 from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset, is_embedded
 from recbole_vlm4rec.models import get_model_class, project_models
 
@@ -57,6 +58,7 @@ class RunResult:
     # {"users": [raw user tokens], "metrics": {"recall@20": [one value per user]}}: the values
     # RecBole averaged into test_result, for paired significance tests.
     per_user_test: dict[str, Any] = field(default_factory=dict)
+    cold_start: dict[str, Any] | None = None  # data/cold_start.py: what the protocol moved
 
 
 def config_files_for(model: str, dataset: str, extra: Sequence[str] = ()) -> list[str]:
@@ -124,6 +126,7 @@ def run(
 
     data = create_dataset(config)
     recbole_logger.info(data)
+    apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
     train_data, valid_data, test_data = data_preparation(config, data)
     loaded = time.perf_counter()
 
@@ -169,6 +172,7 @@ def run(
         peak_memory_mb=_peak_memory_mb(),
         dataset_card_sha256=dataset_card_checksum(config),
         per_user_test=per_user.to_json(data.field2id_token[config["USER_ID_FIELD"]]),
+        cold_start=getattr(data, "cold_start_summary", None),
     )
     if write_results:
         result.result_file = str(write_result(result, Path(config["results_dir"] or "results")))
