@@ -110,7 +110,7 @@ def backend_options(args: argparse.Namespace, backend_class: type) -> dict[str, 
 
 
 def _ground(args: argparse.Namespace) -> int:
-    from recbole_vlm4rec.grounding.backends import get_backend_class
+    from recbole_vlm4rec.grounding.backends import BackendUnavailableError, get_backend_class
     from recbole_vlm4rec.grounding.items import items_from_dataset, items_from_table, read_item_table
     from recbole_vlm4rec.grounding.prompts import PromptError, load_prompt
     from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
@@ -145,8 +145,6 @@ def _ground(args: argparse.Namespace) -> int:
     tag = args.tag or "-".join(filter(None, [args.backend, prompt.name, args.domain]))
     output = Path(out_dir) / f"{tag}.jsonl"
     try:
-        if not args.dry_run:
-            backend.preflight()  # e.g. an unreachable endpoint fails here, once, not per item
         with DescriptionStore(Path(out_dir) / f"{tag}.sqlite") as store:
             summary = run_grounding(items, prompt, backend, store, output, dry_run=args.dry_run,
                                     retry_failed=args.retry_failed, max_side=args.max_side,
@@ -156,7 +154,7 @@ def _ground(args: argparse.Namespace) -> int:
         if saved is not None:
             print(saved.format(), file=sys.stderr)
         return fail(f"{error} (finished rows are saved; rerun to resume)", 1)
-    except RuntimeError as error:  # backend setup failures (unreachable endpoint, no weights...)
+    except BackendUnavailableError as error:  # unreachable endpoint, no weights... (before any item)
         return fail(str(error), 1)
     finally:
         backend.close()

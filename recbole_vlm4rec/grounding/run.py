@@ -10,6 +10,8 @@
    backend, and checks each answer against the prompt (free text not empty nor degenerate; JSON
    valid for its slots). The main thread commits every finished batch to the cache at once, so a
    crash or Ctrl-C loses at most the batches in flight.
+   ``backend.preflight()`` runs first when there is anything to do, so a backend that cannot work
+   at all (unreachable endpoint, missing weights) fails once, before any item.
 3. *export*: the descriptions ``.jsonl`` is rewritten atomically from the cache with the run's
    current rows, also after Ctrl-C or a backend error, and a summary counts successes, failures
    by reason and cache hits.
@@ -139,6 +141,8 @@ def run_grounding(
         summary.failures.update(row.reason for row in current.values() if not row.ok)
         return summary
     store.put_many(image_failures)
+    if tasks:
+        backend.preflight()  # e.g. an unreachable endpoint or missing weights: fail once, not per item
     described: dict[str, DescriptionRow] = {}
     try:
         _describe_all(tasks, prompt, backend, store, meta, max_side, progress, stream, summary, described)
