@@ -60,7 +60,7 @@ def test_descriptions_rows_are_encoded_skipped_and_counted(tmp_path, fake_text_e
     write_jsonl(tmp_path / "data/toy/descriptions/run1.jsonl", [
         ok("a", "a red wool coat"),
         ok("b", "an old row, superseded below"),
-        {"item_id": "c", "status": "failed", "error": "timeout"},
+        {"item_id": "c", "status": "failed", "text": None, "reason": "timeout", "detail": "30 s"},
         ok("d", "   "),
         {"item_id": "e", "status": "weird", "text": "x"},
         "{not json",
@@ -75,7 +75,7 @@ def test_descriptions_rows_are_encoded_skipped_and_counted(tmp_path, fake_text_e
     assert meta["skipped_by_reason"] == {"malformed_line": 2, "failed": 1, "empty_text": 1,
                                          "bad_status": 1, "non_finite_vector": 1}
     assert meta["n_superseded_rows"] == 1
-    assert {"item_id": "c", "reason": "failed", "detail": "timeout"} in meta["skipped"]
+    assert {"item_id": "c", "reason": "failed", "detail": "timeout: 30 s"} in meta["skipped"]
     assert any(s["item_id"] == "run1.jsonl:6" for s in meta["skipped"])
     out = capsys.readouterr().out
     assert "no vector for 6 items" in out and "superseded" in out
