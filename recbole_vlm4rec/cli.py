@@ -14,6 +14,7 @@ import sys
 STAGE_MODULES = (
     "recbole_vlm4rec.data.cli",
     "recbole_vlm4rec.models.cli",
+    "recbole_vlm4rec.grounding.cli",
     "recbole_vlm4rec.encoding.cli",
 )
 

@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from recbole_vlm4rec.grounding.backends.base import (
+    BackendUnavailableError,
     GroundingBackend,
     GroundingOutput,
     GroundingRequest,
@@ -45,6 +46,6 @@ def create_backend(name: str, **options: Any) -> GroundingBackend:
 
 
 __all__ = [
-    "BACKENDS", "GroundingBackend", "GroundingOutput", "GroundingRequest",
+    "BACKENDS", "BackendUnavailableError", "GroundingBackend", "GroundingOutput", "GroundingRequest",
     "UnknownBackendError", "create_backend", "get_backend_class",
 ]

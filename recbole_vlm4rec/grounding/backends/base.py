@@ -44,6 +44,11 @@ class GroundingOutput:
         return self.error is None and bool(self.text and self.text.strip())
 
 
+class BackendUnavailableError(RuntimeError):
+    """The backend cannot work at all (endpoint unreachable, weights missing); the message says
+    what to fix. Raised by ``preflight`` or ``describe``; never used for per-item failures."""
+
+
 class GroundingBackend(ABC):
     """Turns batches of grounding requests into raw model texts."""
 
@@ -61,6 +66,10 @@ class GroundingBackend(ABC):
     @abstractmethod
     def describe(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
         """One output per request, in order. Per-item failures are outputs with ``error`` set."""
+
+    def preflight(self) -> None:
+        """Fail early (BackendUnavailableError) when the backend cannot work at all, before any
+        item is sent; called once per run, not in dry runs. Default: nothing to check."""
 
     def close(self) -> None:
         """Release models, sessions and connections."""
