@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from recbole_vlm4rec import compat, paths
+from recbole_vlm4rec.data.masking import apply_eval_history_mask
 from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset, is_embedded
 from recbole_vlm4rec.models import get_model_class, project_models
 
@@ -116,6 +117,7 @@ def run(
     data = create_dataset(config)
     recbole_logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    apply_eval_history_mask(config, train_data, test_data)
     loaded = time.perf_counter()
 
     init_seed(config["seed"] + (config["local_rank"] or 0), config["reproducibility"])
