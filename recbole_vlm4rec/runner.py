@@ -27,6 +27,7 @@ import yaml
 from recbole_vlm4rec import compat, paths
 from recbole_vlm4rec.benchmark.per_user import record_per_user
 from recbole_vlm4rec.data.cold_start import apply_cold_start
+from recbole_vlm4rec.data.masking import apply_eval_history_mask
 from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset, is_embedded
 from recbole_vlm4rec.models import get_model_class, project_models
 
@@ -128,6 +129,7 @@ def run(
     recbole_logger.info(data)
     apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
     train_data, valid_data, test_data = data_preparation(config, data)
+    apply_eval_history_mask(config, train_data, test_data)
     loaded = time.perf_counter()
 
     init_seed(config["seed"] + (config["local_rank"] or 0), config["reproducibility"])

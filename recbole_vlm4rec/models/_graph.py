@@ -7,6 +7,7 @@ user 0 and item 0 have no edges).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,16 @@ import torch.nn.functional as F
 
 
 def to_torch_sparse(matrix: sp.spmatrix) -> torch.Tensor:
-    coo = matrix.tocoo().astype(np.float32)
-    indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape).coalesce()
+    """A torch CSR tensor (on CPU, sparse.mm with CSR is about 2x faster than with COO)."""
+    csr = sp.csr_matrix(matrix, dtype=np.float32)
+    csr.sort_indices()
+    with warnings.catch_warnings():  # "CSR support is in beta": sparse.mm with CSR is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(csr.indptr.astype(np.int64)),
+            torch.from_numpy(csr.indices.astype(np.int64)),
+            torch.from_numpy(csr.data), size=csr.shape, check_invariants=False,
+        )
 
 
 def user_item_adjacency(interactions: sp.spmatrix, normalization: str = "symmetric") -> sp.csr_matrix:
@@ -29,8 +37,7 @@ def user_item_adjacency(interactions: sp.spmatrix, normalization: str = "symmetr
     """
     n_users, n_items = interactions.shape
     binary = (interactions.tocsr() > 0).astype(np.float32)
-    adjacency = sp.bmat([[None, binary], [binary.T, None]], format="csr",
-                        shape=(n_users + n_items, n_users + n_items))
+    adjacency = sp.bmat([[None, binary], [binary.T, None]], format="csr")
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
     with np.errstate(divide="ignore"):
         if normalization == "symmetric":
@@ -87,3 +94,18 @@ class EvaluationCache:
             with torch.no_grad():
                 self._cached = self.forward()  # type: ignore[attr-defined]
         return self._cached
+
+
+def degree_sensitive_edge_sample(interactions: sp.spmatrix, keep_ratio: float) -> sp.csr_matrix:
+    """FREEDOM's denoising: keep ``keep_ratio`` of the user-item edges, sampled without replacement
+    with probability proportional to 1 / sqrt(d_u d_i) (edges between popular nodes go first);
+    returns the symmetric-normalised adjacency of the kept edges. Uses torch's global RNG."""
+    coo = (interactions.tocoo() > 0).tocoo()
+    degree_u = np.asarray(coo.sum(axis=1)).ravel()
+    degree_i = np.asarray(coo.sum(axis=0)).ravel()
+    weights = 1.0 / np.sqrt(degree_u[coo.row] * degree_i[coo.col])
+    n_keep = max(int(len(weights) * keep_ratio), 1)
+    kept = torch.multinomial(torch.from_numpy(weights), n_keep, replacement=False).numpy()
+    kept_edges = sp.csr_matrix((np.ones(n_keep, dtype=np.float32), (coo.row[kept], coo.col[kept])),
+                               shape=coo.shape)
+    return user_item_adjacency(kept_edges, normalization="symmetric")
