@@ -1,0 +1,136 @@
+"""A minimal OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks.
+
+It answers ``GET /v1/models`` and ``POST /v1/chat/completions`` (image parts as base64 data URLs
+are decoded, so a broken client payload fails loudly). What it answers is decided by ``policy``
+(default: a fixed description), after a fixed ``latency``. Not a model: it never looks at pixels
+beyond checking they decode.
+
+    with StubServer(latency=0.2) as server:
+        backend = OpenAICompatibleBackend(model="stub", base_url=server.base_url)
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from PIL import Image
+
+STUB_ANSWER = ("A soft cotton shirt in muted blue with a relaxed, casual style, suited to weekends "
+               "and travel for people who like simple comfortable clothes.")
+
+# (status, extra headers, body bytes or a JSON-able object, delay seconds before answering)
+Reply = tuple[int, dict[str, str], Any]
+Policy = Callable[[dict[str, Any], int], Reply]
+
+
+def completion(content: Any, model: str = "stub") -> dict[str, Any]:
+    return {"id": "stub", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}]}
+
+
+def default_policy(payload: dict[str, Any], seen: int) -> Reply:
+    return 200, {}, completion(STUB_ANSWER, payload.get("model", "stub"))
+
+
+def request_prompt(payload: dict[str, Any]) -> str:
+    """The text part of the first user message."""
+    for part in payload["messages"][0]["content"]:
+        if part.get("type") == "text":
+            return part["text"]
+    return ""
+
+
+class StubServer:
+    """Serve in a background thread; ``requests`` counts completions by prompt text."""
+
+    def __init__(self, latency: float = 0.0, policy: Policy = default_policy,
+                 models: tuple[str, ...] = ("stub",), api_key: str | None = None) -> None:
+        self.latency = latency
+        self.policy = policy
+        self.models = models
+        self.api_key = api_key
+        self.requests: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> "StubServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+        wbufsize = -1  # headers and body in one write: no Nagle / delayed-ACK stall per reply
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            if stub.api_key and self.headers.get("Authorization") != f"Bearer {stub.api_key}":
+                self._send(401, {"error": {"message": "invalid api key"}})
+                return False
+            return True
+
+        def do_GET(self) -> None:
+            if not self._authorised():
+                return
+            if self.path.rstrip("/").endswith("/models"):
+                self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in stub.models]})
+            else:
+                self._send(404, {"error": {"message": "not found"}})
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if not self._authorised():
+                return
+            if not self.path.endswith("/chat/completions"):
+                self._send(404, {"error": {"message": "not found"}})
+                return
+            payload = json.loads(body)
+            for part in payload["messages"][0]["content"]:
+                if part.get("type") == "image_url":
+                    header, encoded = part["image_url"]["url"].split(",", 1)
+                    assert header.startswith("data:image/")
+                    Image.open(io.BytesIO(base64.b64decode(encoded))).verify()
+            prompt = request_prompt(payload)
+            with stub.lock:
+                stub.requests[prompt] += 1
+                seen = stub.requests[prompt]
+            status, headers, reply = stub.policy(payload, seen)
+            delay = float(headers.pop("X-Stub-Delay", 0) or 0) if headers else 0.0
+            time.sleep(stub.latency + delay)
+            try:
+                self._send(status, reply, headers)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                pass
+
+    return Handler

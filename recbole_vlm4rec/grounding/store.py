@@ -1,0 +1,193 @@
+"""The grounding cache (SQLite, the source of truth) and the descriptions file exported from it.
+
+Files, for a run tagged ``<tag>`` (default ``<backend>-<prompt>``)::
+
+    dataset/<name>/descriptions/<tag>.sqlite   cache: one row per item ever described under <tag>
+    dataset/<name>/descriptions/<tag>.jsonl    export: one row per item of the last run
+
+``<tag>.jsonl`` is what ``vlm4rec encode`` reads. UTF-8, one JSON object per line, sorted by
+``item_id`` (string order), rewritten atomically (temp file + rename) at the end of every run,
+also an interrupted one. Keys, all always present:
+
+==================  ===========================================================================
+``item_id``         the item token, as in ``<name>.item``
+``status``          ``"ok"`` or ``"failed"``
+``text``            ``ok``: the description to encode (never empty); structured prompts give the
+                    text rendering of ``fields``. ``failed``: ``null``
+``reason``          ``failed``: a short code (``missing``, ``corrupt``, ``timeout``, ``http_500``,
+                    ``empty_output``, ``invalid_json``...); ``ok``: ``null``
+``detail``          human-readable: the error, or fixes applied to the image (``converted CMYK
+                    to RGB``); may be ``""``
+``backend``         ``transformers`` | ``openai`` | ``tagger`` | ...
+``model``           the backend's model id (name/path and generation settings)
+``prompt``          prompt name; ``prompt_version``: its declared version
+``image_sha256``    sha256 of the image bytes described (``null`` when they could not be read)
+``fields``          structured prompts: the validated slots (``{slot: text or [text]}``); else ``null``
+==================  ===========================================================================
+
+The SQLite file (WAL mode, so readers never block the writer and a crash never leaves a torn
+write) has one table ``descriptions`` with those columns plus ``prompt_key`` (hash of the prompt
+file and the rendered per-item prompt) and ``updated_at`` (unix time). A row is *current* for a run
+when its ``backend``, ``model``, ``prompt_key`` and ``image_sha256`` all equal the run's; anything
+else is stale and redone. Rows are committed once per batch, so a crash or Ctrl-C loses at most the
+batches in flight. Two runs on the same tag are safe (SQLite locking, busy timeout); they may
+duplicate work but never corrupt the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from recbole_vlm4rec.data.features import _atomic_write
+
+EXPORT_KEYS = (
+    "item_id", "status", "text", "reason", "detail", "backend", "model", "prompt",
+    "prompt_version", "image_sha256", "fields",
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS descriptions (
+    item_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    text TEXT,
+    reason TEXT,
+    detail TEXT NOT NULL DEFAULT '',
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    prompt_key TEXT NOT NULL,
+    image_sha256 TEXT,
+    fields TEXT,
+    updated_at REAL NOT NULL
+)
+"""
+_CHUNK = 500  # SQLite's bound-parameter limit is 999 on old builds
+
+
+@dataclass
+class DescriptionRow:
+    """One item's grounding result, as stored and exported."""
+
+    item_id: str
+    status: str
+    text: str | None
+    reason: str | None
+    detail: str
+    backend: str
+    model: str
+    prompt: str
+    prompt_version: str
+    prompt_key: str
+    image_sha256: str | None
+    fields: dict[str, Any] | None = None
+    updated_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def export(self) -> dict[str, Any]:
+        record = asdict(self)
+        return {key: record[key] for key in EXPORT_KEYS}
+
+
+_COLUMNS = [f.name for f in fields(DescriptionRow)]
+
+
+class DescriptionStore:
+    """The SQLite cache of one descriptions tag. Use from one thread (the pipeline's main one)."""
+
+    def __init__(self, path: str | Path, timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise sqlite3.DatabaseError(
+                f"{self.path}: not a usable grounding cache ({error}); move it away to start over"
+            ) from error
+
+    def __enter__(self) -> "DescriptionStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get_many(self, item_ids: Sequence[str]) -> dict[str, DescriptionRow]:
+        found: dict[str, DescriptionRow] = {}
+        ids = list(item_ids)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cursor = self._db.execute(
+                f"SELECT {','.join(_COLUMNS)} FROM descriptions WHERE item_id IN ({marks})", chunk
+            )
+            for values in cursor:
+                row = DescriptionRow(**dict(zip(_COLUMNS, values)))
+                row.fields = json.loads(row.fields) if row.fields else None  # type: ignore[arg-type]
+                found[row.item_id] = row
+        return found
+
+    def put_many(self, rows: Iterable[DescriptionRow]) -> int:
+        """Insert or replace ``rows`` in one transaction; returns how many."""
+        now = time.time()
+        values = []
+        for row in rows:
+            row.updated_at = now
+            record = asdict(row)
+            record["fields"] = json.dumps(row.fields, ensure_ascii=False) if row.fields is not None else None
+            values.append([record[c] for c in _COLUMNS])
+        if not values:
+            return 0
+        marks = ",".join("?" * len(_COLUMNS))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO descriptions ({','.join(_COLUMNS)}) VALUES ({marks})", values
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return len(values)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM descriptions").fetchone()[0])
+
+
+def export_jsonl(path: str | Path, rows: Iterable[DescriptionRow]) -> int:
+    """Write ``rows`` sorted by item_id to ``path`` atomically; returns the number of lines."""
+    ordered = sorted(rows, key=lambda row: row.item_id)
+    payload = "".join(json.dumps(row.export(), ensure_ascii=False) + "\n" for row in ordered)
+    _atomic_write(Path(path), lambda handle: handle.write(payload.encode("utf-8")))
+    return len(ordered)
+
+
+def read_descriptions(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a descriptions ``.jsonl``; ValueError naming the line when one is malformed."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from error
+            missing = [key for key in EXPORT_KEYS if key not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing keys {missing}")
+            rows.append(record)
+    return rows

@@ -1,0 +1,137 @@
+"""`vlm4rec ground` end to end with the scripted backend: CLI flags, crash + resume, two runs at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from grounding_fakes import ScriptedBackend, bad_and_good_images, register_fake, write_shop_dataset
+from recbole_vlm4rec import cli
+from recbole_vlm4rec.grounding.items import items_from_dataset
+from recbole_vlm4rec.grounding.prompts import load_prompt
+from recbole_vlm4rec.grounding.run import run_grounding
+from recbole_vlm4rec.grounding.store import DescriptionStore, read_descriptions
+
+N_ITEMS = len(bad_and_good_images())
+N_OK = sum(reason is None for _, _, reason in bad_and_good_images().values())
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project home whose dataset/ holds the 'shop' fixture; configs/ still come from the repo."""
+    register_fake()
+    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    write_shop_dataset(tmp_path / "dataset")
+    return tmp_path
+
+
+def test_ground_command_writes_descriptions_and_summary(home: Path, capsys):
+    code = cli.main(["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    assert len(rows) == N_ITEMS and sum(r["status"] == "ok" for r in rows) == N_OK
+    assert f"{N_OK}  ({N_OK} described now, 0 cache hits)" in out and "not_an_image" in out
+    assert cli.main(["ground", "shop", "--backend", "fake", "--no-progress", "--prompt", "structured",
+                     "--domain", "fashion", "--limit", "2"]) == 0
+    rows = read_descriptions(home / "dataset/shop/descriptions/fake-structured-fashion.jsonl")
+    assert [r["item_id"] for r in rows] == ["i01", "i02"] and "fit" in rows[0]["fields"]
+    assert rows[0]["text"].startswith("Category: category value.")
+
+
+def test_ground_on_a_csv_table_and_dry_run(home: Path, tmp_path: Path, capsys):
+    table = tmp_path / "table" / "products.csv"
+    table.parent.mkdir()
+    images = home / "dataset" / "shop" / "img"
+    table.write_text(f"sku,name,photo\nA1,Linen shirt,red.jpg\nB2,Toy,{images / 'missing.png'}\n")
+    argv = ["ground", "--items", str(table), "--item-column", "sku", "--image-column", "photo",
+            "--image-root", str(images), "--context", "{name}", "--backend", "fake", "--no-progress"]
+    assert cli.main(argv + ["--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "Linen shirt" in err and "1 to describe" in err and "missing" in err
+    assert not (table.parent / "descriptions" / "fake-preference.jsonl").exists()
+    assert cli.main(argv + ["--tag", "mine"]) == 0
+    rows = read_descriptions(table.parent / "descriptions" / "mine.jsonl")
+    assert [(r["item_id"], r["status"], r["reason"]) for r in rows] == [("A1", "ok", None), ("B2", "failed", "missing")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ground", "--backend", "fake"], "give a dataset name or --items"),
+    (["ground", "nope", "--backend", "fake"], "prepare the dataset first"),
+    (["ground", "shop", "--backend", "fake", "--base-url", "http://x"], "does not take --base-url"),
+    (["ground", "shop", "--backend", "fake", "--prompt", "nope"], "prompt 'nope' not found"),
+    (["ground", "shop", "--backend", "fake", "--context", "{brand}"], "['brand'] not found"),
+])
+def test_ground_command_errors_are_one_clear_line(home: Path, capsys, argv, message):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_killed_run_resumes_without_losing_or_duplicating(home: Path):
+    """SIGKILL the command mid-run (no cleanup at all), then rerun: every finished batch is kept."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.getcwd()]))
+    code = ("import sys, grounding_fakes; grounding_fakes.register_fake(); from recbole_vlm4rec import cli; "
+            "sys.exit(cli.main(sys.argv[1:]))")
+    argv = ["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "1",
+            "--backend-option", "delay=0.4"]
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store_path = home / "dataset/shop/descriptions/fake-preference.sqlite"
+    n_bad_images = 4  # committed before any model call
+    deadline = time.time() + 60
+    while time.time() < deadline and _count(store_path, "status = 'ok'") < 2:
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    survived = _count(store_path, "status = 'ok'")
+    assert 2 <= survived < N_OK and _count(store_path, "1") >= n_bad_images + survived
+    assert cli.main(argv[:-2]) == 0
+    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    assert len(rows) == len({r["item_id"] for r in rows}) == N_ITEMS
+    assert sum(r["status"] == "ok" for r in rows) == N_OK
+    assert _count(store_path, "1") == N_ITEMS
+
+
+def test_two_runs_on_the_same_output_do_not_corrupt_it(home: Path):
+    folder = home / "dataset" / "shop"
+    items = items_from_dataset(folder)
+    errors: list[BaseException] = []
+
+    def one_run(tag_seed: int) -> None:
+        try:
+            with DescriptionStore(folder / "descriptions" / "both.sqlite", timeout_s=30) as store:
+                run_grounding(items, load_prompt("preference"), ScriptedBackend(batch_size=1, delay=0.01),
+                              store, folder / "descriptions" / "both.jsonl", progress=False)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=one_run, args=(seed,)) for seed in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with sqlite3.connect(folder / "descriptions" / "both.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = read_descriptions(folder / "descriptions" / "both.jsonl")
+    assert len(rows) == N_ITEMS and sum(r["status"] == "ok" for r in rows) == N_OK
+
+
+def _count(store_path: Path, where: str) -> int:
+    if not store_path.exists():
+        return 0
+    try:
+        with sqlite3.connect(store_path, timeout=10) as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM descriptions WHERE {where}").fetchone()[0])
+    except sqlite3.OperationalError:  # table not created yet
+        return 0

@@ -1,0 +1,140 @@
+"""The openai backend against an OpenAI-compatible stub server on 127.0.0.1 started by the test."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from grounding_fakes import write_shop_dataset
+from recbole_vlm4rec import cli
+from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
+from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend, _retry_after_seconds
+from recbole_vlm4rec.grounding.backends.openai_stub import STUB_ANSWER, StubServer, completion, request_prompt
+from recbole_vlm4rec.grounding.store import read_descriptions
+
+
+def scripted_policy(payload, seen):
+    """Behaviour chosen by the prompt text, so one server covers every case."""
+    case = request_prompt(payload)
+    if case == "429-then-ok":
+        return (429, {"Retry-After": "0"}, {"error": {"message": "slow down"}}) if seen == 1 else \
+            (200, {}, completion(STUB_ANSWER))
+    if case == "always-500":
+        return 500, {}, {"error": {"message": "engine crashed"}}
+    if case == "bad-request":
+        return 400, {}, {"error": {"message": "image too large"}}
+    if case == "slow":
+        return 200, {"X-Stub-Delay": "1.0"}, completion(STUB_ANSWER)
+    if case == "malformed":
+        return 200, {}, b'{"choices": [ this is not json'
+    if case == "no-choices":
+        return 200, {}, {"object": "chat.completion", "choices": []}
+    if case == "empty":
+        return 200, {}, completion("")
+    if case == "parts":
+        return 200, {}, completion([{"type": "text", "text": "in "}, {"type": "text", "text": "parts"}])
+    return 200, {}, completion(STUB_ANSWER)
+
+
+def request(case: str) -> GroundingRequest:
+    return GroundingRequest(case, Image.new("RGB", (16, 16), (10, 200, 30)), "0" * 64, case)
+
+
+def backend(server: StubServer, **options) -> OpenAICompatibleBackend:
+    options = {"model": "stub", "base_url": server.base_url, "backoff_base": 0.01, "max_retries": 2,
+               "timeout": 5.0, **options}
+    return OpenAICompatibleBackend(**options)
+
+
+def test_success_retry_and_permanent_failures():
+    with StubServer(policy=scripted_policy) as server:
+        client = backend(server, concurrency=2)
+        client.preflight()
+        cases = ["ok", "429-then-ok", "always-500", "bad-request", "malformed", "no-choices", "empty", "parts"]
+        outputs = {out.item_id: out for out in client.describe([request(case) for case in cases])}
+        client.close()
+    assert outputs["ok"].text == STUB_ANSWER and outputs["ok"].ok
+    assert outputs["429-then-ok"].text == STUB_ANSWER
+    assert server.requests["429-then-ok"] == 2
+    assert outputs["always-500"].error == "http_500" and "engine crashed" in outputs["always-500"].detail
+    assert server.requests["always-500"] == 3  # 1 + max_retries
+    assert outputs["bad-request"].error == "http_400" and server.requests["bad-request"] == 1  # no retry
+    assert outputs["malformed"].error == "bad_response" and outputs["no-choices"].error == "bad_response"
+    assert outputs["empty"].text == "" and not outputs["empty"].ok and outputs["empty"].error is None
+    assert outputs["parts"].text == "in parts"
+
+
+def test_timeout_is_retried_then_recorded():
+    with StubServer(policy=scripted_policy) as server:
+        client = backend(server, timeout=0.2, max_retries=1)
+        (output,) = client.describe([request("slow")])
+        client.close()
+    assert output.error == "timeout" and "2 tries" in output.detail
+    assert server.requests["slow"] == 2
+
+
+def test_api_key_is_sent_and_a_wrong_one_stops_early(monkeypatch):
+    with StubServer(api_key="sesame") as server:
+        monkeypatch.setenv("MY_KEY", "sesame")
+        client = backend(server, api_key_env="MY_KEY")
+        client.preflight()
+        assert client.describe([request("ok")])[0].ok
+        monkeypatch.setenv("MY_KEY", "wrong")
+        with pytest.raises(BackendUnavailableError, match="401.*MY_KEY"):
+            backend(server, api_key_env="MY_KEY").preflight()
+        with pytest.raises(BackendUnavailableError, match="401"):
+            backend(server, api_key_env="MY_KEY").describe([request("ok")])
+
+
+def test_unknown_model_and_unreachable_endpoint_fail_before_any_item():
+    with StubServer(models=("served-model",)) as server:
+        with pytest.raises(BackendUnavailableError, match="does not serve model 'stub'.*served-model"):
+            backend(server).preflight()
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(BackendUnavailableError, match="cannot reach"):
+        OpenAICompatibleBackend(model="m", base_url=url).preflight()
+    # without the preflight, consecutive connection failures stop the run instead of failing each item
+    dead = OpenAICompatibleBackend(model="m", base_url=url, max_retries=0, abort_after=3)
+    assert dead.describe([request("a"), request("b")])[1].error == "connection_error"
+    with pytest.raises(BackendUnavailableError, match="3 items in a row"):
+        dead.describe([request("c")])
+
+
+def test_retry_after_header_forms():
+    assert _retry_after_seconds("2.5") == 2.5
+    assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None
+    assert _retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a past date: no wait
+
+
+def test_ground_command_through_the_stub(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    write_shop_dataset(tmp_path / "dataset")
+
+    def policy(payload, seen):
+        return 200, {}, completion("" if "title of i02" in request_prompt(payload) else STUB_ANSWER)
+
+    with StubServer(policy=policy) as server:
+        argv = ["ground", "shop", "--backend", "openai", "--base-url", server.base_url, "--model", "stub",
+                "--concurrency", "4", "--context", "{title}", "--no-progress"]
+        assert cli.main(argv) == 0
+        rows = {r["item_id"]: r for r in read_descriptions(tmp_path / "dataset/shop/descriptions/openai-preference.jsonl")}
+        assert rows["i01"]["text"] == STUB_ANSWER and rows["i01"]["backend"] == "openai"
+        assert rows["i02"]["reason"] == "empty_output" and rows["i10"]["reason"] == "missing"
+        sent = sum(server.requests.values())
+        assert cli.main(argv) == 0  # rerun: only the failed item is asked again
+        assert sum(server.requests.values()) == sent + 1
+    assert "cache hits" in capsys.readouterr().out
+    dead = ["ground", "shop", "--backend", "openai", "--base-url", f"http://127.0.0.1:{_free_port()}/v1",
+            "--model", "stub", "--no-progress"]
+    assert cli.main(dead) == 1
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
