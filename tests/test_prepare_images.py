@@ -69,7 +69,8 @@ def test_download_validates_retries_and_resumes(tmp_path, image_server):
     assert hits["/flaky.jpg"] == 3
     reasons = {token: reason for token, (_, reason) in report.failures.items()}
     assert reasons["gone"] == "HTTP 404" and hits["/gone.jpg"] == 1  # 4xx: no retry
-    assert "not a readable image" in reasons["page"] and "not a readable image" in reasons["bad"]
+    assert reasons["page"].startswith("not_an_image")
+    assert reasons["bad"].startswith(("corrupt", "truncated", "not_an_image"))
     assert "too large" in reasons["big"] and reasons["ftp"] == "not an http(s) URL"
     assert (folder / f"{file_stem('weird/id')}.jpg").is_file() and "/" not in file_stem("weird/id")
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
@@ -81,8 +82,15 @@ def test_download_validates_retries_and_resumes(tmp_path, image_server):
 
 def test_check_image_rejects_non_images():
     assert check_image(image_bytes("PNG")) == ".png"
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="^(corrupt|truncated|not_an_image)"):
         check_image(b"GIF89a-broken")
+    truncated = image_bytes("JPEG")[:-40]  # a decode catches this; Image.verify() would not
+    with pytest.raises(ValueError, match="^(truncated|corrupt)"):
+        check_image(truncated)
+    bmp = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(bmp, format="BMP")
+    with pytest.raises(ValueError, match="unsupported image format BMP"):
+        check_image(bmp.getvalue())
 
 
 def test_download_images_cli_rewrites_item_file(tmp_path, image_server):

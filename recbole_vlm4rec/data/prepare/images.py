@@ -55,20 +55,23 @@ def existing_image(folder: Path, token: str) -> Path | None:
 
 
 def check_image(body: bytes, max_pixels: int = 50_000_000) -> str:
-    """The file extension for a valid image body; raises ValueError naming what is wrong."""
+    """The file extension for a valid image body; raises ValueError naming what is wrong.
+
+    Validation is the one every pixel stage uses (``recbole_vlm4rec.data.images.load_image``:
+    a full decode, so truncated files fail here), plus a format this project saves.
+    """
     from PIL import Image
 
+    from recbole_vlm4rec.data.images import REASONS, ImageError, load_image
+
     try:
-        with Image.open(io.BytesIO(body)) as image:
-            image_format = image.format
-            width, height = image.size
-            image.verify()
-    except Exception as error:  # Pillow raises many types for corrupt data
-        raise ValueError(f"not a readable image ({type(error).__name__})") from None
+        load_image(body, max_side=None, max_pixels=max_pixels)
+    except ImageError as error:
+        raise ValueError(f"{error.reason}: {error.detail or REASONS[error.reason]}") from None
+    with Image.open(io.BytesIO(body)) as image:
+        image_format = image.format
     if image_format not in FORMATS:
         raise ValueError(f"unsupported image format {image_format}")
-    if width * height > max_pixels or min(width, height) < 1:
-        raise ValueError(f"implausible size {width}x{height}")
     return FORMATS[image_format]
 
 
