@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -23,20 +25,24 @@ GOOD_TEXT = "A {colour} item with a calm, minimal style, made of smooth material
 class ScriptedBackend(GroundingBackend):
     """Describes an image by its mean colour. ``script`` maps item id -> a raw answer or
     ``("error", code)``; ``interrupt_after`` raises KeyboardInterrupt once that many items were
-    answered; ``delay`` sleeps per batch (seconds)."""
+    answered (``in_main=True``: sends the process a real SIGINT instead, as Ctrl-C does);
+    ``delay`` sleeps per batch (seconds)."""
 
     name = "fake"
 
     def __init__(self, model: str = "fake-model", script: dict | None = None, batch_size: int = 2,
-                 concurrency: int = 1, interrupt_after: int | None = None, delay: float = 0.0) -> None:
+                 concurrency: int = 1, interrupt_after: int | None = None, delay: float = 0.0,
+                 in_main: bool = False) -> None:
         self.model = model
         self.script = dict(script or {})
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.interrupt_after = interrupt_after
         self.delay = delay
+        self.in_main = in_main
         self.seen: list[str] = []
         self.prompts: dict[str, str] = {}
+        self.original_bytes: dict[str, bool] = {}  # item -> the request carried the file's bytes
         self._lock = threading.Lock()
 
     def model_id(self) -> str:
@@ -47,9 +53,13 @@ class ScriptedBackend(GroundingBackend):
             time.sleep(self.delay)
         with self._lock:
             if self.interrupt_after is not None and len(self.seen) >= self.interrupt_after:
-                raise KeyboardInterrupt
+                if not self.in_main:
+                    raise KeyboardInterrupt
+                self.interrupt_after = None
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the main thread gets KeyboardInterrupt
             self.seen.extend(r.item_id for r in requests)
             self.prompts.update((r.item_id, r.prompt) for r in requests)
+            self.original_bytes.update((r.item_id, r.image_bytes is not None) for r in requests)
         outputs = []
         for request in requests:
             assert request.image.mode == "RGB"
@@ -121,3 +131,11 @@ def write_shop_dataset(root: Path, name: str = "shop") -> Path:
         lines.append(f"{item_id}\ttitle of {item_id}\t{reference}")
     (folder / f"{name}.item").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def make_project_home(tmp_path: Path, monkeypatch) -> Path:
+    """Point VLM4REC_HOME at ``tmp_path`` (configs/ linked from the repo) with the 'shop' dataset."""
+    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    write_shop_dataset(tmp_path / "dataset")
+    return tmp_path

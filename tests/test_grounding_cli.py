@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from grounding_fakes import ScriptedBackend, bad_and_good_images, register_fake, write_shop_dataset
+from grounding_fakes import ScriptedBackend, bad_and_good_images, make_project_home, register_fake
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.items import items_from_dataset
 from recbole_vlm4rec.grounding.prompts import load_prompt
@@ -28,10 +28,7 @@ N_OK = sum(reason is None for _, _, reason in bad_and_good_images().values())
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project home whose dataset/ holds the 'shop' fixture; configs/ still come from the repo."""
     register_fake()
-    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
-    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
-    write_shop_dataset(tmp_path / "dataset")
-    return tmp_path
+    return make_project_home(tmp_path, monkeypatch)
 
 
 def test_ground_command_writes_descriptions_and_summary(home: Path, capsys):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from grounding_fakes import write_shop_dataset
+from grounding_fakes import make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend, _retry_after_seconds
@@ -103,6 +107,38 @@ def test_unknown_model_and_unreachable_endpoint_fail_before_any_item():
         dead.describe([request("c")])
 
 
+def test_close_stops_items_that_are_waiting_to_retry():
+    """Ctrl-C closes the backend: requests in their backoff sleep give up instead of retrying."""
+    with StubServer(policy=scripted_policy) as server:
+        client = backend(server, backoff_base=30.0, max_retries=5)
+        outputs = []
+        worker = threading.Thread(target=lambda: outputs.extend(client.describe([request("always-500")])))
+        worker.start()
+        while server.requests["always-500"] < 1:
+            time.sleep(0.01)
+        client.close()
+        worker.join(timeout=20)
+    assert not worker.is_alive() and outputs[0].error == "interrupted"
+    assert server.requests["always-500"] == 1
+
+
+def test_json_mode_asks_for_json_on_structured_prompts_only():
+    client = OpenAICompatibleBackend(model="m", base_url="http://127.0.0.1:9/v1", json_mode=True)
+    structured = GroundingRequest("a", Image.new("RGB", (8, 8)), "0" * 64, "fill", ("category", "style"))
+    assert client.payload(structured)["response_format"] == {"type": "json_object"}
+    assert "response_format" not in client.payload(request("free text"))
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    as_is = GroundingRequest("b", Image.new("RGB", (4, 4)), "0" * 64, "x", None, png.getvalue())
+    url = client.payload(as_is)["messages"][0]["content"][1]["image_url"]["url"]
+    assert url == "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    assert "json_mode" in client.model_id() and "json_mode" not in backend_model_id_default()
+
+
+def backend_model_id_default() -> str:
+    return OpenAICompatibleBackend(model="m", base_url="http://127.0.0.1:9/v1").model_id()
+
+
 def test_retry_after_header_forms():
     assert _retry_after_seconds("2.5") == 2.5
     assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None
@@ -110,9 +146,7 @@ def test_retry_after_header_forms():
 
 
 def test_ground_command_through_the_stub(tmp_path: Path, monkeypatch, capsys):
-    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
-    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
-    write_shop_dataset(tmp_path / "dataset")
+    make_project_home(tmp_path, monkeypatch)
 
     def policy(payload, seen):
         return 200, {}, completion("" if "title of i02" in request_prompt(payload) else STUB_ANSWER)

@@ -47,10 +47,14 @@ def test_every_bad_input_is_recorded_and_the_run_goes_on(shop):
     assert sorted(backend.seen) == OK_ITEMS  # unusable images never reach the backend
     assert rows["i01"]["text"] == GOOD_TEXT.format(colour="red")
     assert rows["i03"]["detail"] == "converted CMYK to RGB"
+    assert rows["i10"]["detail"].endswith("img/gone.jpg: the image file does not exist")
     assert "transparency" in rows["i04"]["detail"] and "downscaled" in rows["i06"]["detail"]
     assert rows["i01"]["backend"] == "fake" and rows["i01"]["model"] == "fake-model"
     assert (rows["i01"]["prompt"], rows["i01"]["prompt_version"]) == ("preference", "1")
     assert "title of i01" in backend.prompts["i01"]  # the context template reached the prompt
+    # unchanged JPEG/PNG files travel as they are; converted or downscaled ones do not
+    assert backend.original_bytes == {"i01": True, "i02": True, "i03": False, "i04": False,
+                                      "i05": False, "i06": False}
     assert summary.described == len(OK_ITEMS) and summary.cached == 0
     assert summary.failures == {reason: 1 for reason in EXPECTED.values() if reason}
     text = summary.format()
@@ -112,12 +116,26 @@ def test_ctrl_c_keeps_finished_batches_and_a_rerun_completes(shop):
     assert summary.interrupted
     done = [item for item, row in rows.items() if row["status"] == "ok"]
     assert sorted(done) == sorted(stopping.seen) and len(done) == 4
-    assert summary.to_do == len(OK_ITEMS) + 2 and summary.not_done == summary.to_do - 4  # + 2 undecodable
+    assert summary.to_do == len(OK_ITEMS) + 2  # + 2 undecodable images, found by the workers
+    assert summary.not_done == len(EXPECTED) - len(rows) >= len(OK_ITEMS) - 4  # every item: a row or "not done"
     resumed = ScriptedBackend()
     summary, rows = ground(folder, items, resumed)
     assert sorted(resumed.seen) == sorted(set(OK_ITEMS) - set(done))  # nothing redone, nothing lost
     assert not summary.interrupted and summary.cached == 4
     assert sorted(rows) == sorted(EXPECTED)
+    assert sorted(i for i, r in rows.items() if r["status"] == "ok") == OK_ITEMS
+
+
+def test_ctrl_c_in_the_main_thread_saves_what_finished(shop):
+    folder, items = shop
+    backend = ScriptedBackend(batch_size=1, concurrency=2, interrupt_after=3, in_main=True, delay=0.05)
+    summary, rows = ground(folder, items, backend)
+    assert summary.interrupted and 0 < summary.described < len(OK_ITEMS)
+    done = {item for item, row in rows.items() if row["status"] == "ok"}
+    assert len(done) == summary.described and done <= set(backend.seen)
+    resumed = ScriptedBackend()
+    _, rows = ground(folder, items, resumed)
+    assert not set(resumed.seen) & done
     assert sorted(i for i, r in rows.items() if r["status"] == "ok") == OK_ITEMS
 
 

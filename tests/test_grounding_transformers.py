@@ -9,15 +9,25 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from grounding_fakes import bad_and_good_images, write_shop_dataset
+from grounding_fakes import bad_and_good_images, make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.transformers_vlm import TransformersBackend
 from recbole_vlm4rec.grounding.store import read_descriptions
-from tiny_vlms import WORDS, build_tiny_llava, build_tiny_qwen2_vl
+from tiny_vlms import (
+    WORDS,
+    build_tiny_idefics3,
+    build_tiny_llava,
+    build_tiny_llava_next,
+    build_tiny_qwen2_5_vl,
+    build_tiny_qwen2_vl,
+)
 
 N_OK = sum(reason is None for _, _, reason in bad_and_good_images().values())
-ARCHITECTURES = {"qwen2_vl": build_tiny_qwen2_vl, "llava": build_tiny_llava}
+ARCHITECTURES = {
+    "qwen2_vl": build_tiny_qwen2_vl, "qwen2_5_vl": build_tiny_qwen2_5_vl, "llava": build_tiny_llava,
+    "llava_next": build_tiny_llava_next, "idefics3": build_tiny_idefics3,
+}
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
@@ -28,10 +38,7 @@ def tiny_model(request, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
-    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
-    write_shop_dataset(tmp_path / "dataset")
-    return tmp_path
+    return make_project_home(tmp_path, monkeypatch)
 
 
 def requests_of_mixed_sizes() -> list[GroundingRequest]:

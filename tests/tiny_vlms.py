@@ -50,9 +50,11 @@ def _always_words(model, eos: int, pad: int, banned: list[int]) -> None:
     model.generation_config.suppress_tokens = banned
 
 
-def build_tiny_qwen2_vl(folder: Path) -> Path:
+def build_tiny_qwen2_vl(folder: Path, version: str = "2") -> Path:
+    """Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``): images of at most 56x56 px, i.e. 4x4
+    patches of 14 px merged 2x2 into 4 image tokens."""
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    import transformers
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -61,26 +63,36 @@ def build_tiny_qwen2_vl(folder: Path) -> Path:
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
     common = {"eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
               "bos_token_id": ids["<|im_start|>"]}
-    config = Qwen2VLConfig(
+    vision = dict(depth=1, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3)
+    if version == "2":
+        prefix = "Qwen2VL"
+        vision.update(embed_dim=32, mlp_ratio=2)
+    else:
+        prefix = "Qwen2_5_VL"
+        vision.update(intermediate_size=64, out_hidden_size=32, window_size=56, fullatt_block_indexes=[0])
+    config = getattr(transformers, f"{prefix}Config")(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=1024,
                          rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, **common),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], **common,
     )
     torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
     _always_words(model, ids["<|im_end|>"], ids["<|endoftext|>"], [0, *ids.values()])
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    # at most 56x56 px: 4x4 patches of 14 px, merged 2x2 -> 4 image tokens
     Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56).save_pretrained(folder)
     (folder / "chat_template.jinja").write_text(QWEN_TEMPLATE)
-    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": f"{prefix}Processor"}))
     return folder
+
+
+def build_tiny_qwen2_5_vl(folder: Path) -> Path:
+    return build_tiny_qwen2_vl(folder, version="2.5")
 
 
 def build_tiny_llava(folder: Path) -> Path:
@@ -108,5 +120,78 @@ def build_tiny_llava(folder: Path) -> Path:
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                image_token="<image>", chat_template=LLAVA_TEMPLATE)
+    processor.save_pretrained(folder)
+    return folder
+
+
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def build_tiny_idefics3(folder: Path) -> Path:
+    """Idefics3 (the SmolVLM family's architecture): 56 px images, no splitting, 4 image tokens."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+
+    special = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+               "<global-img>"]
+    tokenizer = word_tokenizer(special, pad="<|endoftext|>", eos="<end_of_utterance>")
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=56, patch_size=14),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                max_position_embeddings=256, pad_token_id=ids["<|endoftext|>"],
+                                eos_token_id=ids["<end_of_utterance>"]),
+        scale_factor=2, image_token_id=ids["<image>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config)
+    _always_words(model, ids["<end_of_utterance>"], ids["<|endoftext|>"], [0, *ids.values()])
+    model.save_pretrained(folder)
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 56},
+                                                max_image_size={"longest_edge": 56})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_llava_next(folder: Path) -> Path:
+    """LLaVA-NeXT ("anyres"): 28 px tiles on a grid of at most 2 tiles, plus the base image."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+    from transformers import LlavaNextProcessor
+    from transformers.models.llava_next import LlavaNextImageProcessorPil
+
+    special = ["<pad>", "<s>", "</s>", "<image>"]
+    tokenizer = word_tokenizer(special, pad="<pad>", eos="</s>")
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
+    pinpoints = [[28, 28], [28, 56], [56, 28]]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                max_position_embeddings=512, pad_token_id=ids["<pad>"],
+                                bos_token_id=ids["<s>"], eos_token_id=ids["</s>"]),
+        image_token_index=ids["<image>"], vision_feature_select_strategy="default", vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+    )
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config)
+    _always_words(model, ids["</s>"], ids["<pad>"], [0, *ids.values()])
+    model.save_pretrained(folder)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   image_token="<image>", chat_template=LLAVA_TEMPLATE)
     processor.save_pretrained(folder)
     return folder

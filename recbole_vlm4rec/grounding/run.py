@@ -19,11 +19,11 @@
 
 from __future__ import annotations
 
-import logging
+import queue
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, TextIO
@@ -31,12 +31,12 @@ from typing import Sequence, TextIO
 from tqdm.auto import tqdm
 
 from recbole_vlm4rec.data.images import DEFAULT_MAX_SIDE, ImageError, image_sha256, load_image, read_image_bytes
+from recbole_vlm4rec.data.images import REASONS as IMAGE_REASONS
 from recbole_vlm4rec.grounding.backends.base import GroundingBackend, GroundingRequest
 from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import OutputRejected, PromptSpec
 from recbole_vlm4rec.grounding.store import DescriptionRow, DescriptionStore, export_jsonl
 
-logger = logging.getLogger(__name__)
 
 
 class GroundingAborted(RuntimeError):
@@ -59,6 +59,7 @@ class GroundingSummary:
     described: int = 0          # new ok rows
     cached: int = 0             # current rows reused from the cache
     failures: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> one failed item and its detail
     to_do: int = 0              # items sent (or, in a dry run, that would be sent) to the backend
     exported: int = 0
     interrupted: bool = False
@@ -74,6 +75,12 @@ class GroundingSummary:
     def not_done(self) -> int:
         return self.total - self.ok - sum(self.failures.values())
 
+    def count_failures(self, rows) -> None:
+        for row in sorted(rows, key=lambda row: row.item_id):
+            if not row.ok:
+                self.failures[row.reason] += 1
+                self.examples.setdefault(row.reason, f"item {row.item_id}: {row.detail}")
+
     def format(self) -> str:
         rate = self.to_do / self.describe_seconds if self.describe_seconds > 0 else 0.0
         lines = [
@@ -81,10 +88,12 @@ class GroundingSummary:
             f"ok           {self.ok}  ({self.described} described now, {self.cached} cache hits)",
             f"failed       {sum(self.failures.values())}",
         ]
-        lines += [f"  {reason:<18} {count}" for reason, count in self.failures.most_common()]
+        lines += [f"  {reason:<18} {count:<6} e.g. {self.examples.get(reason, '')}"[:160].rstrip()
+                  for reason, count in self.failures.most_common()]
         if self.not_done:
             lines.append(f"not done     {self.not_done}  (interrupted: rerun the same command to go on)")
-        lines.append(f"time         {self.seconds:.1f} s ({rate:.2f} items/s sent to the backend)")
+        sent = f" ({rate:.2f} items/s sent to the backend)" if self.to_do and rate else ""
+        lines.append(f"time         {self.seconds:.1f} s{sent}")
         if self.output:
             lines.append(f"wrote        {self.output} ({self.exported} rows)")
         return "\n".join(lines)
@@ -125,7 +134,7 @@ def run_grounding(
         try:
             sha = image_sha256(read_image_bytes(item.image))
         except ImageError as error:
-            row = meta.failed(item.item_id, key, None, error.reason, error.detail)
+            row = meta.failed(item.item_id, key, None, error.reason, _detail(error))
             current[item.item_id] = row
             image_failures.append(row)
             continue
@@ -138,7 +147,7 @@ def run_grounding(
     summary.to_do = len(tasks)
     if dry_run:
         _print_dry_run(tasks, image_failures, summary, prompt, backend, stream)
-        summary.failures.update(row.reason for row in current.values() if not row.ok)
+        summary.count_failures(current.values())
         return summary
     store.put_many(image_failures)
     if tasks:
@@ -153,7 +162,7 @@ def run_grounding(
         raise
     finally:
         current.update(described)
-        summary.failures.update(row.reason for row in current.values() if not row.ok)
+        summary.count_failures(current.values())
         summary.described = sum(row.ok for row in current.values()) - summary.cached
         summary.exported = export_jsonl(output, current.values())
         summary.output = Path(output)
@@ -198,14 +207,16 @@ def _describe_batch(
     for task in batch:
         item_id = task.item.item_id
         try:
-            loaded = load_image(task.item.image, max_side=max_side)
+            data = read_image_bytes(task.item.image)
+            loaded = load_image(data, max_side=max_side, name=task.item.image)
         except ImageError as error:
-            rows[item_id] = meta.failed(item_id, task.prompt_key, task.image_sha256, error.reason, error.detail)
+            rows[item_id] = meta.failed(item_id, task.prompt_key, task.image_sha256, error.reason, _detail(error))
             continue
         notes[item_id] = "; ".join(loaded.notes)
         task.image_sha256 = loaded.sha256  # what was described, even if the file changed since
+        unchanged = not loaded.notes and data[:3] in (b"\xff\xd8\xff", b"\x89PN")  # JPEG / PNG as is
         requests.append(GroundingRequest(item_id, loaded.image, loaded.sha256, task.prompt,
-                                         prompt.structured_slots))
+                                         prompt.structured_slots, data if unchanged else None))
     outputs = backend.describe(requests) if requests else []
     if len(outputs) != len(requests):
         raise GroundingAborted(f"backend {backend.name} returned {len(outputs)} outputs for {len(requests)} requests")
@@ -232,8 +243,8 @@ def _describe_all(
     meta: _RowMaker, max_side: int | None, progress: bool, stream: TextIO, summary: GroundingSummary,
     done: dict[str, DescriptionRow],
 ) -> None:
-    """Run the batches on worker threads, committing each finished batch into the cache and
-    ``done`` (filled as it goes, so the caller has every saved row even after an exception)."""
+    """Run the batches on worker threads, committing finished batches into the cache and ``done``
+    (filled as it goes, so the caller has every saved row even after an exception)."""
     if not tasks:
         return
     batch_size, workers = max(1, backend.batch_size), max(1, backend.concurrency)
@@ -243,23 +254,25 @@ def _describe_all(
                disable=not progress, file=stream, dynamic_ncols=True)
     started = time.perf_counter()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grounding")
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()  # O(1) per completion at any concurrency
     pending: set[Future] = set()
     next_batch, failed = 0, [0]
 
-    def collect(futures) -> None:
-        """Save every successful batch, then re-raise the first failure (Ctrl-C included)."""
+    def collect(futures: list[Future]) -> None:
+        """Save every successful batch in one transaction, then re-raise the first failure."""
         error: BaseException | None = None
+        rows: list[DescriptionRow] = []
         for future in futures:
+            pending.discard(future)
             try:
-                rows = future.result()
-            except BaseException as raised:  # noqa: BLE001  (re-raised below)
+                rows.extend(future.result())
+            except BaseException as raised:  # noqa: BLE001  (re-raised below, Ctrl-C included)
                 error = error or raised
-                continue
-            store.put_many(rows)
-            done.update((row.item_id, row) for row in rows)
-            failed[0] += sum(not row.ok for row in rows)
-            bar.update(len(rows))
-            bar.set_postfix(failed=failed[0], refresh=False)
+        store.put_many(rows)
+        done.update((row.item_id, row) for row in rows)
+        failed[0] += sum(not row.ok for row in rows)
+        bar.update(len(rows))
+        bar.set_postfix(failed=failed[0], refresh=False)
         if isinstance(error, Exception) and not isinstance(error, GroundingAborted):
             raise GroundingAborted(f"backend {backend.name} failed: {type(error).__name__}: {error}") from error
         if error is not None:
@@ -268,13 +281,16 @@ def _describe_all(
     try:
         while next_batch < len(batches) or pending:
             while next_batch < len(batches) and len(pending) < window:
-                pending.add(executor.submit(_describe_batch, batches[next_batch], prompt, backend,
-                                            meta, max_side))
+                future = executor.submit(_describe_batch, batches[next_batch], prompt, backend, meta, max_side)
+                pending.add(future)
+                future.add_done_callback(finished.put)
                 next_batch += 1
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            collect(finished)
+            ready = [finished.get()]  # blocks; Ctrl-C lands here
+            while not finished.empty():  # under load several batches finish together: one commit
+                ready.append(finished.get())
+            collect(ready)
     except BaseException:
-        for future in pending:
+        for future in list(pending):
             future.cancel()
         # batches that finished while we were stopping are saved too
         collect([f for f in pending if f.done() and not f.cancelled() and f.exception() is None])
@@ -283,6 +299,11 @@ def _describe_all(
         executor.shutdown(wait=False, cancel_futures=True)
         bar.close()
         summary.describe_seconds = time.perf_counter() - started
+
+
+def _detail(error: ImageError) -> str:
+    """Where and what: the file and the error (or the reason's description)."""
+    return f"{error.source}: {error.detail or IMAGE_REASONS[error.reason]}"
 
 
 def _print_dry_run(

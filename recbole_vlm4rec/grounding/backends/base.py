@@ -27,6 +27,9 @@ class GroundingRequest:
     # Slot names when the prompt asks for structured JSON output; backends that do not generate
     # free text (the tagger) use it to fill what they can.
     structured_slots: tuple[str, ...] | None = None
+    # The original file bytes when they are a JPEG or PNG that needed no fix (no mode conversion,
+    # no downscale): remote backends may send them as they are instead of re-encoding ``image``.
+    image_bytes: bytes | None = None
 
 
 @dataclass

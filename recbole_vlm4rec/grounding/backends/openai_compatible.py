@@ -2,7 +2,8 @@
 
 Works with vLLM (``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``), Ollama (``/v1``), SGLang, LM Studio
 and hosted APIs. Each item is one request: the prompt as a text part and the image as a base64
-JPEG data URL, greedy (``temperature 0``). This is how grounding scales out: raise
+JPEG data URL (the original file's bytes when it is a JPEG/PNG that needed no fix), greedy
+(``temperature 0``). This is how grounding scales out: raise
 ``concurrency`` (requests in flight; the pipeline runs that many worker threads) and point
 ``base_url`` at a server on a GPU machine.
 
@@ -14,6 +15,8 @@ Failure handling, per request:
 * after the retries, or at once for other 4xx, the item is recorded as failed with a reason:
   ``http_<status>``, ``timeout``, ``connection_error``, ``bad_response`` (body not the expected
   JSON). An empty answer comes back as empty text and the pipeline records ``empty_output``.
+* ``json_mode=True`` (``--backend-option json_mode=true``) adds ``response_format: json_object``
+  to structured prompts, for servers that constrain decoding to JSON (vLLM, OpenAI).
 * failures that mean *no* item can succeed stop the run with a clear error instead of thousands of
   per-item failures: unreachable endpoint (checked before the run by :meth:`preflight`, and again
   when ``abort_after`` consecutive items fail to connect), 401/403 (API key), 404 (model or path).
@@ -65,6 +68,7 @@ class OpenAICompatibleBackend(GroundingBackend):
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         abort_after: int | None = None,
+        json_mode: bool = False,
     ) -> None:
         if not model:
             raise ValueError("the openai backend needs --model: the model name the endpoint serves "
@@ -79,6 +83,7 @@ class OpenAICompatibleBackend(GroundingBackend):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.jpeg_quality = jpeg_quality
+        self.json_mode = json_mode  # structured prompts ask for response_format json_object
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.abort_after = abort_after or max(3, 2 * concurrency)
@@ -92,10 +97,12 @@ class OpenAICompatibleBackend(GroundingBackend):
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set by close(): in-flight items stop retrying (Ctrl-C)
         self._connection_failures = 0  # consecutive items that could not connect at all
 
     def model_id(self) -> str:
-        return f"{self.model} (max_tokens={self.max_new_tokens}, temperature={self.temperature:g})"
+        json_mode = ", json_mode" if self.json_mode else ""
+        return f"{self.model} (max_tokens={self.max_new_tokens}, temperature={self.temperature:g}{json_mode})"
 
     def preflight(self) -> None:
         """GET /models: unreachable endpoint, bad key or unknown model fail here, before any item."""
@@ -126,13 +133,18 @@ class OpenAICompatibleBackend(GroundingBackend):
         return [self._describe_one(request) for request in requests]
 
     def close(self) -> None:
+        self._stop.set()
         self._client.close()
 
     def payload(self, request: GroundingRequest) -> dict[str, Any]:
-        buffer = io.BytesIO()
-        request.image.save(buffer, "JPEG", quality=self.jpeg_quality)
-        data_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-        return {
+        if request.image_bytes:  # the original JPEG/PNG: no re-encoding cost, no generation loss
+            data, mime = request.image_bytes, "png" if request.image_bytes[:3] == b"\x89PN" else "jpeg"
+        else:
+            buffer = io.BytesIO()
+            request.image.save(buffer, "JPEG", quality=self.jpeg_quality)
+            data, mime = buffer.getvalue(), "jpeg"
+        data_url = f"data:image/{mime};base64," + base64.b64encode(data).decode("ascii")
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": [
                 {"type": "text", "text": request.prompt},
@@ -141,6 +153,9 @@ class OpenAICompatibleBackend(GroundingBackend):
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
         }
+        if self.json_mode and request.structured_slots:
+            body["response_format"] = {"type": "json_object"}  # vLLM / OpenAI: constrained to JSON
+        return body
 
     def _describe_one(self, request: GroundingRequest) -> GroundingOutput:
         body = self.payload(request)
@@ -167,9 +182,12 @@ class OpenAICompatibleBackend(GroundingBackend):
                 if response.status_code not in RETRY_STATUSES:
                     break  # a permanent failure of this item (e.g. 400: image rejected)
                 retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            if attempt < self.max_retries:
-                time.sleep(self._backoff(attempt, retry_after))
-        if error == "connection_error":
+            if attempt < self.max_retries and not self._stop.is_set():
+                self._stop.wait(self._backoff(attempt, retry_after))
+            if self._stop.is_set():
+                error, detail = "interrupted", f"stopped while retrying ({error}: {detail})"
+                break
+        if error == "connection_error" and not self._stop.is_set():
             self._cannot_connect(detail)
         tries = f" after {self.max_retries + 1} tries" if self.max_retries else ""
         return GroundingOutput(request.item_id, error=error, detail=f"{detail}{tries}")
