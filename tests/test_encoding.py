@@ -216,3 +216,21 @@ def test_transformers_clip_vision_encoder_from_a_local_folder(tmp_path):
     assert "clip_vision_model" in feature.meta["encoder"]
     assert vlm4rec(["encode", "toy", "--data-path", str(tmp_path / "data"), "--modality",
                     "image", "--encoder", "no-such-encoder"]) == 2
+
+
+def test_encoded_feature_loads_in_the_multimodal_dataset(tiny_dataset, build_pipeline,
+                                                        fake_text_encoder):
+    root, name, overrides = tiny_dataset
+    described = [f"i{n}" for n in range(0, 40, 2)]
+    write_jsonl(root / name / "descriptions/run.jsonl",
+                [ok(t, f"description of {t}") for t in reversed(described)])
+    assert vlm4rec(["encode", name, "--data-path", str(root), "--descriptions", "run",
+                    "--quiet"]) == 0
+    overrides = {**overrides, "item_features": {"vlm": None}, "default_item_feature": "vlm"}
+    _, data, *_ = build_pipeline("VLM4Rec", name, overrides)
+    aligned = data.item_feature("vlm")
+    in_dataset = [t for t in described if t in data.field2token_id[data.iid_field]]
+    assert aligned.n_covered == len(in_dataset) and aligned.dim == 8
+    token = in_dataset[0]
+    expected = HashingEncoder("x").encode([f"description of {token}"])[0]
+    assert np.allclose(aligned.matrix[data.field2token_id[data.iid_field][token]], expected)
