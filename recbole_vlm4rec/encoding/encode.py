@@ -252,11 +252,12 @@ def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
 
 def encode_image_feature(refs: Sequence[tuple[str, str]], base_dir: str | Path,
                          out_dir: str | Path, feature: str, encoder: ImageEncoder,
-                         source: str, use_cache: bool = True, chunk_size: int = 256,
+                         source: str, use_cache: bool = True, chunk_size: int = 128,
                          show_progress: bool = True) -> EncodeReport:
     """Encode each item's image (chunk by chunk, cached by image sha256) into feature ``feature``.
 
-    Memory stays bounded by ``chunk_size`` images; each chunk's vectors are cached as it ends.
+    Memory stays bounded: ``chunk_size`` files' bytes and one batch of decoded images at a time;
+    each chunk's vectors are cached as it ends, so an interrupted run resumes.
     """
     from tqdm.auto import tqdm
 
@@ -302,20 +303,21 @@ def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
     for token, source, sha, data in pending:
         if sha not in vector_of:
             to_decode.setdefault(sha, (token, source, data))
-    images, shas = [], []
     decode_errors: dict[str, ImageError] = {}
-    for sha, (token, source, data) in to_decode.items():
-        try:
-            images.append(load_image(data, name=source).image)
-            shas.append(sha)
-        except ImageError as error:
-            decode_errors[sha] = error
     fresh: dict[str, np.ndarray] = {}
-    for start in range(0, len(images), encoder.batch_size):
-        batch_shas = shas[start:start + encoder.batch_size]
-        vectors = l2_normalise(encoder.encode_batch(images[start:start + encoder.batch_size]))
-        usable = _usable(vectors)
-        fresh.update({sha: vectors[i] for i, sha in enumerate(batch_shas) if usable[i]})
+    todo = list(to_decode.items())
+    for start in range(0, len(todo), encoder.batch_size):  # decode per batch: bounded memory
+        images, shas = [], []
+        for sha, (_, source, data) in todo[start:start + encoder.batch_size]:
+            try:
+                images.append(load_image(data, name=source).image)
+                shas.append(sha)
+            except ImageError as error:
+                decode_errors[sha] = error
+        if images:
+            vectors = l2_normalise(encoder.encode_batch(images))
+            usable = _usable(vectors)
+            fresh.update({sha: vectors[i] for i, sha in enumerate(shas) if usable[i]})
     cache.put_many(fresh)
     vector_of.update(fresh)
     hits = 0
