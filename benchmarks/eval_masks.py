@@ -57,7 +57,8 @@ def main() -> int:
     print(f"{'checkpoint':<45} {'mask':<12} {'recall@20':>9} {'ndcg@20':>8}")
     for path in args.checkpoints:
         for mask, metrics in evaluate_both(path).items():
-            print(f"{path.name:<45} {mask:<12} {metrics['recall@20']:>9.4f} {metrics['ndcg@20']:>8.4f}")
+            print(f"{path.name:<45} {mask:<12} {metrics['recall@20']:>9.4f} "
+                  f"{metrics['ndcg@20']:>8.4f}")
     return 0
 
 

@@ -83,7 +83,8 @@ def test_deterministic_under_a_seed(two_features, build_pipeline, model_name):
         model.train()
         loss = model.calculate_loss(next(iter(train)))
         model.eval()
-        runs.append((loss.item(), model.full_sort_predict(Interaction({"user_id": torch.arange(1, 5)}))))
+        scores = model.full_sort_predict(Interaction({"user_id": torch.arange(1, 5)}))
+        runs.append((loss.item(), scores))
     assert runs[0][0] == runs[1][0]
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)
 
@@ -121,7 +122,8 @@ def all_scores(data, model):
 
 
 @pytest.mark.parametrize("fusion", ["concat", "weighted"])
-def test_fusion_with_all_weight_on_one_feature_is_vlm4rec_on_it(two_features, build_pipeline, fusion):
+def test_fusion_with_all_weight_on_one_feature_is_vlm4rec_on_it(two_features, build_pipeline,
+                                                                 fusion):
     name, overrides = two_features
     _, data, *_, single = build_pipeline("VLM4Rec", name, {**overrides, "item_feature": "emb"})
     _, _, *_, fused = build_pipeline("VLM4RecFusion", name, {

@@ -29,7 +29,8 @@ def to_torch_sparse(matrix: sp.spmatrix) -> torch.Tensor:
         )
 
 
-def user_item_adjacency(interactions: sp.spmatrix, normalization: str = "symmetric") -> sp.csr_matrix:
+def user_item_adjacency(interactions: sp.spmatrix,
+                        normalization: str = "symmetric") -> sp.csr_matrix:
     """``(n_users + n_items)^2`` bipartite adjacency of a binary ``(n_users, n_items)`` matrix.
 
     ``symmetric``: D^-1/2 A D^-1/2 (LightGCN / FREEDOM); ``mean``: D^-1 A, i.e. each node averages
@@ -109,3 +110,27 @@ def degree_sensitive_edge_sample(interactions: sp.spmatrix, keep_ratio: float) -
     kept_edges = sp.csr_matrix((np.ones(n_keep, dtype=np.float32), (coo.row[kept], coo.col[kept])),
                                shape=coo.shape)
     return user_item_adjacency(kept_edges, normalization="symmetric")
+
+
+class CachedDotProductScores(EvaluationCache):
+    """Mixin for models whose ``forward()`` returns all ``(users, items)`` representations and
+    score = their dot product: ``predict`` / ``full_sort_predict`` from one cached forward pass."""
+
+    USER_ID: str
+    ITEM_ID: str
+
+    def predict(self, interaction: Any) -> torch.Tensor:
+        users, items = self.cached_forward()
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
+
+    def full_sort_predict(self, interaction: Any) -> torch.Tensor:
+        users, items = self.cached_forward()
+        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)
+
+
+def register_feature_buffers(module: torch.nn.Module, features: Any) -> None:
+    """``feature_<k>``: each aligned feature matrix as a non-persistent buffer (follows .to(device),
+    stays out of checkpoints: the dataset owns the data)."""
+    for index, feature in enumerate(features):
+        module.register_buffer(f"feature_{index}", torch.from_numpy(feature.matrix),
+                               persistent=False)

@@ -58,7 +58,8 @@ def require_content_features(config: Any, dataset: Any) -> list[AlignedFeature]:
     Items without a vector keep a zero row; the count is logged per feature so a run's log says how
     many items a model saw with no content.
     """
-    features = [require_item_feature(config, dataset, name) for name in content_feature_names(config)]
+    names = content_feature_names(config)
+    features = [require_item_feature(config, dataset, name) for name in names]
     for feature in features:
         missing = feature.n_items - feature.n_covered
         if missing:

@@ -30,13 +30,14 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_vlm4rec.models._graph import (EvaluationCache, degree_sensitive_edge_sample,
-                                           knn_item_graph, to_torch_sparse, user_item_adjacency)
+from recbole_vlm4rec.models._graph import (CachedDotProductScores, degree_sensitive_edge_sample,
+                                           knn_item_graph, register_feature_buffers,
+                                           to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models.features import require_content_features
 from recbole_vlm4rec.models.vlm4rec_fusion import fusion_weights
 
 
-class FREEDOM(EvaluationCache, GeneralRecommender):
+class FREEDOM(CachedDotProductScores, GeneralRecommender):
     r"""Frozen kNN item graph + degree-sensitively pruned LightGCN (Zhou & Shen, MM'23)."""
 
     input_type = InputType.PAIRWISE
@@ -63,12 +64,11 @@ class FREEDOM(EvaluationCache, GeneralRecommender):
                 feature.matrix, feature.has_vector, int(config["knn_k"]))
         self.register_buffer("item_graph", to_torch_sparse(item_graph), persistent=False)
         self.interactions = dataset.inter_matrix(form="csr")
-        self.register_buffer("full_adjacency", to_torch_sparse(user_item_adjacency(self.interactions)),
-                             persistent=False)
+        full_adjacency = to_torch_sparse(user_item_adjacency(self.interactions))
+        self.register_buffer("full_adjacency", full_adjacency, persistent=False)
         self.train_adjacency: torch.Tensor | None = None
 
-        for index, feature in enumerate(features):
-            self.register_buffer(f"feature_{index}", torch.from_numpy(feature.matrix), persistent=False)
+        register_feature_buffers(self, features)
         self.projections = nn.ModuleList(
             nn.Linear(feature.dim, int(config["feat_embed_dim"])) for feature in features
         )
@@ -115,14 +115,6 @@ class FREEDOM(EvaluationCache, GeneralRecommender):
             loss = loss + self.reg_weight * _bpr(users[user], projection(feature[pos]),
                                                  projection(feature[neg]))
         return loss
-
-    def predict(self, interaction: Any) -> torch.Tensor:
-        users, items = self.cached_forward()
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
-
-    def full_sort_predict(self, interaction: Any) -> torch.Tensor:
-        users, items = self.cached_forward()
-        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)
 
 
 def _bpr(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

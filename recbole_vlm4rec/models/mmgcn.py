@@ -2,7 +2,8 @@ r"""MMGCN: one graph convolution network per modality, with modality-specific us
 
 Reference:
     Yinwei Wei, Xiang Wang, Liqiang Nie, Xiangnan He, Richang Hong, Tat-Seng Chua. "MMGCN:
-    Multi-modal Graph Convolution Network for Personalized Recommendation of Micro-video." ACM MM 2019.
+    Multi-modal Graph Convolution Network for Personalized Recommendation of Micro-video."
+    ACM MM 2019.
 
 Each feature in ``content_features`` is a modality m. Its nodes are users (a learned preference
 vector p_u^m) and items (the feature projected to ``latent_dim``); per layer, on the user-item
@@ -23,19 +24,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_vlm4rec.models._graph import EvaluationCache, to_torch_sparse, user_item_adjacency
+from recbole_vlm4rec.models._graph import (CachedDotProductScores, register_feature_buffers,
+                                           to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models.features import require_content_features
 
 
 class ModalityGCN(nn.Module):
-    """The graph convolution stack of one modality (users: preferences; items: projected features)."""
+    """One modality's graph convolution stack (users: preferences; items: projected features)."""
 
     def __init__(self, n_users: int, feature_dim: int, latent_dim: int, id_dim: int,
                  n_layers: int) -> None:
@@ -44,7 +45,8 @@ class ModalityGCN(nn.Module):
         self.projection = nn.Linear(feature_dim, latent_dim)
         dims = [latent_dim] + [id_dim] * n_layers
         self.aggregate = nn.ParameterList(
-            nn.Parameter(nn.init.xavier_normal_(torch.empty(dims[i], dims[i]))) for i in range(n_layers)
+            nn.Parameter(nn.init.xavier_normal_(torch.empty(dims[i], dims[i])))
+            for i in range(n_layers)
         )
         self.self_linear = nn.ModuleList(nn.Linear(dims[i], id_dim) for i in range(n_layers))
         self.combine = nn.ModuleList(nn.Linear(dims[i] + id_dim, id_dim) for i in range(n_layers))
@@ -61,8 +63,8 @@ class ModalityGCN(nn.Module):
         return x
 
 
-class MMGCN(EvaluationCache, GeneralRecommender):
-    r"""Per-modality graph convolution with modality-specific user preferences (Wei et al., MM'19)."""
+class MMGCN(CachedDotProductScores, GeneralRecommender):
+    r"""Per-modality graph convolution, modality-specific user preferences (Wei et al., MM'19)."""
 
     input_type = InputType.PAIRWISE
 
@@ -74,8 +76,7 @@ class MMGCN(EvaluationCache, GeneralRecommender):
         self.reg_weight = float(config["reg_weight"])
         features = require_content_features(config, dataset)
         self.feature_names = [feature.name for feature in features]
-        for index, feature in enumerate(features):
-            self.register_buffer(f"feature_{index}", torch.from_numpy(feature.matrix), persistent=False)
+        register_feature_buffers(self, features)
         adjacency = user_item_adjacency(dataset.inter_matrix(form="csr"), normalization="mean")
         self.register_buffer("adjacency", to_torch_sparse(adjacency), persistent=False)
         self.id_embedding = nn.Parameter(
@@ -106,11 +107,3 @@ class MMGCN(EvaluationCache, GeneralRecommender):
             + (ids[self.n_users + neg] ** 2).mean()
         reg = reg + sum((m.preference ** 2).mean() for m in self.modalities)
         return bpr + self.reg_weight * reg
-
-    def predict(self, interaction: Any) -> torch.Tensor:
-        users, items = self.cached_forward()
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
-
-    def full_sort_predict(self, interaction: Any) -> torch.Tensor:
-        users, items = self.cached_forward()
-        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)

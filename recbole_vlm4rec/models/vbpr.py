@@ -72,7 +72,8 @@ class VBPR(EvaluationCache, GeneralRecommender):
         neg, neg_bias = self._items(interaction[self.NEG_ITEM_ID])
         pos_scores = (users * pos).sum(dim=1) + pos_bias
         neg_scores = (users * neg).sum(dim=1) + neg_bias
-        return self.bpr_loss(pos_scores, neg_scores) + self.reg_weight * self.reg_loss(users, pos, neg)
+        reg = self.reg_loss(users, pos, neg)
+        return self.bpr_loss(pos_scores, neg_scores) + self.reg_weight * reg
 
     def predict(self, interaction: Any) -> torch.Tensor:
         vectors, bias = self._items(interaction[self.ITEM_ID])

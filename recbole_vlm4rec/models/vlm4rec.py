@@ -112,7 +112,8 @@ class VLM4Rec(GeneralRecommender):
 
     def _embedding_blocks(self, config: Any, dataset: Any) -> list[EmbeddingBlock]:
         """What is matched: one block per separately scored embedding (here: ``item_feature``)."""
-        return [EmbeddingBlock.from_feature(require_item_feature(config, dataset, config["item_feature"]))]
+        feature = require_item_feature(config, dataset, config["item_feature"])
+        return [EmbeddingBlock.from_feature(feature)]
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         return torch.nn.Parameter(torch.zeros(1))
