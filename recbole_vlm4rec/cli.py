@@ -15,6 +15,7 @@ STAGE_MODULES = (
     "recbole_vlm4rec.data.cli",
     "recbole_vlm4rec.models.cli",
     "recbole_vlm4rec.benchmark.cli",
+    "recbole_vlm4rec.serving.cli",
 )
 
 DESCRIPTION = """\
