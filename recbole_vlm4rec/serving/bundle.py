@@ -63,7 +63,7 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", hnsw_m: int = 32) ->
         index = faiss.IndexFlatIP(dim)
     else:
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = 128
+        index.hnsw.efSearch = 256  # recall over speed; stored in the index file
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
     return index
 
