@@ -18,6 +18,7 @@ STAGE_MODULES = (
     "recbole_vlm4rec.encoding.cli",
     "recbole_vlm4rec.models.cli",
     "recbole_vlm4rec.benchmark.cli",
+    "recbole_vlm4rec.serving.cli",
 )
 
 DESCRIPTION = """\

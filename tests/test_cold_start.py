@@ -76,3 +76,24 @@ def test_runs_record_the_protocol_and_bad_settings_fail_clearly(tiny_dataset):
     assert run("Pop", name, overrides=overrides, write_results=False).cold_start is None
     with pytest.raises(ColdStartConfigError, match="share in"):
         run("Pop", name, overrides={**overrides, "cold_start_items": 1.5}, write_results=False)
+
+
+def test_predefined_splits_get_the_same_protocol(tiny_dataset):
+    from conftest import write_predefined_split
+
+    root, _, overrides = tiny_dataset
+    rng = np.random.default_rng(5)
+    splits: dict[str, list[tuple[str, str]]] = {"train": [], "valid": [], "test": []}
+    for u in range(12):
+        items = rng.choice(20, size=8, replace=False)
+        for position, item in enumerate(items):
+            part = "train" if position < 6 else ("valid" if position == 6 else "test")
+            splits[part].append((f"u{u}", f"i{item}"))
+    write_predefined_split(root, "pre", splits)
+    overrides = {**overrides, "benchmark_filename": ["train", "valid", "test"],
+                 "load_col": {"inter": ["user_id", "item_id"]}, "item_features": None,
+                 "cold_start_items": 0.2}
+    _, data, train, valid, test = cold_pipeline("pre", overrides, model="BPR")
+    assert len(data.cold_items) == 4
+    assert not np.isin(items_of(train), data.cold_items).any()
+    assert len(items_of(train)) + len(items_of(valid)) + len(items_of(test)) == 96

@@ -8,7 +8,7 @@ from typing import Any
 
 BENCH_EPILOG = """\
 examples:
-  vlm4rec bench configs/benchmarks/smoke.yaml           # seconds: a quick check of the harness
+  vlm4rec bench configs/benchmarks/smoke.yaml           # a few minutes: checks the harness
   vlm4rec bench configs/benchmarks/paper.yaml           # the VLM4Rec comparison
   vlm4rec bench configs/benchmarks/paper.yaml --out results/benchmarks/paper-v2 --rerun
   vlm4rec report results/benchmarks/paper              # tables/plots/tests again, no rerun

@@ -176,6 +176,7 @@ def run_grid(spec: BenchSpec, out_dir: Path | None = None, rerun: bool = False,
             write_record(record_path(out_dir, cell), record)
             summary.counts[record["status"]] = summary.counts.get(record["status"], 0) + 1
             tqdm.write(f"[{number}/{len(cells)}] {cell.describe()}: {_describe(record, primary)}")
+            sys.stdout.flush()  # a log file sees each cell as it ends
             if on_record:
                 on_record(cell, record)
     except KeyboardInterrupt:
