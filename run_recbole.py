@@ -48,6 +48,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_vlm4rec.data.cold_start import ColdStartConfigError
     from recbole_vlm4rec.data.dataset import MissingFeatureError
     from recbole_vlm4rec.data.features import FeatureFileError
     from recbole_vlm4rec.data.registry import DEFAULT_DATASET, UnknownDatasetError
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides=overrides,
         )
     except (UnknownModelError, UnknownDatasetError, FeatureFileError, MissingFeatureError,
-            FileNotFoundError) as error:
+            FileNotFoundError, ColdStartConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

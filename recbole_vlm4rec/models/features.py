@@ -7,13 +7,13 @@ from typing import Any
 from recbole_vlm4rec.data.features import AlignedFeature
 
 
-def resolve_feature_name(config: Any, name: str | None) -> str:
+def resolve_feature_name(config: Any, name: str | None, key: str = "item_feature") -> str:
     """``name``, or the dataset's ``default_item_feature`` when ``name`` is empty."""
     resolved = name or config["default_item_feature"]
     if not resolved:
         raise ValueError(
-            f"model {config['model']} needs an item feature: set `item_feature` (model config or "
-            f"--item_feature=...) or `default_item_feature` in configs/dataset/{config['dataset']}.yaml"
+            f"model {config['model']} needs an item feature: set `{key}` (model config or "
+            f"--{key}=...) or `default_item_feature` in configs/dataset/{config['dataset']}.yaml"
         )
     return str(resolved)
 
@@ -28,3 +28,43 @@ def require_item_feature(config: Any, dataset: Any, name: str | None) -> Aligned
             "(run_recbole.py does)"
         )
     return dataset.item_feature(resolved)
+
+
+# Multi-feature models (VBPR, MMGCN, FREEDOM, VLM4RecFusion) read one list-valued key, so a single
+# command line switches every one of them between representations.
+CONTENT_FEATURES_KEY = "content_features"
+
+
+def content_feature_names(config: Any) -> list[str]:
+    """Names in ``content_features``; ``~``/empty = ``[default_item_feature]``.
+
+    Accepts a yaml list or, from the command line, ``visual,text`` / ``[visual, text]``.
+    """
+    configured = config[CONTENT_FEATURES_KEY]
+    if isinstance(configured, str):
+        configured = [part.strip(" '\"") for part in configured.strip("[]").split(",")]
+    names = [str(name) for name in (configured or []) if name]
+    if not names:
+        return [resolve_feature_name(config, None, CONTENT_FEATURES_KEY)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{CONTENT_FEATURES_KEY} names {repeated} more than once: {names}")
+    return names
+
+
+def require_content_features(config: Any, dataset: Any) -> list[AlignedFeature]:
+    """The features in ``content_features``, each loaded once by the dataset.
+
+    Items without a vector keep a zero row; the count is logged per feature so a run's log says how
+    many items a model saw with no content.
+    """
+    names = content_feature_names(config)
+    features = [require_item_feature(config, dataset, name) for name in names]
+    for feature in features:
+        missing = feature.n_items - feature.n_covered
+        if missing:
+            dataset.logger.warning(
+                f"{config['model']}: {missing}/{feature.n_items} items have no '{feature.name}' "
+                "vector; their content input is a zero vector"
+            )
+    return features

@@ -16,6 +16,7 @@ The same class serves every representation: ``item_feature`` names the dataset f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,26 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
+from recbole_vlm4rec.data.features import AlignedFeature
 from recbole_vlm4rec.models.features import require_item_feature
 
 AGGREGATIONS = ("mean", "max")
+
+
+@dataclass
+class EmbeddingBlock:
+    """Item embeddings that get their own profile; the final score is sum_k weight_k * cosine_k."""
+
+    name: str
+    embeddings: torch.Tensor  # (n_items, dim), unit rows; zero rows for items without a vector
+    has_vector: np.ndarray  # (n_items,) bool
+    weight: float = 1.0
+
+    @classmethod
+    def from_feature(cls, feature: AlignedFeature, weight: float = 1.0) -> "EmbeddingBlock":
+        embeddings = F.normalize(torch.from_numpy(feature.matrix), dim=1)
+        embeddings[~torch.from_numpy(feature.has_vector)] = 0.0
+        return cls(feature.name, embeddings, feature.has_vector, weight)
 
 
 class VLM4Rec(GeneralRecommender):
@@ -51,18 +69,33 @@ class VLM4Rec(GeneralRecommender):
                 f"profile_aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
             )
         self.eval_user_batch = int(config["profile_user_batch"] or 1024)
-        feature = require_item_feature(config, dataset, config["item_feature"])
-        self.feature_name = feature.name
+        blocks = self._embedding_blocks(config, dataset)
+        if self.aggregation == "max" and len(blocks) > 1:
+            raise ValueError(
+                f"profile_aggregation=max matches on one embedding; {type(self).__name__} has "
+                f"{len(blocks)} scored separately (use fusion=concat or profile_aggregation=mean)"
+            )
+        self.feature_name = "+".join(block.name for block in blocks)
 
-        item_embeddings = F.normalize(torch.from_numpy(feature.matrix), dim=1)
-        item_embeddings[~torch.from_numpy(feature.has_vector)] = 0.0
         # `dataset` is the training split (RecBole builds models on train_data.dataset), so
         # validation and test interactions cannot enter a profile.
         history = dataset.inter_matrix(form="csr").astype(np.float32)
-        history = history @ sp.diags(feature.has_vector.astype(np.float32))
-        history.eliminate_zeros()
-        n_history = np.asarray(history.sum(axis=1)).ravel()
-        self.n_users_without_profile = int(((n_history == 0)[1:]).sum())
+        has_profile = np.zeros(history.shape[0], dtype=bool)
+        item_parts, profile_parts = [], []
+        for block in blocks:
+            block_history = history @ sp.diags(block.has_vector.astype(np.float32))
+            block_history.eliminate_zeros()
+            n_history = np.asarray(block_history.sum(axis=1)).ravel()
+            has_profile |= n_history > 0
+            scale = float(np.sqrt(block.weight))
+            item_parts.append(block.embeddings * scale)
+            if self.aggregation == "mean":
+                counts = np.maximum(n_history, 1.0)[:, None]
+                profiles = np.asarray(block_history @ block.embeddings.numpy()) / counts
+                profile_parts.append(F.normalize(torch.from_numpy(profiles).float(), dim=1) * scale)
+            else:
+                self.history = block_history.tocsr()
+        self.n_users_without_profile = int((~has_profile[1:]).sum())
         if self.n_users_without_profile:
             self.logger.warning(
                 f"VLM4Rec: {self.n_users_without_profile} users have no training item with a "
@@ -70,16 +103,17 @@ class VLM4Rec(GeneralRecommender):
             )
 
         # Non-persistent buffers: they follow .to(device) but stay out of checkpoints.
-        self.register_buffer("item_embeddings", item_embeddings, persistent=False)
+        # With several blocks the dot product of the concatenations is sum_k weight_k * cosine_k.
+        self.register_buffer("item_embeddings", torch.cat(item_parts, dim=1), persistent=False)
         if self.aggregation == "mean":
-            counts = np.maximum(n_history, 1.0)[:, None]
-            profiles = torch.from_numpy(np.asarray(history @ item_embeddings.numpy()) / counts)
-            self.register_buffer("user_profiles", F.normalize(profiles.float(), dim=1),
-                                 persistent=False)
-        else:
-            self.history = history.tocsr()
+            self.register_buffer("user_profiles", torch.cat(profile_parts, dim=1), persistent=False)
         # TRADITIONAL models still need one parameter for RecBole's optimizer.
         self.dummy_parameter = torch.nn.Parameter(torch.zeros(1))
+
+    def _embedding_blocks(self, config: Any, dataset: Any) -> list[EmbeddingBlock]:
+        """What is matched: one block per separately scored embedding (here: ``item_feature``)."""
+        feature = require_item_feature(config, dataset, config["item_feature"])
+        return [EmbeddingBlock.from_feature(feature)]
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         return torch.nn.Parameter(torch.zeros(1))

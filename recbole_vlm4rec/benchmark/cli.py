@@ -1,0 +1,111 @@
+"""``vlm4rec bench`` (run a grid from a spec) and ``vlm4rec report`` (rebuild its report)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+BENCH_EPILOG = """\
+examples:
+  vlm4rec bench configs/benchmarks/smoke.yaml           # a few minutes: checks the harness
+  vlm4rec bench configs/benchmarks/paper.yaml           # the VLM4Rec comparison
+  vlm4rec bench configs/benchmarks/paper.yaml --out results/benchmarks/paper-v2 --rerun
+  vlm4rec report results/benchmarks/paper              # tables/plots/tests again, no rerun
+
+Each cell (model x dataset x seed) runs through the same code as run_recbole.py, by default in
+its own process (isolated peak memory; a crash fails only that cell). Finished cells are skipped
+on rerun (Ctrl-C is safe: rerun to resume); skipped/failed cells are retried. Cells that need a
+feature or dataset that is not there are recorded as skipped with the reason.
+"""
+
+
+def register(subparsers: Any) -> None:
+    bench = subparsers.add_parser(
+        "bench", help="run a benchmark grid (models x datasets x seeds) and write its report",
+        description="Run every cell of a benchmark spec (configs/benchmarks/*.yaml) and write "
+        "one JSON per run, CSV + Markdown tables, plots and paired significance tests.",
+        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("spec", help="benchmark spec yaml, e.g. configs/benchmarks/paper.yaml")
+    bench.add_argument("--out", help="output folder (default: results/benchmarks/<spec name>)")
+    bench.add_argument("--rerun", action="store_true", help="rerun cells that already finished")
+    bench.add_argument("--isolation", choices=("subprocess", "inprocess"),
+                       help="override the spec: a process per cell (default) or all in this one")
+    bench.add_argument("--datasets", help="comma-separated subset of the spec's datasets")
+    bench.add_argument("--models", help="comma-separated subset of the spec's model labels")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override for every cell, above all spec layers (yaml value), e.g. "
+                       "--set epochs=1; repeatable. Saved in <out>/spec.yaml; use another --out")
+    bench.set_defaults(func=_bench)
+
+    report = subparsers.add_parser(
+        "report", help="rebuild a benchmark's tables, plots and tests from its run records",
+        description="Reads <folder>/spec.yaml and <folder>/runs/**/*.json and rewrites report.md, "
+        "summary.csv, runs.csv, significance.csv and plots/*.png. Example: "
+        "vlm4rec report results/benchmarks/paper",
+    )
+    report.add_argument("folder", help="a benchmark output folder")
+    report.set_defaults(func=_report)
+
+
+def _subset(entries: dict, wanted: str | None, what: str) -> dict:
+    if not wanted:
+        return entries
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        raise SystemExit(f"error: {what} {unknown} not in the spec: {list(entries)}")
+    return {n: entries[n] for n in names}
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    forced = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set takes KEY=VALUE, got {item!r}")
+        forced[key] = yaml.safe_load(value)
+    return forced
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from recbole_vlm4rec.benchmark.grid import run_grid
+    from recbole_vlm4rec.benchmark.report import write_report
+    from recbole_vlm4rec.benchmark.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
+    spec.models = _subset(spec.models, args.models, "models")
+    spec.with_forced(_parse_set(args.set))
+    summary = run_grid(spec, args.out, rerun=args.rerun, isolation=args.isolation)
+    print(f"cells: {summary.line()}")
+    try:
+        written = write_report(summary.out_dir)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {summary.out_dir / 'report.md'} ({len(written)} files)")
+    if summary.interrupted:
+        return 130
+    return 1 if summary.counts.get("failed") else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from recbole_vlm4rec.benchmark.report import write_report
+    from recbole_vlm4rec.benchmark.spec import SpecError
+
+    try:
+        written = write_report(args.folder)
+    except (FileNotFoundError, SpecError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0

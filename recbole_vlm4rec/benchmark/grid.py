@@ -1,0 +1,186 @@
+"""Run a benchmark grid: every cell once, resumable, a failure recorded and the grid going on.
+
+Output folder (``results/benchmarks/<spec name>/`` by default)::
+
+    spec.yaml                         the spec as run (``vlm4rec report`` reads it)
+    runs/<dataset>/<label>/seed-N.json  one record per cell (see cell.py)
+    logs/<dataset>/<label>/seed-N.log   the cell's stdout/stderr (subprocess isolation)
+    saved/                            RecBole checkpoints of the cells
+    log/                              RecBole's own logs (cells run with this folder as cwd)
+    report.md, summary.csv, runs.csv, significance.csv, plots/*.png   (report.py)
+
+A cell whose record says ``ok`` and whose key matches the spec is not rerun; skipped and failed
+cells are retried (the data may have been prepared, the model fixed since).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from tqdm import tqdm
+
+from recbole_vlm4rec.benchmark.cell import make_record, read_record, run_cell, write_record
+from recbole_vlm4rec.benchmark.spec import BenchSpec, Cell
+from recbole_vlm4rec.data.features import _atomic_write
+
+
+@dataclass
+class GridSummary:
+    out_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)  # ok / skipped / failed / resumed
+    interrupted: bool = False
+
+    def line(self) -> str:
+        parts = [f"{self.counts.get(k, 0)} {k}" for k in ("ok", "resumed", "skipped", "failed")]
+        return ", ".join(parts) + (" (interrupted: rerun to resume)" if self.interrupted else "")
+
+
+def default_out_dir(spec: BenchSpec) -> Path:
+    from recbole_vlm4rec.benchmark.spec import safe_name
+
+    return Path("results") / "benchmarks" / safe_name(spec.name)
+
+
+def record_path(out_dir: Path, cell: Cell) -> Path:
+    return out_dir / "runs" / f"{cell.slug}.json"
+
+
+def is_finished(out_dir: Path, cell: Cell) -> bool:
+    record = read_record(record_path(out_dir, cell))
+    return bool(record and record["status"] == "ok" and record["cell"].get("key") == cell.key)
+
+
+def precheck(cell: Cell) -> dict[str, Any] | None:
+    """A record for a cell that cannot start (unknown model or dataset, an undeclared feature),
+    made without starting it; None when the cell should run."""
+    from recbole_vlm4rec.benchmark.cell import classify_error
+    from recbole_vlm4rec.data.dataset import MissingFeatureError
+    from recbole_vlm4rec.data.registry import UnknownDatasetError, check_dataset, is_embedded
+    from recbole_vlm4rec.models import UnknownModelError, get_model_class
+
+    try:
+        get_model_class(cell.model)
+        data_path = cell.overrides.get("data_path")
+        if not is_embedded(cell.dataset):
+            check_dataset(cell.dataset, Path(data_path) if data_path else None)
+        _check_declared_features(cell)
+    except (UnknownModelError, UnknownDatasetError, MissingFeatureError) as error:
+        status, reason = classify_error(error)
+        return make_record(cell, status, reason)
+    return None
+
+
+def _check_declared_features(cell: Cell) -> None:
+    """MissingFeatureError (worded as the dataset words it) when the cell's ``item_feature`` /
+    ``content_features`` name a feature its config layers do not declare. Only config files are
+    read; when the declarations cannot be found the cell runs and the dataset decides."""
+    from recbole_vlm4rec import paths
+    from recbole_vlm4rec.data.dataset import MissingFeatureError
+
+    wanted = [cell.overrides.get("item_feature")]
+    content = cell.overrides.get("content_features")
+    wanted += content if isinstance(content, list) else [content]
+    wanted = [str(name) for name in wanted if name]
+    declared = cell.overrides.get("item_features")
+    layers = [*reversed(cell.config_files), str(paths.configs_dir() / "dataset" / f"{cell.dataset}.yaml")]
+    for layer in layers:
+        if declared is not None:
+            break
+        path = Path(layer)
+        if path.is_file():
+            declared = (yaml.safe_load(path.read_text()) or {}).get("item_features")
+    if not wanted or not isinstance(declared, dict):
+        return
+    for name in wanted:
+        if name not in declared:
+            raise MissingFeatureError(
+                f"dataset '{cell.dataset}' declares no item feature '{name}'; declared: "
+                f"{sorted(declared) or 'none'}. Declare it under `item_features` in "
+                f"configs/dataset/{cell.dataset}.yaml."
+            )
+
+
+def run_in_subprocess(cell: Cell, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
+    """Run a cell in a fresh interpreter: isolated memory peak, a crash kills only the cell."""
+    path = record_path(out_dir, cell)
+    log_path = out_dir / "logs" / f"{cell.slug}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(cell.to_json(), handle)
+        cell_file = handle.name
+    command = [sys.executable, "-m", "recbole_vlm4rec.benchmark.cell", cell_file, str(path),
+               str((out_dir / "saved").resolve())]
+    started = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+    try:
+        with open(log_path, "w") as log:
+            completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir,
+                                       env=env, timeout=timeout_s)
+        code: int | str = completed.returncode
+    except subprocess.TimeoutExpired:
+        code = f"timeout after {timeout_s:g} s"
+    finally:
+        Path(cell_file).unlink(missing_ok=True)
+    record = read_record(path)
+    if record is not None:
+        return record
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:] if log_path.exists() else []
+    reason = f"cell process ended without a record (exit {code}); log {log_path}: " + " | ".join(tail)
+    return make_record(cell, "failed", reason, wall_seconds=time.perf_counter() - started)
+
+
+def _describe(record: dict[str, Any], metric: str | None) -> str:
+    if record["status"] != "ok":
+        return f"{record['status']}: {record['reason']}"
+    test = record["result"]["test_result"]
+    metric = metric if metric in test else next(iter(test), None)
+    shown = f"{metric}={test[metric]:.4f} " if metric else ""
+    return f"ok {shown}({record['wall_seconds']:.1f} s)"
+
+
+def run_grid(spec: BenchSpec, out_dir: Path | None = None, rerun: bool = False,
+             isolation: str | None = None,
+             on_record: Callable[[Cell, dict[str, Any]], None] | None = None) -> GridSummary:
+    """Run every unfinished cell of ``spec``; records are written as each cell ends."""
+    out_dir = Path(out_dir or default_out_dir(spec)).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
+    _atomic_write(out_dir / "spec.yaml", lambda h: h.write(spec_text.encode()))
+    isolation = isolation or spec.isolation
+    summary = GridSummary(out_dir)
+    cells = spec.cells()
+    primary = spec.metrics[0] if spec.metrics else None
+    progress = tqdm(cells, desc=f"bench {spec.name}", unit="cell", dynamic_ncols=True)
+    try:
+        for number, cell in enumerate(progress, start=1):
+            progress.set_postfix_str(cell.describe())
+            if not rerun and is_finished(out_dir, cell):
+                summary.counts["resumed"] = summary.counts.get("resumed", 0) + 1
+                continue
+            record = precheck(cell)
+            if record is None and isolation == "subprocess":
+                record = run_in_subprocess(cell, out_dir, spec.timeout_s)
+            elif record is None:
+                record = run_cell(cell, out_dir / "saved")
+            write_record(record_path(out_dir, cell), record)
+            summary.counts[record["status"]] = summary.counts.get(record["status"], 0) + 1
+            tqdm.write(f"[{number}/{len(cells)}] {cell.describe()}: {_describe(record, primary)}")
+            sys.stdout.flush()  # a log file sees each cell as it ends
+            if on_record:
+                on_record(cell, record)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        progress.close()
+    return summary

@@ -1,0 +1,136 @@
+"""Building blocks shared by the graph and content models: sparse graphs and an evaluation cache.
+
+Everything here is built once from the training split in a model's ``__init__``; nothing reads
+files. Node order of the user-item graph is users ``0..n_users-1`` then items (RecBole's padding
+user 0 and item 0 have no edges).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+
+def to_torch_sparse(matrix: sp.spmatrix) -> torch.Tensor:
+    """A torch CSR tensor (on CPU, sparse.mm with CSR is about 2x faster than with COO)."""
+    csr = sp.csr_matrix(matrix, dtype=np.float32)
+    csr.sort_indices()
+    with warnings.catch_warnings():  # "CSR support is in beta": sparse.mm with CSR is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(csr.indptr.astype(np.int64)),
+            torch.from_numpy(csr.indices.astype(np.int64)),
+            torch.from_numpy(csr.data), size=csr.shape, check_invariants=False,
+        )
+
+
+def user_item_adjacency(interactions: sp.spmatrix,
+                        normalization: str = "symmetric") -> sp.csr_matrix:
+    """``(n_users + n_items)^2`` bipartite adjacency of a binary ``(n_users, n_items)`` matrix.
+
+    ``symmetric``: D^-1/2 A D^-1/2 (LightGCN / FREEDOM); ``mean``: D^-1 A, i.e. each node averages
+    its neighbours (MMGCN's mean aggregation).
+    """
+    n_users, n_items = interactions.shape
+    binary = (interactions.tocsr() > 0).astype(np.float32)
+    adjacency = sp.bmat([[None, binary], [binary.T, None]], format="csr")
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    with np.errstate(divide="ignore"):
+        if normalization == "symmetric":
+            scale = np.where(degree > 0, degree ** -0.5, 0.0)
+            return (sp.diags(scale) @ adjacency @ sp.diags(scale)).tocsr()
+        if normalization == "mean":
+            return (sp.diags(np.where(degree > 0, 1.0 / degree, 0.0)) @ adjacency).tocsr()
+    raise ValueError(f"unknown normalization {normalization!r}: symmetric or mean")
+
+
+def knn_item_graph(features: np.ndarray, has_vector: np.ndarray, k: int,
+                   chunk: int = 2048) -> sp.csr_matrix:
+    """Symmetrically normalised kNN graph on cosine similarity (FREEDOM / LATTICE's item graph).
+
+    Each item with a vector links to its ``k`` most similar items with a vector (itself included,
+    as in MMRec); items without a vector have no edges, so they get no neighbours' signal.
+    """
+    n_items = features.shape[0]
+    covered = np.flatnonzero(has_vector)
+    k = min(k, len(covered))
+    if k == 0:
+        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    unit = F.normalize(torch.from_numpy(features[covered]), dim=1)
+    neighbours = []
+    for start in range(0, len(covered), chunk):
+        similarity = unit[start:start + chunk] @ unit.T
+        neighbours.append(torch.topk(similarity, k, dim=1).indices)
+    columns = covered[torch.cat(neighbours).numpy().ravel()]
+    rows = np.repeat(covered, k)
+    graph = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
+                          shape=(n_items, n_items))
+    degree = np.asarray(graph.sum(axis=1)).ravel()
+    scale = np.where(degree > 0, np.power(np.maximum(degree, 1e-12), -0.5), 0.0)
+    return (sp.diags(scale) @ graph @ sp.diags(scale)).tocsr()
+
+
+class EvaluationCache:
+    """Mixin: full-ranking evaluation reuses one forward pass until the model trains again.
+
+    The graph models' representations depend on every parameter, so they are computed once per
+    evaluation (not once per batch of users); ``train()`` (each epoch's start) drops the cache.
+    """
+
+    _cached: Any = None
+
+    def train(self, mode: bool = True) -> Any:
+        self._cached = None
+        return super().train(mode)  # type: ignore[misc]
+
+    def cached_forward(self) -> Any:
+        if self.training:  # type: ignore[attr-defined]
+            return self.forward()  # type: ignore[attr-defined]
+        if self._cached is None:
+            with torch.no_grad():
+                self._cached = self.forward()  # type: ignore[attr-defined]
+        return self._cached
+
+
+def degree_sensitive_edge_sample(interactions: sp.spmatrix, keep_ratio: float) -> sp.csr_matrix:
+    """FREEDOM's denoising: keep ``keep_ratio`` of the user-item edges, sampled without replacement
+    with probability proportional to 1 / sqrt(d_u d_i) (edges between popular nodes go first);
+    returns the symmetric-normalised adjacency of the kept edges. Uses torch's global RNG."""
+    coo = (interactions.tocoo() > 0).tocoo()
+    degree_u = np.asarray(coo.sum(axis=1)).ravel()
+    degree_i = np.asarray(coo.sum(axis=0)).ravel()
+    weights = 1.0 / np.sqrt(degree_u[coo.row] * degree_i[coo.col])
+    n_keep = max(int(len(weights) * keep_ratio), 1)
+    kept = torch.multinomial(torch.from_numpy(weights), n_keep, replacement=False).numpy()
+    kept_edges = sp.csr_matrix((np.ones(n_keep, dtype=np.float32), (coo.row[kept], coo.col[kept])),
+                               shape=coo.shape)
+    return user_item_adjacency(kept_edges, normalization="symmetric")
+
+
+class CachedDotProductScores(EvaluationCache):
+    """Mixin for models whose ``forward()`` returns all ``(users, items)`` representations and
+    score = their dot product: ``predict`` / ``full_sort_predict`` from one cached forward pass."""
+
+    USER_ID: str
+    ITEM_ID: str
+
+    def predict(self, interaction: Any) -> torch.Tensor:
+        users, items = self.cached_forward()
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
+
+    def full_sort_predict(self, interaction: Any) -> torch.Tensor:
+        users, items = self.cached_forward()
+        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)
+
+
+def register_feature_buffers(module: torch.nn.Module, features: Any) -> None:
+    """``feature_<k>``: each aligned feature matrix as a non-persistent buffer (follows .to(device),
+    stays out of checkpoints: the dataset owns the data)."""
+    for index, feature in enumerate(features):
+        module.register_buffer(f"feature_{index}", torch.from_numpy(feature.matrix),
+                               persistent=False)

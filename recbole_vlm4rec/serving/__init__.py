@@ -1,0 +1,1 @@
+"""Serving stage: export VLM4Rec as a bundle (embeddings + FAISS index) and answer top-k online."""

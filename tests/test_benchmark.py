@@ -1,0 +1,176 @@
+"""Benchmark harness: grid (resume, skipped and failed cells), report files, stats, spec errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from recbole_vlm4rec import cli
+from recbole_vlm4rec.benchmark.cell import make_record, write_record
+from recbole_vlm4rec.benchmark.grid import record_path, run_grid
+from recbole_vlm4rec.benchmark.report import load_report, markdown, write_report
+from recbole_vlm4rec.benchmark.spec import Cell, SpecError, load_spec, parse_spec
+from recbole_vlm4rec.benchmark.stats import compare_to_reference, holm, paired_test
+
+REPORT_FILES = ("report.md", "summary.csv", "runs.csv", "significance.csv",
+                "plots/tiny-metrics.png", "plots/tiny-quality-vs-time.png")
+
+
+def tiny_spec(tmp_path: Path, overrides: dict, models: dict, **extra) -> Path:
+    spec = {"name": "tiny-bench", "models": models, "datasets": {"tiny": {}}, "seeds": [1, 2],
+            "metrics": ["recall@10", "ndcg@10"], "reference": ["VLM4Rec"],
+            "overrides": {**overrides, "epochs": 1}, "isolation": "inprocess", **extra}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_path):
+    _, _, overrides = tiny_dataset
+    models = {
+        "VLM4Rec": {"model": "VLM4Rec"},
+        "VLM4Rec (vlm)": {"model": "VLM4Rec", "item_feature": "vlm"},  # the dataset has no vlm
+        "BPR": {},
+        "VBPR-not-here": {"model": "NoSuchModel"},
+        "Crashes": {"model": "VLM4Rec", "profile_aggregation": "median"},
+    }
+    spec = load_spec(tiny_spec(tmp_path, overrides, models))
+    out = tmp_path / "bench"
+    first = run_grid(spec, out)
+    assert first.counts == {"ok": 4, "skipped": 2, "failed": 4}
+    records = {c: json.loads(record_path(out, c).read_text()) for c in spec.cells()}
+    by_label = {c.label: r for c, r in records.items()}
+    assert by_label["VLM4Rec (vlm)"]["status"] == "skipped"
+    assert "declares no item feature 'vlm'" in by_label["VLM4Rec (vlm)"]["reason"]
+    assert by_label["VBPR-not-here"]["status"] == "failed"
+    assert "unknown model 'NoSuchModel'" in by_label["VBPR-not-here"]["reason"]
+    assert by_label["Crashes"]["status"] == "failed"
+    assert "ValueError: profile_aggregation must be one of" in by_label["Crashes"]["reason"]
+    ok = by_label["BPR"]["result"]
+    assert ok["seed"] == 2 and len(ok["per_user_test"]["users"]) == 30
+    for name in REPORT_FILES:
+        assert not (out / name).exists()
+    write_report(out)
+    for name in REPORT_FILES:
+        assert (out / name).stat().st_size > 0, name
+    report_text = (out / "report.md").read_text()
+    assert "| VLM4Rec (ref) |" in report_text and "skipped" in report_text
+    assert "unknown model 'NoSuchModel'" in report_text and "| recall@10 | BPR | 30 |" in report_text
+
+    rerun_cells = []
+    second = run_grid(spec, out, on_record=lambda cell, record: rerun_cells.append(cell.label))
+    assert second.counts["resumed"] == 4  # VLM4Rec and BPR, 2 seeds each
+    assert sorted(set(rerun_cells)) == ["Crashes", "VBPR-not-here", "VLM4Rec (vlm)"]
+
+    changed = load_spec(tiny_spec(tmp_path, overrides, {**models, "BPR": {"learning_rate": 0.01}}))
+    rerun_cells.clear()
+    run_grid(changed, out, on_record=lambda cell, record: rerun_cells.append(cell.label))
+    assert rerun_cells.count("BPR") == 2 and "VLM4Rec" not in rerun_cells
+
+    before = (out / "summary.csv").read_text()
+    for name in REPORT_FILES:
+        (out / name).unlink()
+    assert cli.main(["report", str(out)]) == 0
+    assert all((out / name).is_file() for name in REPORT_FILES)
+    assert "BPR" in (out / "summary.csv").read_text() and before  # rebuilt from records only
+
+
+def test_subprocess_cell_and_timeout_are_recorded(tiny_dataset, tmp_path):
+    _, _, overrides = tiny_dataset
+    out = tmp_path / "bench"
+    spec = load_spec(tiny_spec(tmp_path, overrides, {"Pop": {}}, isolation="subprocess",
+                               seeds=[7], reference=[]))
+    assert run_grid(spec, out).counts == {"ok": 1}
+    record = json.loads(record_path(out, spec.cells()[0]).read_text())
+    assert record["result"]["peak_memory_mb"]["rss"] > 50
+    assert (out / "logs" / "tiny" / "Pop" / "seed-7.log").is_file()
+    slow = load_spec(tiny_spec(tmp_path, overrides, {"Pop": {}}, isolation="subprocess",
+                               seeds=[8], timeout_s=0.01, reference=[]))
+    assert run_grid(slow, out).counts == {"failed": 1}
+    failed = json.loads(record_path(out, slow.cells()[0]).read_text())
+    assert "timeout after 0.01 s" in failed["reason"]
+
+
+def fake_record(label: str, seed: int, users: list[str], values: list[float]) -> dict:
+    cell = Cell(label, label, "tiny", seed, {"seed": seed})
+    result = {"test_result": {"recall@10": float(np.mean(values))},
+              "seconds": {"fit": 1.0, "test": 0.5}, "peak_memory_mb": {"rss": 100.0},
+              "per_user_test": {"users": users, "metrics": {"recall@10": values}}}
+    return make_record(cell, "ok", result=result, wall_seconds=1.0)
+
+
+def test_report_marks_best_and_significant_differences(tmp_path):
+    rng = np.random.default_rng(0)
+    users = [f"u{i}" for i in range(200)]
+    base = rng.uniform(0, 0.5, size=200)
+    spec = {"models": {"Ref": {}, "Better": {}, "Same": {}}, "datasets": ["tiny"], "seeds": [1, 2],
+            "reference": "Ref", "metrics": ["recall@10"]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    for seed in (1, 2):
+        noise = rng.normal(0, 0.01, size=200)
+        shuffled = rng.permutation(200)  # users in another order: pairing must go by token
+        for label, values in {"Ref": base, "Better": base + 0.2 + noise, "Same": base}.items():
+            record = fake_record(label, seed, [users[i] for i in shuffled],
+                                 [float(values[i]) for i in shuffled])
+            write_record(tmp_path / "runs" / f"{label}-{seed}.json", record)
+    report = load_report(tmp_path)
+    tests = report.tests[("tiny", "recall@10")]
+    assert tests["Same"].t_p == 1.0 and tests["Same"].mean_difference == 0.0
+    assert tests["Better"].t_p_holm < 1e-10 and tests["Better"].mean_difference > 0.19
+    text = markdown(report)
+    assert "▲" in text.split("| Better |")[1].splitlines()[0]
+    assert "**" in text.split("| Better |")[1].splitlines()[0]  # best in its column
+    assert "▲" not in text.split("| Same |")[1].splitlines()[0]
+
+
+def test_holm_matches_hand_computation():
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # monotone: never below an earlier step
+    nan_kept = holm([math.nan, 0.02])
+    assert math.isnan(nan_kept[0]) and nan_kept[1] == pytest.approx(0.02)
+
+
+def test_paired_tests_agree_with_scipy():
+    rng = np.random.default_rng(3)
+    reference = rng.uniform(size=50)
+    model = reference + rng.normal(0.05, 0.1, size=50)
+    test = paired_test(model, reference)
+    assert test.t_p == pytest.approx(scipy_stats.ttest_rel(model, reference).pvalue)
+    assert test.wilcoxon_p == pytest.approx(scipy_stats.wilcoxon(model, reference).pvalue)
+    assert test.mean_difference == pytest.approx(float(np.mean(model - reference)))
+    per_model = {"R": {1: {"a": 0.1, "b": 0.2, "c": 0.3}},
+                 "M": {1: {"c": 0.3, "a": 0.1, "b": 0.2, "z": 0.9}}}  # z: not in the reference
+    result = compare_to_reference(per_model, "R")["M"]
+    assert result.n_users == 3 and result.t_p == 1.0
+
+
+def test_spec_errors_name_the_field(tmp_path):
+    good = {"models": {"BPR": {}}, "datasets": ["ml-100k"]}
+    assert parse_spec(good).cells()[0].overrides == {"seed": 2020}
+    cases = [({**good, "modles": {}}, "unknown keys"),
+             ({**good, "metrics": ["recall20"]}, "name@k"),
+             ({**good, "reference": "VLM4Rec"}, "not a model label"),
+             ({**good, "seeds": [1, 1]}, "repeats"),
+             ({"models": {"BPR": {}}}, "`datasets` is empty")]
+    for data, message in cases:
+        with pytest.raises(SpecError, match=message):
+            parse_spec(data, source="x.yaml")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("models: [BPR\n")
+    with pytest.raises(SpecError, match="not valid yaml"):
+        load_spec(bad_yaml)
+
+
+def test_shipped_specs_parse():
+    root = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
+    for path in sorted(root.glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.cells(), path
