@@ -19,6 +19,7 @@ so the run goes on; weights that cannot be loaded stop the run (BackendUnavailab
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -120,6 +121,8 @@ class TransformersBackend(GroundingBackend):
                 processor = load_processor(self.model_name, **options)
                 if self.attn_implementation:
                     options["attn_implementation"] = self.attn_implementation
+                if self._device.type == "cuda" and importlib.util.find_spec("accelerate"):
+                    options["device_map"] = {"": self._device}  # weights straight to the GPU
                 model = AutoModelForImageTextToText.from_pretrained(self.model_name, dtype=dtype, **options)
             except (OSError, ValueError, ImportError, KeyError) as error:
                 raise BackendUnavailableError(
