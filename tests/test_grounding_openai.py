@@ -139,6 +139,22 @@ def backend_model_id_default() -> str:
     return OpenAICompatibleBackend(model="m", base_url="http://127.0.0.1:9/v1").model_id()
 
 
+def test_several_servers_share_the_load_and_retries_move_on():
+    def sick(payload, seen):
+        return 503, {}, {"error": {"message": "overloaded"}}
+
+    with StubServer() as healthy, StubServer(policy=sick) as unhealthy:
+        client = backend(healthy, base_url=f"{healthy.base_url}, {unhealthy.base_url}", max_retries=1)
+        client.preflight()
+        outputs = client.describe([request(f"item {k}") for k in range(6)])
+        client.close()
+        dead = f"http://127.0.0.1:{_free_port()}/v1"
+        with pytest.raises(BackendUnavailableError, match=f"cannot reach {dead}"):
+            backend(healthy, base_url=f"{healthy.base_url},{dead}").preflight()
+    assert all(output.text == STUB_ANSWER for output in outputs)  # every 503 was retried elsewhere
+    assert sum(unhealthy.requests.values()) == 3 and sum(healthy.requests.values()) == 6
+
+
 def test_retry_after_header_forms():
     assert _retry_after_seconds("2.5") == 2.5
     assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None

@@ -74,7 +74,8 @@ def register(subparsers: Any) -> None:
 
     model = parser.add_argument_group("backend options (each applies to the backends that take it)")
     model.add_argument("--model", help="model: HF folder / hub id (transformers), served model name (openai)")
-    model.add_argument("--base-url", help="openai: endpoint base URL, e.g. http://localhost:8000/v1")
+    model.add_argument("--base-url", help="openai: endpoint base URL, e.g. http://localhost:8000/v1; "
+                       "several, comma-separated, share the load round-robin")
     model.add_argument("--api-key-env", help="openai: environment variable holding the API key (default OPENAI_API_KEY)")
     model.add_argument("--concurrency", type=int, help="openai: requests in flight")
     model.add_argument("--timeout", type=float, help="openai: seconds per request")

@@ -5,7 +5,8 @@ and hosted APIs. Each item is one request: the prompt as a text part and the ima
 JPEG data URL (the original file's bytes when it is a JPEG/PNG that needed no fix), greedy
 (``temperature 0``). This is how grounding scales out: raise
 ``concurrency`` (requests in flight; the pipeline runs that many worker threads) and point
-``base_url`` at a server on a GPU machine.
+``base_url`` at a server on a GPU machine, or at several (comma-separated): requests are spread
+round-robin over them and a retry goes to the next server.
 
 Failure handling, per request:
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import io
+import itertools
 import os
 import random
 import threading
@@ -76,7 +78,9 @@ class OpenAICompatibleBackend(GroundingBackend):
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("openai backend: concurrency >= 1, max_retries >= 0, timeout > 0")
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        urls = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).split(",")
+        self.base_urls = [url.strip().rstrip("/") for url in urls if url.strip()]
+        self.base_url = ", ".join(self.base_urls)
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
@@ -92,10 +96,11 @@ class OpenAICompatibleBackend(GroundingBackend):
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.api_key_env = api_key_env
-        self._client = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        self._clients = [httpx.Client(
+            base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        ) for url in self.base_urls]
+        self._turn = itertools.count()  # round-robin over servers (next() on it is atomic)
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set by close(): in-flight items stop retrying (Ctrl-C)
         self._connection_failures = 0  # consecutive items that could not connect at all
@@ -105,17 +110,22 @@ class OpenAICompatibleBackend(GroundingBackend):
         return f"{self.model} (max_tokens={self.max_new_tokens}, temperature={self.temperature:g}{json_mode})"
 
     def preflight(self) -> None:
-        """GET /models: unreachable endpoint, bad key or unknown model fail here, before any item."""
+        """GET /models on every server: unreachable endpoint, bad key or unknown model fail here,
+        before any item."""
+        for client in self._clients:
+            self._preflight_one(client, str(client.base_url).rstrip("/"))
+
+    def _preflight_one(self, client: httpx.Client, url: str) -> None:
         try:
-            response = self._client.get("/models", timeout=min(self.timeout, 10.0))
+            response = client.get("/models", timeout=min(self.timeout, 10.0))
         except httpx.HTTPError as error:
             raise BackendUnavailableError(
-                f"cannot reach {self.base_url} ({type(error).__name__}: {error}); is the server "
+                f"cannot reach {url} ({type(error).__name__}: {error}); is the server "
                 "running and --base-url right (it usually ends in /v1)?"
             ) from error
         if response.status_code in (401, 403):
             raise BackendUnavailableError(
-                f"{self.base_url} answered {response.status_code} ({FATAL_STATUSES[response.status_code]}); "
+                f"{url} answered {response.status_code} ({FATAL_STATUSES[response.status_code]}); "
                 f"set the key in ${self.api_key_env} or name another variable with --api-key-env"
             )
         if response.status_code != 200:
@@ -126,7 +136,7 @@ class OpenAICompatibleBackend(GroundingBackend):
             return
         if served and self.model not in served:
             raise BackendUnavailableError(
-                f"{self.base_url} does not serve model {self.model!r}; it serves: {', '.join(served[:20])}"
+                f"{url} does not serve model {self.model!r}; it serves: {', '.join(served[:20])}"
             )
 
     def describe(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
@@ -134,7 +144,8 @@ class OpenAICompatibleBackend(GroundingBackend):
 
     def close(self) -> None:
         self._stop.set()
-        self._client.close()
+        for client in self._clients:
+            client.close()
 
     def payload(self, request: GroundingRequest) -> dict[str, Any]:
         if request.image_bytes:  # the original JPEG/PNG: no re-encoding cost, no generation loss
@@ -160,10 +171,12 @@ class OpenAICompatibleBackend(GroundingBackend):
     def _describe_one(self, request: GroundingRequest) -> GroundingOutput:
         body = self.payload(request)
         error, detail = "connection_error", ""
+        first = next(self._turn)
         for attempt in range(self.max_retries + 1):
             retry_after = None
+            client = self._clients[(first + attempt) % len(self._clients)]  # a retry tries the next server
             try:
-                response = self._client.post("/chat/completions", json=body)
+                response = client.post("/chat/completions", json=body)
             except httpx.TimeoutException as exc:
                 error, detail = "timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})"
             except httpx.TransportError as exc:
@@ -176,7 +189,7 @@ class OpenAICompatibleBackend(GroundingBackend):
                 detail = _error_message(response)
                 if response.status_code in FATAL_STATUSES:
                     raise BackendUnavailableError(
-                        f"{self.base_url} answered {response.status_code} "
+                        f"{client.base_url} answered {response.status_code} "
                         f"({FATAL_STATUSES[response.status_code]}): {detail}"
                     )
                 if response.status_code not in RETRY_STATUSES:
