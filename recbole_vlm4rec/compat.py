@@ -6,12 +6,18 @@ idempotent, targeted), so the project installs beside current numpy / scipy / to
 RecBole's Dataset in too many places, so it is pinned below 3 instead (see below). Each breakage has
 its own test in ``tests/test_compat.py``. Nothing outside this module patches RecBole.
 
-Call :func:`apply` before importing any ``recbole`` module; ``recbole_vlm4rec/__init__.py`` does.
+``recbole_vlm4rec/__init__.py`` calls :func:`apply_on_recbole_import`: the numpy aliases go in at
+once (cheap), the rest the moment anything imports ``recbole``, so commands that never touch
+RecBole (``vlm4rec --help``, ``prepare``, ``ground``, ``encode``) do not pay for importing its trainer.
+Calling :func:`apply` directly installs everything now.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +47,41 @@ def apply() -> None:
     _evaluate_traditional_models_every_epoch()
     _sparse_topk_hits_in_evaluator()
     _applied = True
+
+
+def apply_on_recbole_import() -> None:
+    """Restore the numpy aliases now and run :func:`apply` right after ``recbole`` is imported."""
+    _restore_numpy_aliases()
+    if "recbole" in sys.modules:
+        apply()
+    elif not any(isinstance(f, _ApplyAfterRecBoleImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ApplyAfterRecBoleImport())
+
+
+class _ApplyAfterRecBoleImport(importlib.abc.MetaPathFinder):
+    """Finds ``recbole`` through the normal finders and wraps its loader so that :func:`apply`
+    runs as soon as the package module exists, before any RecBole submodule is used."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "recbole":
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps find_spec below from recursing
+        spec = importlib.util.find_spec("recbole")
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LoaderThenApply(spec.loader)
+        return spec
+
+
+class _LoaderThenApply(importlib.abc.Loader):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def create_module(self, spec: Any) -> Any:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.inner.exec_module(module)
+        apply()
 
 
 # --- numpy 2 -------------------------------------------------------------------------------------

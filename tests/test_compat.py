@@ -133,3 +133,22 @@ def test_sparse_topk_hits_equal_recboles_dense_computation():
         results.append(collector.data_struct.get("rec.topk"))
     assert Collector.eval_batch_collect._vlm4rec_shim
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_shims_wait_for_recbole_and_then_apply_before_it_is_used() -> None:
+    """`vlm4rec --help` and the offline stages must not pay for importing RecBole's trainer, yet
+    the first `recbole` import anywhere must get every shim before RecBole code runs."""
+    script = (
+        "import sys\n"
+        "import recbole_vlm4rec.cli as cli\n"
+        "from recbole_vlm4rec import compat\n"
+        "cli.build_parser()\n"
+        "assert 'recbole' not in sys.modules and not compat._applied, 'recbole imported early'\n"
+        "from recbole.config import Config\n"
+        "import numpy as np\n"
+        "assert compat._applied and np.float_ is np.float64\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

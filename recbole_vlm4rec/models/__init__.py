@@ -11,8 +11,6 @@ import importlib
 import pkgutil
 from functools import lru_cache
 
-from recbole.model.abstract_recommender import AbstractRecommender
-
 # Helper modules in this package that hold no model.
 _NOT_MODEL_MODULES = {"features", "cli"}
 _RECBOLE_MODEL_PACKAGES = (
@@ -30,6 +28,8 @@ class UnknownModelError(ValueError):
 @lru_cache(maxsize=None)
 def project_models() -> dict[str, type]:
     """Class name -> class for every model defined in this package."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
     found: dict[str, type] = {}
     for module_info in pkgutil.iter_modules(__path__):
         if module_info.name.startswith("_") or module_info.name in _NOT_MODEL_MODULES:
@@ -48,6 +48,8 @@ def project_models() -> dict[str, type]:
 @lru_cache(maxsize=None)
 def recbole_models() -> dict[str, type]:
     """Class name -> class for RecBole's built-in models (imported only to list them)."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
     found: dict[str, type] = {}
     for package in _RECBOLE_MODEL_PACKAGES:
         module = importlib.import_module(f"recbole.model.{package}")
