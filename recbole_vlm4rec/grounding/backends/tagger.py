@@ -1,4 +1,4 @@
-"""``tagger``: an offline, CPU-only stand-in for a vision-language model. It is NOT an LVLM.
+"""``tagger``: an offline stand-in for a vision-language model that runs on a CPU. NOT an LVLM.
 
 For machines with no LVLM weights and no endpoint, it describes an image with what a small ImageNet
 classifier and a colour histogram can say:
@@ -131,7 +131,7 @@ def _join(words: Sequence[str], last: str) -> str:
 
 
 class TaggerBackend(GroundingBackend):
-    """EfficientNet-Lite0 ImageNet labels + dominant colour names; CPU, offline, no LVLM."""
+    """EfficientNet-Lite0 ImageNet labels + dominant colour names; offline, CPU is enough."""
 
     name = "tagger"
 
