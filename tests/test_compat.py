@@ -133,3 +133,17 @@ def test_sparse_topk_hits_equal_recboles_dense_computation():
         results.append(collector.data_struct.get("rec.topk"))
     assert Collector.eval_batch_collect._vlm4rec_shim
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_itemknn_scores_are_csr_and_full_ranking_matches_predict(tiny_dataset, build_pipeline):
+    from recbole.data.interaction import Interaction
+
+    _, name, overrides = tiny_dataset
+    _, data, *_, model = build_pipeline("ItemKNN", name, overrides)
+    assert sp.isspmatrix_csr(model.pred_mat)
+    users = torch.arange(1, 6)
+    full = model.full_sort_predict(Interaction({"user_id": users})).reshape(len(users), -1)
+    items = torch.arange(data.item_num)
+    pairs = model.predict(Interaction({"user_id": users.repeat_interleave(data.item_num),
+                                       "item_id": items.repeat(len(users))}))
+    torch.testing.assert_close(pairs.reshape(len(users), -1).float(), full.float())
