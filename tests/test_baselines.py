@@ -159,5 +159,29 @@ def test_runs_through_the_runner(two_features, model_name):
     from recbole_vlm4rec.runner import run
 
     name, overrides = two_features
-    result = run(model_name, name, overrides={**overrides, "epochs": 1})
+    result = run(model_name, name, overrides={**overrides, "epochs": 1}, write_results=False)
     assert 0.0 <= result.test_result["recall@20"] <= 1.0
+
+
+@pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "ItemKNN", "Pop"])
+def test_recbole_cf_references_run_through_the_runner(tiny_dataset, model_name):
+    from recbole_vlm4rec.runner import run
+
+    _, name, overrides = tiny_dataset
+    result = run(model_name, name, overrides={**overrides, "epochs": 1}, write_results=False)
+    assert 0.0 <= result.test_result["recall@20"] <= 1.0
+
+
+@pytest.mark.parametrize("model_name,extra", [("VLM4Rec", {}),
+                                              ("VLM4RecFusion", {"fusion": "weighted"}),
+                                              ("VLM4RecFusion", {"fusion": "concat"})])
+def test_item_similarity_scoring_equals_profile_scoring(two_features, build_pipeline, model_name,
+                                                        extra):
+    name, overrides = two_features
+    scores = {}
+    for scoring in ("profiles", "item_similarity"):
+        _, data, *_, model = build_pipeline(model_name, name, {
+            **overrides, **extra, "fusion_weights": [2, 1], "profile_scoring": scoring})
+        assert model.scores_from_item_similarity == (scoring == "item_similarity")
+        scores[scoring] = all_scores(data, model)
+    torch.testing.assert_close(scores["item_similarity"], scores["profiles"])

@@ -152,3 +152,16 @@ def test_shims_wait_for_recbole_and_then_apply_before_it_is_used() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+def test_itemknn_scores_are_csr_and_full_ranking_matches_predict(tiny_dataset, build_pipeline):
+    from recbole.data.interaction import Interaction
+
+    _, name, overrides = tiny_dataset
+    _, data, *_, model = build_pipeline("ItemKNN", name, overrides)
+    assert sp.isspmatrix_csr(model.pred_mat)
+    users = torch.arange(1, 6)
+    full = model.full_sort_predict(Interaction({"user_id": users})).reshape(len(users), -1)
+    items = torch.arange(data.item_num)
+    pairs = model.predict(Interaction({"user_id": users.repeat_interleave(data.item_num),
+                                       "item_id": items.repeat(len(users))}))
+    torch.testing.assert_close(pairs.reshape(len(users), -1).float(), full.float())

@@ -27,9 +27,11 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
 from recbole_vlm4rec.data.features import AlignedFeature
+from recbole_vlm4rec.models._graph import to_torch_sparse
 from recbole_vlm4rec.models.features import require_item_feature
 
 AGGREGATIONS = ("mean", "max")
+SCORINGS = ("auto", "profiles", "item_similarity")
 
 
 @dataclass
@@ -69,6 +71,9 @@ class VLM4Rec(GeneralRecommender):
                 f"profile_aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
             )
         self.eval_user_batch = int(config["profile_user_batch"] or 1024)
+        scoring = config["profile_scoring"] or "auto"
+        if scoring not in SCORINGS:
+            raise ValueError(f"profile_scoring must be one of {SCORINGS}, got {scoring!r}")
         blocks = self._embedding_blocks(config, dataset)
         if self.aggregation == "max" and len(blocks) > 1:
             raise ValueError(
@@ -81,7 +86,7 @@ class VLM4Rec(GeneralRecommender):
         # validation and test interactions cannot enter a profile.
         history = dataset.inter_matrix(form="csr").astype(np.float32)
         has_profile = np.zeros(history.shape[0], dtype=bool)
-        item_parts, profile_parts = [], []
+        item_parts, profile_parts, weighted_history, similarity = [], [], [], []
         for block in blocks:
             block_history = history @ sp.diags(block.has_vector.astype(np.float32))
             block_history.eliminate_zeros()
@@ -90,9 +95,12 @@ class VLM4Rec(GeneralRecommender):
             scale = float(np.sqrt(block.weight))
             item_parts.append(block.embeddings * scale)
             if self.aggregation == "mean":
-                counts = np.maximum(n_history, 1.0)[:, None]
-                profiles = np.asarray(block_history @ block.embeddings.numpy()) / counts
-                profile_parts.append(F.normalize(torch.from_numpy(profiles).float(), dim=1) * scale)
+                profiles = torch.from_numpy(np.asarray(block_history @ block.embeddings.numpy()))
+                profile_parts.append(F.normalize(profiles.float(), dim=1) * scale)
+                norms = profiles.norm(dim=1).numpy()
+                inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+                weighted_history.append(sp.diags(inverse) @ block_history)
+                similarity.append(block.embeddings)
             else:
                 self.history = block_history.tocsr()
         self.n_users_without_profile = int((~has_profile[1:]).sum())
@@ -107,6 +115,16 @@ class VLM4Rec(GeneralRecommender):
         self.register_buffer("item_embeddings", torch.cat(item_parts, dim=1), persistent=False)
         if self.aggregation == "mean":
             self.register_buffer("user_profiles", torch.cat(profile_parts, dim=1), persistent=False)
+        # Mean profiles are linear in the history: profile_u . x_i = sum_j in H(u) x_j . x_i / |.|,
+        # so with fewer items than users, one item-item similarity matrix (built once) plus a
+        # sparse history product costs less than users x dim x items per evaluation.
+        self.scores_from_item_similarity = self.aggregation == "mean" and (
+            scoring == "item_similarity" or (scoring == "auto" and self.n_items < self.n_users))
+        if self.scores_from_item_similarity:
+            self.weighted_history = sp.hstack(weighted_history, format="csr").astype(np.float32)
+            blocks_similarity = torch.cat([
+                (x * b.weight) @ x.T for x, b in zip(similarity, blocks)])
+            self.register_buffer("item_similarity", blocks_similarity, persistent=False)
         # TRADITIONAL models still need one parameter for RecBole's optimizer.
         self.dummy_parameter = torch.nn.Parameter(torch.zeros(1))
 
@@ -128,7 +146,10 @@ class VLM4Rec(GeneralRecommender):
 
     def full_sort_predict(self, interaction: Any) -> torch.Tensor:
         users = interaction[self.USER_ID]
-        if self.aggregation == "mean":
+        if self.scores_from_item_similarity:
+            history = to_torch_sparse(self.weighted_history[users.cpu().numpy()])
+            scores = torch.sparse.mm(history.to(self.device), self.item_similarity)
+        elif self.aggregation == "mean":
             scores = self.user_profiles[users] @ self.item_embeddings.T
         else:
             scores = self._max_similarity(users)
