@@ -86,6 +86,7 @@ class Report:
     alpha: float
     datasets: dict[str, dict[str, ModelSummary]]  # dataset -> label -> summary
     references: dict[str, str | None] = field(default_factory=dict)
+    n_seeds: int | None = None  # seeds the spec asks for: "runs" = ok runs / this
     tests: dict[tuple[str, str], dict[str, PairedTest]] = field(default_factory=dict)
 
 
@@ -111,7 +112,8 @@ def load_report(folder: str | Path) -> Report:
         datasets = {d: dict(sorted(m.items(), key=lambda kv: order.get(kv[0], len(order))))
                     for d, m in datasets.items()}
     metrics = list(spec.metrics) if spec and spec.metrics else _all_metrics(records)
-    report = Report(folder, metrics, spec.alpha if spec else 0.05, datasets)
+    report = Report(folder, metrics, spec.alpha if spec else 0.05, datasets,
+                    n_seeds=len(spec.seeds) if spec else None)
     candidates = list(spec.reference) if spec else []
     for dataset, summaries in datasets.items():
         usable = [label for label in candidates if label in summaries and summaries[label].ok]
@@ -155,9 +157,10 @@ def markdown(report: Report) -> str:
         best = {m: max((s.metric(m)[0] for s in summaries.values() if s.ok), default=math.nan)
                 for m in report.metrics}
         for label, summary in summaries.items():
+            runs = f"{len(summary.ok)}/{report.n_seeds or len(summary.records)}"
             if not summary.ok:
                 cells = [f"{summary.status}"] + ["-"] * (len(header) - 3)
-                lines.append(f"| {label} | " + " | ".join(cells) + f" | 0/{len(summary.records)} |")
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | {runs} |")
                 continue
             row = [label + (" (ref)" if label == reference else "")]
             for metric in report.metrics:
@@ -167,7 +170,7 @@ def markdown(report: Report) -> str:
                     text = f"**{text}**"
                 row.append(text + _significance_marker(report, dataset, metric, label))
             row += [f"{summary.seconds('fit'):.1f}", f"{summary.seconds('test'):.2f}",
-                    f"{summary.peak_rss_mb():.0f}", f"{len(summary.ok)}/{len(summary.records)}"]
+                    f"{summary.peak_rss_mb():.0f}", runs]
             lines.append("| " + " | ".join(row) + " |")
         lines += _significance_lines(report, dataset)
         problems = [(label, s) for label, s in summaries.items() if s.reasons]
