@@ -153,6 +153,7 @@ def test_shims_wait_for_recbole_and_then_apply_before_it_is_used() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
+
 def test_itemknn_scores_are_csr_and_full_ranking_matches_predict(tiny_dataset, build_pipeline):
     from recbole.data.interaction import Interaction
 
