@@ -32,8 +32,11 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--rerun", action="store_true", help="rerun cells that already finished")
     bench.add_argument("--isolation", choices=("subprocess", "inprocess"),
                        help="override the spec: a process per cell (default) or all in this one")
-    bench.add_argument("--datasets", help="comma-separated subset of the spec's datasets")
-    bench.add_argument("--models", help="comma-separated subset of the spec's model labels")
+    bench.add_argument("--datasets", action="append",
+                       help="subset of the spec's datasets: comma-separated and/or repeated")
+    bench.add_argument("--models", action="append",
+                       help="subset of the spec's model labels: comma-separated and/or repeated "
+                       "(--models BPR,LightGCN --models 'VLM4Rec (vlm, max)')")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override for every cell, above all spec layers (yaml value), e.g. "
                        "--set epochs=1; repeatable. Saved in <out>/spec.yaml; use another --out")
@@ -49,10 +52,12 @@ def register(subparsers: Any) -> None:
     report.set_defaults(func=_report)
 
 
-def _subset(entries: dict, wanted: str | None, what: str) -> dict:
+def _subset(entries: dict, wanted: list[str] | None, what: str) -> dict:
     if not wanted:
         return entries
-    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    names = []
+    for value in wanted:  # a whole value naming an entry wins over splitting it at commas
+        names += [value] if value in entries else [n.strip() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in entries]
     if unknown:
         raise SystemExit(f"error: {what} {unknown} not in the spec: {list(entries)}")

@@ -109,8 +109,10 @@ def load_report(folder: str | Path) -> Report:
                                                         cell["model"])).records.append(record)
     if spec is not None:
         order = {label: i for i, label in enumerate(spec.models)}
+        dataset_order = {name: i for i, name in enumerate(spec.datasets)}
         datasets = {d: dict(sorted(m.items(), key=lambda kv: order.get(kv[0], len(order))))
-                    for d, m in datasets.items()}
+                    for d, m in sorted(datasets.items(),
+                                       key=lambda kv: dataset_order.get(kv[0], len(dataset_order)))}
     metrics = list(spec.metrics) if spec and spec.metrics else _all_metrics(records)
     report = Report(folder, metrics, spec.alpha if spec else 0.05, datasets,
                     n_seeds=len(spec.seeds) if spec else None)
