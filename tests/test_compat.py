@@ -11,7 +11,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import write_inter
 
 
 def test_numpy_aliases_let_config_build_and_metrics_run():

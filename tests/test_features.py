@@ -103,3 +103,19 @@ def test_save_refuses_bad_input_and_leaves_no_file(tmp_path):
     with pytest.raises(FeatureFileError, match="NaN"):
         save_feature(tmp_path, "f", np.array([[np.nan]]), ["a"])
     assert not any(tmp_path.iterdir())
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path) -> None:
+    import os
+    import stat
+
+    from recbole_vlm4rec.files import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "sub" / "a.txt", "hello")
+    finally:
+        os.umask(mask)
+    assert path.read_text() == "hello"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]  # no temp file left behind

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from recbole_vlm4rec.benchmark.cell import make_record, read_record, run_cell, write_record
 from recbole_vlm4rec.benchmark.spec import BenchSpec, Cell
-from recbole_vlm4rec.data.features import _atomic_write
+from recbole_vlm4rec.files import atomic_write
 
 
 @dataclass
@@ -156,7 +156,7 @@ def run_grid(spec: BenchSpec, out_dir: Path | None = None, rerun: bool = False,
     out_dir = Path(out_dir or default_out_dir(spec)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
-    _atomic_write(out_dir / "spec.yaml", lambda h: h.write(spec_text.encode()))
+    atomic_write(out_dir / "spec.yaml", lambda h: h.write(spec_text.encode()))
     isolation = isolation or spec.isolation
     summary = GridSummary(out_dir)
     cells = spec.cells()

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from recbole_vlm4rec.files import atomic_write
 
 
 class FeatureFileError(ValueError):
@@ -93,19 +94,6 @@ def feature_paths(directory: str | os.PathLike, name: str) -> tuple[Path, Path, 
     return base / f"{name}.npy", base / f"{name}.tokens", base / f"{name}.json"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder + rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_feature(
     directory: str | os.PathLike,
     name: str,
@@ -118,9 +106,9 @@ def save_feature(
     npy_path, tokens_path, meta_path = feature_paths(directory, name)
     _validate(name, matrix, list(tokens), npy_path, tokens_path)
     # tokens and meta first: the .npy is the file whose presence means "feature exists".
-    _atomic_write(tokens_path, lambda h: h.write("".join(f"{t}\n" for t in tokens).encode()))
-    _atomic_write(meta_path, lambda h: h.write(json.dumps(meta or {}, indent=2).encode()))
-    _atomic_write(npy_path, lambda h: np.save(h, matrix.astype(np.float32, copy=False)))
+    atomic_write(tokens_path, lambda h: h.write("".join(f"{t}\n" for t in tokens).encode()))
+    atomic_write(meta_path, lambda h: h.write(json.dumps(meta or {}, indent=2).encode()))
+    atomic_write(npy_path, lambda h: np.save(h, matrix.astype(np.float32, copy=False)))
     return npy_path
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from recbole_vlm4rec.data.features import _atomic_write
+from recbole_vlm4rec.files import atomic_write
 
 FORMAT_VERSION = 1
 INDEX_KINDS = ("flat", "hnsw")
@@ -100,15 +100,15 @@ def write_bundle(
     def text(lines: list[str]) -> Any:
         return lambda h: h.write("".join(f"{line}\n" for line in lines).encode())
 
-    _atomic_write(folder / "items.tokens", text(item_tokens))
-    _atomic_write(folder / "users.tokens", text(user_tokens))
-    _atomic_write(folder / "item_embeddings.npy", lambda h: np.save(h, embeddings))
-    _atomic_write(folder / "histories.npz", lambda h: np.savez(h, indptr=indptr, indices=indices))
-    _atomic_write(folder / "index.faiss",
+    atomic_write(folder / "items.tokens", text(item_tokens))
+    atomic_write(folder / "users.tokens", text(user_tokens))
+    atomic_write(folder / "item_embeddings.npy", lambda h: np.save(h, embeddings))
+    atomic_write(folder / "histories.npz", lambda h: np.savez(h, indptr=indptr, indices=indices))
+    atomic_write(folder / "index.faiss",
                   lambda h: h.write(faiss.serialize_index(index).tobytes()))
     if descriptions:
         rows = [f"{t}\t{' '.join(str(d).split())}" for t, d in descriptions.items()]
-        _atomic_write(folder / "descriptions.tsv", text(rows))
+        atomic_write(folder / "descriptions.tsv", text(rows))
     else:
         (folder / "descriptions.tsv").unlink(missing_ok=True)
     full_meta = {
@@ -118,7 +118,7 @@ def write_bundle(
         "n_descriptions": len(descriptions or {}),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write(folder / "bundle.json",
+    atomic_write(folder / "bundle.json",
                   lambda h: h.write(json.dumps(full_meta, indent=2, default=str).encode()))
     return folder
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+
+from recbole_vlm4rec.files import atomic_write_bytes
 
 FORMATS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -106,15 +106,7 @@ async def _fetch(client, url: str, max_bytes: int, retries: int, backoff: float)
 
 def _save(folder: Path, token: str, body: bytes, suffix: str) -> Path:
     path = folder / f"{file_stem(token)}{suffix}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, body)
 
 
 async def _download_all(urls: dict[str, str], folder: Path, report: DownloadReport,

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recbole_vlm4rec.data.features import _atomic_write, save_feature
+from recbole_vlm4rec.data.features import save_feature
+from recbole_vlm4rec.files import atomic_write
 
 SPLIT_NAMES = ("train", "valid", "test")
 # Files under features/ written by later stages (e.g. vlm.npy from grounding) and downloaded
@@ -107,7 +108,7 @@ def sha256_of(path: Path) -> str:
 
 def atomic_text(path: Path, text: str) -> None:
     """Write UTF-8 text via a temp file + rename (readers never see a partial file)."""
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _inter_lines(frame: pd.DataFrame) -> list[str]:
