@@ -111,6 +111,19 @@ def test_descriptions_formats(tmp_path):
         read_descriptions(bad)
 
 
+def test_descriptions_from_vlm4rec_ground_leave_out_failed_items(tmp_path):
+    rows = [
+        {"item_id": "1", "status": "ok", "text": "a red dress", "reason": None},
+        {"item_id": "2", "status": "failed", "text": None, "reason": "no_image"},
+    ]
+    path = tmp_path / "tagger-preference.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert read_descriptions(path) == {"1": "a red dress"}
+    path.write_text('{"item_id": "3", "status": "ok"}\n')
+    with pytest.raises(ValueError, match=":1: needs one of"):
+        read_descriptions(path)
+
+
 def test_cli_export_and_recommend(tiny_dataset, tmp_path, capsys):
     _, name, overrides = tiny_dataset
     folder = tmp_path / "cli-bundle"

@@ -6,7 +6,8 @@ are all their interactions in the dataset (serving knows everything the logs kno
 
 Descriptions shown in explanations come from ``--descriptions`` (a TSV with a header naming an
 item column and a description column, or JSON lines with ``item_id``/``item`` and
-``description``/``text``), else, for a feature built from item text, the rendered item texts.
+``description``/``text``; rows of ``vlm4rec ground`` output whose ``status`` is not ``ok`` are
+left out), else, for a feature built from item text, the rendered item texts.
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ def read_descriptions(path: str | Path) -> dict[str, str]:
             except ValueError as error:
                 raise ValueError(f"{path}:{line_no}: not JSON: {error}") from error
             item = next((row[k] for k in ITEM_KEYS if k in row), None)
-            text = next((row[k] for k in TEXT_KEYS if k in row), None)
-            if item is None or text is None:
+            has_text_key = any(k in row for k in TEXT_KEYS)
+            if item is None or not has_text_key:
                 raise ValueError(f"{path}:{line_no}: needs one of {ITEM_KEYS} and of {TEXT_KEYS}")
-            found[str(item)] = str(text)
+            if row.get("status", "ok") != "ok":
+                continue  # `vlm4rec ground` failed for this item: nothing to explain with
+            text = next(row[k] for k in TEXT_KEYS if k in row)
+            if text:
+                found[str(item)] = str(text)
         return found
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
