@@ -12,7 +12,12 @@ from grounding_fakes import GOOD_TEXT, ScriptedBackend, bad_and_good_images, wri
 from recbole_vlm4rec.grounding.items import items_from_dataset
 from recbole_vlm4rec.grounding.prompts import load_prompt
 from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
-from recbole_vlm4rec.grounding.store import EXPORT_KEYS, DescriptionStore, read_descriptions
+from recbole_vlm4rec.grounding.store import (
+    EXPORT_KEYS,
+    DescriptionRow,
+    DescriptionStore,
+    read_descriptions,
+)
 
 EXPECTED = {item: reason for item, (_, _, reason) in bad_and_good_images().items()}
 OK_ITEMS = sorted(item for item, reason in EXPECTED.items() if reason is None)
@@ -173,3 +178,14 @@ def test_dry_run_prints_prompts_and_writes_nothing(shop, capsys):
     assert "dry run" in err and '"category": "<the kind of item>"' in err and "title of i01" in err
     assert backend.seen == [] and not (folder / "descriptions" / "dry.jsonl").exists()
     assert summary.to_do == len(OK_ITEMS) + 2  # images are hashed, not decoded, in a dry run
+
+
+def test_store_recovers_from_a_transaction_left_open_by_an_interrupt(tmp_path):
+    """Ctrl-C between BEGIN and COMMIT must not make every later write fail."""
+    with DescriptionStore(tmp_path / "s.sqlite") as store:
+        store._db.execute("BEGIN IMMEDIATE")  # what an interrupted put_many leaves behind
+        row = DescriptionRow(item_id="a", status="ok", text="a red scarf", reason=None, detail="",
+                             backend="b", model="m", prompt="p", prompt_version="1",
+                             prompt_key="k", image_sha256="h", fields=None)
+        assert store.put_many([row]) == 1
+        assert store.count() == 1

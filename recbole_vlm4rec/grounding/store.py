@@ -152,14 +152,19 @@ class DescriptionStore:
         if not values:
             return 0
         marks = ",".join("?" * len(_COLUMNS))
-        self._db.execute("BEGIN IMMEDIATE")
+        if self._db.in_transaction:
+            # A Ctrl-C landed between BEGIN and COMMIT of an earlier call: its rows were not saved
+            # (the pipeline passes them again), and the open transaction must not block this one.
+            self._db.execute("ROLLBACK")
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 f"INSERT OR REPLACE INTO descriptions ({','.join(_COLUMNS)}) VALUES ({marks})", values
             )
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         return len(values)
 
