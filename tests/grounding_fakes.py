@@ -44,6 +44,7 @@ class ScriptedBackend(GroundingBackend):
         self.prompts: dict[str, str] = {}
         self.original_bytes: dict[str, bool] = {}  # item -> the request carried the file's bytes
         self._lock = threading.Lock()
+        self._sigint_sent = False
 
     def model_id(self) -> str:
         return self.model
@@ -51,11 +52,16 @@ class ScriptedBackend(GroundingBackend):
     def describe(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
         if self.delay:
             time.sleep(self.delay)
+        if self._sigint_sent:
+            # Like a slow model: later calls must not finish every item before the main thread,
+            # possibly descheduled on a loaded machine, gets to handle the SIGINT.
+            time.sleep(3.0)
         with self._lock:
             if self.interrupt_after is not None and len(self.seen) >= self.interrupt_after:
                 if not self.in_main:
                     raise KeyboardInterrupt
                 self.interrupt_after = None
+                self._sigint_sent = True
                 os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the main thread gets KeyboardInterrupt
             self.seen.extend(r.item_id for r in requests)
             self.prompts.update((r.item_id, r.prompt) for r in requests)
