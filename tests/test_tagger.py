@@ -80,3 +80,17 @@ def test_model_id_changes_with_options_labels_and_palette(tmp_path, monkeypatch)
 
     monkeypatch.setattr(tagger_module, "PALETTE", tagger_module.PALETTE[:-1])
     assert TaggerBackend().model_id() != base
+
+
+def test_tagger_answers_to_the_shipped_structured_prompt_are_accepted():
+    """The tagger fills 2 of the 7 default slots; the prompt's min_filled (0.5) alone would
+    reject every item as degenerate, so the backend lowers it and the pipeline passes it on."""
+    from recbole_vlm4rec.grounding.prompts import OutputRejected, load_prompt
+
+    prompt = load_prompt("structured")
+    backend = create_backend("tagger", top_k=1)
+    [output] = backend.describe([request("s", (0, 0, 255), slots=tuple(prompt.slots))])
+    with pytest.raises(OutputRejected):
+        prompt.parse(output.text)
+    text, fields = prompt.parse(output.text, backend.structured_min_filled)
+    assert fields["colour"] == "blue" and "blue" in text.lower()

@@ -85,10 +85,13 @@ class PromptSpec:
         """Cache key part for one item's prompt: file digest + the rendered text."""
         return hashlib.sha256(f"{self.digest}\n{rendered}".encode()).hexdigest()
 
-    def parse(self, raw: str | None) -> tuple[str, dict[str, Any] | None]:
-        """``(text to encode, structured fields or None)``; OutputRejected when unusable."""
+    def parse(self, raw: str | None,
+              min_filled: float | None = None) -> tuple[str, dict[str, Any] | None]:
+        """``(text to encode, structured fields or None)``; OutputRejected when unusable.
+        ``min_filled`` overrides the prompt's share of slots a JSON answer must fill."""
         if self.format == "json":
-            return parse_structured(raw, self.slots, self.min_filled)
+            share = self.min_filled if min_filled is None else min_filled
+            return parse_structured(raw, self.slots, share)
         return check_free_text(raw, self.min_words), None
 
 

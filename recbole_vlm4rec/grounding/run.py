@@ -228,7 +228,7 @@ def _describe_batch(
                                                 output.error, output.detail)
             continue
         try:
-            text, fields = prompt.parse(output.text)
+            text, fields = prompt.parse(output.text, backend.structured_min_filled)
         except OutputRejected as rejected:
             rows[request.item_id] = meta.failed(request.item_id, task.prompt_key, request.image_sha256,
                                                 rejected.reason, rejected.detail)

@@ -60,6 +60,9 @@ class GroundingBackend(ABC):
     # run at once (threads): remote backends want concurrency, local models want batches.
     batch_size: int = 1
     concurrency: int = 1
+    # Share of structured-prompt slots an answer must fill; None = the prompt's own `min_filled`.
+    # A backend that by design fills only some slots (the tagger: category and colour) lowers it.
+    structured_min_filled: float | None = None
 
     @abstractmethod
     def model_id(self) -> str:

@@ -134,6 +134,8 @@ class TaggerBackend(GroundingBackend):
     """EfficientNet-Lite0 ImageNet labels + dominant colour names; offline, CPU is enough."""
 
     name = "tagger"
+    # It can only fill category-like and colour slots: an answer with one of them is complete.
+    structured_min_filled = 0.0
 
     def __init__(self, device: str | None = None, batch_size: int = 16, top_k: int = 3,
                  min_label_prob: float = 0.05, n_colours: int = 3,
