@@ -167,7 +167,10 @@ def markdown(report: Report) -> str:
             row = [label + (" (ref)" if label == reference else "")]
             for metric in report.metrics:
                 mean, std = summary.metric(metric)
-                text = f"{mean:.4f} ± {std:.4f}" if not math.isnan(mean) else "-"
+                if math.isnan(mean):
+                    text = "-"
+                else:  # one seed has no spread to report: "± 0.0000" would claim one
+                    text = f"{mean:.4f}" + (f" ± {std:.4f}" if len(summary.ok) > 1 else "")
                 if not math.isnan(mean) and math.isclose(mean, best[metric], abs_tol=1e-12):
                     text = f"**{text}**"
                 row.append(text + _significance_marker(report, dataset, metric, label))
