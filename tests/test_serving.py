@@ -101,6 +101,23 @@ def test_user_without_vectors_and_encoder_mismatch(tmp_path):
         load_bundle(tmp_path)
 
 
+def test_history_items_without_a_vector_are_left_out_not_called_unknown(tmp_path):
+    rng = np.random.default_rng(0)
+    meta = {"model": "VLM4Rec", "item_feature": "vlm", "profile_aggregation": "mean",
+            "feature": {"items_without_vector_tokens": ["nopic"]}}
+    folder = write_bundle(tmp_path / "b", ["a", "b", "c"], rng.normal(size=(3, 4)),
+                          ["alice"], [np.array([0])], meta)
+    recommender = Recommender(folder)
+    with_gap = [r.item for r in recommender.for_items(["a", "nopic"], k=2)]
+    assert recommender.ignored_items == ["nopic"]
+    assert with_gap == [r.item for r in recommender.for_items(["a"], k=2)]
+    assert recommender.ignored_items == []
+    with pytest.raises(EmptyHistoryError, match="none of the history items has a 'vlm' vector"):
+        recommender.for_items(["nopic"])
+    with pytest.raises(UnknownItemError):
+        recommender.for_items(["a", "zzz"])
+
+
 def test_descriptions_formats(tmp_path):
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"item": "x", "description": "red"}\n\n{"item_id": 5, "text": "blue"}\n')

@@ -102,6 +102,10 @@ def _recommend(args: argparse.Namespace) -> int:
         elif args.items is not None:
             found = recommender.for_items(args.items.split(","), args.k, args.explain)
             what = f"history [{args.items}]"
+            if recommender.ignored_items:
+                print(f"note: {len(recommender.ignored_items)} history items have no "
+                      f"'{recommender.bundle.meta.get('item_feature')}' vector and were left out: "
+                      f"{', '.join(recommender.ignored_items[:10])}", file=sys.stderr)
         else:
             found, what = recommender.for_text(args.text, args.k, args.encoder), repr(args.text)
         elapsed_ms = 1000 * (time.perf_counter() - started)

@@ -114,7 +114,10 @@ def export_dataset_bundle(
         "encoder": {"name": feature.meta.get("encoder"),
                     "fingerprint": feature.meta.get("encoder_fingerprint")},
         "feature": {"path": str(feature.path), "meta": feature.meta,
-                    "items_without_vector": feature.n_items - feature.n_covered},
+                    "items_without_vector": feature.n_items - feature.n_covered,
+                    # so recommend can tell "no vector" from "not in the catalogue"
+                    "items_without_vector_tokens": sorted(
+                        str(id_tokens[i]) for i in np.flatnonzero(~feature.has_vector)[1:])},
         "interactions": int(keep.sum()), "interactions_without_vector": int((~keep).sum()),
     }
     # row 0 of RecBole's token lists is [PAD]: no user, no item.

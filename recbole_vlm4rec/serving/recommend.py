@@ -74,6 +74,7 @@ class Recommender:
         self.user_row = {token: row for row, token in enumerate(self.bundle.user_tokens)}
         self.aggregation = self.bundle.meta.get("profile_aggregation", "mean")
         self._encoder = None
+        self.ignored_items: list[str] = []  # last for_items() query's items without a vector
 
     # --- queries ---------------------------------------------------------------------------
     def for_user(self, user: str, k: int = 10, explain: int = 2) -> list[Recommendation]:
@@ -95,10 +96,20 @@ class Recommender:
         items = [str(i).strip() for i in items if str(i).strip()]
         if not items:
             raise EmptyHistoryError("empty history: give at least one item token")
-        unknown = [i for i in items if i not in self.item_row]
+        feature = self.bundle.meta.get("feature") or {}
+        without_vector = set(feature.get("items_without_vector_tokens") or ())
+        unknown = [i for i in items if i not in self.item_row and i not in without_vector]
         if unknown:
             raise UnknownItemError(_unknown("item", unknown, self.bundle.item_tokens))
-        return self._rank(np.unique([self.item_row[i] for i in items]), k, explain)
+        # Like VLM4Rec's profiles: items the feature does not cover cannot enter one.
+        self.ignored_items = [i for i in items if i not in self.item_row]
+        usable = [self.item_row[i] for i in items if i in self.item_row]
+        if not usable:
+            raise EmptyHistoryError(
+                f"none of the history items has a '{self.bundle.meta.get('item_feature')}' vector "
+                f"({', '.join(self.ignored_items[:5])}): nothing to build a profile from"
+            )
+        return self._rank(np.unique(usable), k, explain)
 
     def for_text(self, text: str, k: int = 10, encoder: str | None = None) -> list[Recommendation]:
         """Top-k items for a free-text wish, encoded with the bundle's own text encoder."""
