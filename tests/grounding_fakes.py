@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ GOOD_TEXT = "A {colour} item with a calm, minimal style, made of smooth material
 class ScriptedBackend(GroundingBackend):
     """Describes an image by its mean colour. ``script`` maps item id -> a raw answer or
     ``("error", code)``; ``interrupt_after`` raises KeyboardInterrupt once that many items were
-    answered (``in_main=True``: sends the process a real SIGINT instead, as Ctrl-C does);
+    answered (``in_main=True``: sends the main thread a real SIGINT instead, as Ctrl-C does);
     ``delay`` sleeps per batch (seconds)."""
 
     name = "fake"
@@ -62,7 +61,9 @@ class ScriptedBackend(GroundingBackend):
                     raise KeyboardInterrupt
                 self.interrupt_after = None
                 self._sigint_sent = True
-                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the main thread gets KeyboardInterrupt
+                # As a terminal's Ctrl-C does, signal the main thread itself: os.kill from this
+                # worker would be delivered to the worker, leaving the main thread asleep.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             self.seen.extend(r.item_id for r in requests)
             self.prompts.update((r.item_id, r.prompt) for r in requests)
             self.original_bytes.update((r.item_id, r.image_bytes is not None) for r in requests)
