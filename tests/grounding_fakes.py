@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import threading
 import time
 from pathlib import Path
@@ -24,26 +23,22 @@ GOOD_TEXT = "A {colour} item with a calm, minimal style, made of smooth material
 class ScriptedBackend(GroundingBackend):
     """Describes an image by its mean colour. ``script`` maps item id -> a raw answer or
     ``("error", code)``; ``interrupt_after`` raises KeyboardInterrupt once that many items were
-    answered (``in_main=True``: sends the main thread a real SIGINT instead, as Ctrl-C does);
-    ``delay`` sleeps per batch (seconds)."""
+    answered; ``delay`` sleeps per batch (seconds)."""
 
     name = "fake"
 
     def __init__(self, model: str = "fake-model", script: dict | None = None, batch_size: int = 2,
-                 concurrency: int = 1, interrupt_after: int | None = None, delay: float = 0.0,
-                 in_main: bool = False) -> None:
+                 concurrency: int = 1, interrupt_after: int | None = None, delay: float = 0.0) -> None:
         self.model = model
         self.script = dict(script or {})
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.interrupt_after = interrupt_after
         self.delay = delay
-        self.in_main = in_main
         self.seen: list[str] = []
         self.prompts: dict[str, str] = {}
         self.original_bytes: dict[str, bool] = {}  # item -> the request carried the file's bytes
         self._lock = threading.Lock()
-        self._sigint_sent = False
 
     def model_id(self) -> str:
         return self.model
@@ -51,19 +46,9 @@ class ScriptedBackend(GroundingBackend):
     def describe(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
         if self.delay:
             time.sleep(self.delay)
-        if self._sigint_sent:
-            # Like a slow model: later calls must not finish every item before the main thread,
-            # possibly descheduled on a loaded machine, gets to handle the SIGINT.
-            time.sleep(3.0)
         with self._lock:
             if self.interrupt_after is not None and len(self.seen) >= self.interrupt_after:
-                if not self.in_main:
-                    raise KeyboardInterrupt
-                self.interrupt_after = None
-                self._sigint_sent = True
-                # As a terminal's Ctrl-C does, signal the main thread itself: os.kill from this
-                # worker would be delivered to the worker, leaving the main thread asleep.
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                raise KeyboardInterrupt  # a real SIGINT: test_grounding_cli's Ctrl-C test
             self.seen.extend(r.item_id for r in requests)
             self.prompts.update((r.item_id, r.prompt) for r in requests)
             self.original_bytes.update((r.item_id, r.image_bytes is not None) for r in requests)

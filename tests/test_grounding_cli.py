@@ -99,6 +99,32 @@ def test_killed_run_resumes_without_losing_or_duplicating(home: Path):
     assert _count(store_path, "1") == N_ITEMS
 
 
+def test_ctrl_c_exits_130_with_finished_rows_exported(home: Path):
+    """A real SIGINT to the command, as a terminal's Ctrl-C sends: it stops, exports what finished
+    (JSONL included) and exits 130; a rerun does only the rest."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.getcwd()]))
+    code = ("import sys, grounding_fakes; grounding_fakes.register_fake(); from recbole_vlm4rec import cli; "
+            "sys.exit(cli.main(sys.argv[1:]))")
+    argv = ["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "1",
+            "--backend-option", "delay=0.4"]
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store_path = home / "dataset/shop/descriptions/fake-preference.sqlite"
+    deadline = time.time() + 60
+    while time.time() < deadline and _count(store_path, "status = 'ok'") < 2:
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    done = {r["item_id"] for r in rows if r["status"] == "ok"}
+    assert 2 <= len(done) < N_OK and "interrupted" in out.decode()
+    assert cli.main(argv[:-2]) == 0
+    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    assert sum(r["status"] == "ok" for r in rows) == N_OK and len(rows) == N_ITEMS
+
+
 def test_two_runs_on_the_same_output_do_not_corrupt_it(home: Path):
     folder = home / "dataset" / "shop"
     items = items_from_dataset(folder)

@@ -131,19 +131,6 @@ def test_ctrl_c_keeps_finished_batches_and_a_rerun_completes(shop):
     assert sorted(i for i, r in rows.items() if r["status"] == "ok") == OK_ITEMS
 
 
-def test_ctrl_c_in_the_main_thread_saves_what_finished(shop):
-    folder, items = shop
-    backend = ScriptedBackend(batch_size=1, concurrency=2, interrupt_after=3, in_main=True, delay=0.05)
-    summary, rows = ground(folder, items, backend)
-    assert summary.interrupted and 0 < summary.described < len(OK_ITEMS)
-    done = {item for item, row in rows.items() if row["status"] == "ok"}
-    assert len(done) == summary.described and done <= set(backend.seen)
-    resumed = ScriptedBackend()
-    _, rows = ground(folder, items, resumed)
-    assert not set(resumed.seen) & done
-    assert sorted(i for i, r in rows.items() if r["status"] == "ok") == OK_ITEMS
-
-
 def test_a_broken_backend_aborts_with_finished_rows_saved(shop):
     folder, items = shop
 
