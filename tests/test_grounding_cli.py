@@ -103,8 +103,10 @@ def test_ctrl_c_exits_130_with_finished_rows_exported(home: Path):
     """A real SIGINT to the command, as a terminal's Ctrl-C sends: it stops, exports what finished
     (JSONL included) and exits 130; a rerun does only the rest."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.getcwd()]))
-    code = ("import sys, grounding_fakes; grounding_fakes.register_fake(); from recbole_vlm4rec import cli; "
-            "sys.exit(cli.main(sys.argv[1:]))")
+    # A shell starting the test run in the background (`bash .ci/run &`) makes SIGINT ignored, and
+    # children inherit that; a terminal's Ctrl-C reaches a process whose SIGINT is not ignored.
+    code = ("import signal, sys, grounding_fakes; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "grounding_fakes.register_fake(); from recbole_vlm4rec import cli; sys.exit(cli.main(sys.argv[1:]))")
     argv = ["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "1",
             "--backend-option", "delay=0.4"]
     process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
