@@ -73,26 +73,36 @@ def test_ground_command_errors_are_one_clear_line(home: Path, capsys, argv, mess
     assert message in capsys.readouterr().err
 
 
-def test_killed_run_resumes_without_losing_or_duplicating(home: Path):
-    """SIGKILL the command mid-run (no cleanup at all), then rerun: every finished batch is kept."""
+SLOW_GROUND = ["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "1",
+               "--backend-option", "delay=0.4"]
+
+
+def _slow_ground_after_two_rows(home: Path) -> tuple[subprocess.Popen, Path]:
+    """Start `vlm4rec ground` (0.4 s per item) in a process; return once two rows are committed."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.getcwd()]))
-    code = ("import sys, grounding_fakes; grounding_fakes.register_fake(); from recbole_vlm4rec import cli; "
-            "sys.exit(cli.main(sys.argv[1:]))")
-    argv = ["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "1",
-            "--backend-option", "delay=0.4"]
-    process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A shell starting the test run in the background (`bash .ci/run &`) makes SIGINT ignored, and
+    # children inherit that; a terminal's Ctrl-C reaches a process whose SIGINT is not ignored.
+    code = ("import signal, sys, grounding_fakes; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "grounding_fakes.register_fake(); from recbole_vlm4rec import cli; sys.exit(cli.main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", code, *SLOW_GROUND], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     store_path = home / "dataset/shop/descriptions/fake-preference.sqlite"
-    n_bad_images = 4  # committed before any model call
     deadline = time.time() + 60
     while time.time() < deadline and _count(store_path, "status = 'ok'") < 2:
         assert process.poll() is None, process.stderr.read().decode()
         time.sleep(0.05)
+    return process, store_path
+
+
+def test_killed_run_resumes_without_losing_or_duplicating(home: Path):
+    """SIGKILL the command mid-run (no cleanup at all), then rerun: every finished batch is kept."""
+    process, store_path = _slow_ground_after_two_rows(home)
+    n_bad_images = 4  # committed before any model call
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
     survived = _count(store_path, "status = 'ok'")
     assert 2 <= survived < N_OK and _count(store_path, "1") >= n_bad_images + survived
-    assert cli.main(argv[:-2]) == 0
+    assert cli.main(SLOW_GROUND[:-2]) == 0
     rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
     assert len(rows) == len({r["item_id"] for r in rows}) == N_ITEMS
     assert sum(r["status"] == "ok" for r in rows) == N_OK
@@ -102,27 +112,14 @@ def test_killed_run_resumes_without_losing_or_duplicating(home: Path):
 def test_ctrl_c_exits_130_with_finished_rows_exported(home: Path):
     """A real SIGINT to the command, as a terminal's Ctrl-C sends: it stops, exports what finished
     (JSONL included) and exits 130; a rerun does only the rest."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.getcwd()]))
-    # A shell starting the test run in the background (`bash .ci/run &`) makes SIGINT ignored, and
-    # children inherit that; a terminal's Ctrl-C reaches a process whose SIGINT is not ignored.
-    code = ("import signal, sys, grounding_fakes; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "grounding_fakes.register_fake(); from recbole_vlm4rec import cli; sys.exit(cli.main(sys.argv[1:]))")
-    argv = ["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "1",
-            "--backend-option", "delay=0.4"]
-    process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    store_path = home / "dataset/shop/descriptions/fake-preference.sqlite"
-    deadline = time.time() + 60
-    while time.time() < deadline and _count(store_path, "status = 'ok'") < 2:
-        assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.05)
+    process, _ = _slow_ground_after_two_rows(home)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err.decode()
     rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
     done = {r["item_id"] for r in rows if r["status"] == "ok"}
     assert 2 <= len(done) < N_OK and "interrupted" in out.decode()
-    assert cli.main(argv[:-2]) == 0
+    assert cli.main(SLOW_GROUND[:-2]) == 0
     rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
     assert sum(r["status"] == "ok" for r in rows) == N_OK and len(rows) == N_ITEMS
 
