@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_vlm4rec.benchmark.spec import Cell
-from recbole_vlm4rec.files import atomic_write
+from recbole_vlm4rec.files import atomic_write_text
 
 
 def make_record(cell: Cell, status: str, reason: str | None = None,
@@ -45,7 +45,7 @@ def make_record(cell: Cell, status: str, reason: str | None = None,
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    atomic_write(path, lambda h: h.write(json.dumps(record, indent=1, sort_keys=True).encode()))
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

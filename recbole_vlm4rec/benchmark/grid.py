@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from recbole_vlm4rec.benchmark.cell import make_record, read_record, run_cell, write_record
 from recbole_vlm4rec.benchmark.spec import BenchSpec, Cell
-from recbole_vlm4rec.files import atomic_write
+from recbole_vlm4rec.files import atomic_write_text
 
 
 @dataclass
@@ -102,11 +102,7 @@ def _check_declared_features(cell: Cell) -> None:
         return
     for name in wanted:
         if name not in declared:
-            raise MissingFeatureError(
-                f"dataset '{cell.dataset}' declares no item feature '{name}'; declared: "
-                f"{sorted(declared) or 'none'}. Declare it under `item_features` in "
-                f"configs/dataset/{cell.dataset}.yaml."
-            )
+            raise MissingFeatureError.undeclared(cell.dataset, name, declared)
 
 
 def run_in_subprocess(cell: Cell, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
@@ -156,7 +152,7 @@ def run_grid(spec: BenchSpec, out_dir: Path | None = None, rerun: bool = False,
     out_dir = Path(out_dir or default_out_dir(spec)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
-    atomic_write(out_dir / "spec.yaml", lambda h: h.write(spec_text.encode()))
+    atomic_write_text(out_dir / "spec.yaml", spec_text)
     isolation = isolation or spec.isolation
     summary = GridSummary(out_dir)
     cells = spec.cells()

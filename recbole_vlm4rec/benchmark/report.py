@@ -27,7 +27,7 @@ import numpy as np
 from recbole_vlm4rec.benchmark.cell import read_record
 from recbole_vlm4rec.benchmark.spec import load_spec
 from recbole_vlm4rec.benchmark.stats import PairedTest, compare_to_reference
-from recbole_vlm4rec.files import atomic_write
+from recbole_vlm4rec.files import atomic_write_text
 
 BETTER, WORSE = "▲", "▼"
 
@@ -278,7 +278,7 @@ def write_report(folder: str | Path) -> list[Path]:
                "significance.csv": _csv(significance_rows(report)), "report.md": markdown(report)}
     for name, text in outputs.items():
         path = report.folder / name
-        atomic_write(path, lambda h, text=text: h.write(text.encode()))
+        atomic_write_text(path, text)
         written.append(path)
     written += write_plots(report)
     return written

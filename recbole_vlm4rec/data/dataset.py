@@ -33,6 +33,15 @@ class MissingFeatureError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
+    @classmethod
+    def undeclared(cls, dataset: str, name: str, declared: Any) -> "MissingFeatureError":
+        """The error for a feature ``name`` missing from ``dataset``'s ``item_features``."""
+        return cls(
+            f"dataset '{dataset}' declares no item feature '{name}'; declared: "
+            f"{sorted(declared) or 'none'}. Declare it under `item_features` in "
+            f"configs/dataset/{dataset}.yaml."
+        )
+
 
 class MultimodalDataset(Dataset):
     """RecBole ``Dataset`` plus item feature matrices aligned to internal item ids."""
@@ -68,11 +77,7 @@ class MultimodalDataset(Dataset):
         if name not in self._item_features:
             declared = self.declared_item_features()
             if name not in declared:
-                raise MissingFeatureError(
-                    f"dataset '{self.dataset_name}' declares no item feature '{name}'; declared: "
-                    f"{sorted(declared) or 'none'}. Declare it under `item_features` in "
-                    f"configs/dataset/{self.dataset_name}.yaml."
-                )
+                raise MissingFeatureError.undeclared(self.dataset_name, name, declared)
             aligned = self._load_item_feature(name, declared[name])
             self.logger.info(aligned.report())
             self._item_features[name] = aligned

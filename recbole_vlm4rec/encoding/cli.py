@@ -19,11 +19,11 @@ output: dataset/<name>/features/<feature>.npy + .tokens + .json (what the datase
 per-input cache features/encode_cache.sqlite: a rerun encodes only new or changed texts/images.
 
 examples:
-  vlm4rec encode ml-100k --descriptions tagger-preference   # after `vlm4rec ground ml-100k`
+  vlm4rec encode ml-100k-posters --descriptions tagger-preference   # after `vlm4rec ground ml-100k-posters`
   vlm4rec encode ml-100k --template "{movie_title} ({release_year}). Genres: {class}." --feature text
-  vlm4rec encode baby --descriptions qwen2vl-freeform --encoder all-mpnet-base-v2 --feature vlm_mpnet
-  vlm4rec encode baby --modality image                        # EfficientNet-Lite0, 1280-d
-  vlm4rec encode baby --modality image --encoder ~/models/clip-vit-base-patch32 --feature clip
+  vlm4rec encode amazon-baby --descriptions openai-preference --encoder all-mpnet-base-v2 --feature vlm_mpnet
+  vlm4rec encode amazon-baby --modality image                 # EfficientNet-Lite0, 1280-d
+  vlm4rec encode amazon-baby --modality image --encoder ~/models/clip-vit-base-patch32 --feature clip
   vlm4rec encode ml-100k --modality image --items posters.tsv --image-column poster_path
 """
 

@@ -40,7 +40,8 @@ from recbole_vlm4rec.data.images import (
 )
 from recbole_vlm4rec.encoding.cache import CACHE_FILE_NAME, VectorCache, text_key
 from recbole_vlm4rec.encoding.image import ImageEncoder, l2_normalise
-from recbole_vlm4rec.encoding.item_text import read_atomic_item_file, render_item_texts
+from recbole_vlm4rec.encoding import item_text
+from recbole_vlm4rec.encoding.item_text import render_item_texts
 from recbole_vlm4rec.encoding.text import TextEncoder, encoder_fingerprint
 
 
@@ -141,16 +142,11 @@ def read_descriptions(path: str | Path) -> TextInputs:
 
 
 def read_item_table(path: str | Path) -> pd.DataFrame:
-    """An ``.item`` atomic file, ``.csv`` or ``.tsv`` as strings (``:type`` header suffixes dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EncodeInputError(f"item table not found: {path}")
-    if path.suffix == ".item":
-        return read_atomic_item_file(path)
-    separator = "," if path.suffix == ".csv" else "\t"
-    frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
-    frame.columns = [str(column).split(":")[0] for column in frame.columns]
-    return frame
+    """``item_text.read_item_table``, failing as an input error of this stage."""
+    try:
+        return item_text.read_item_table(path)
+    except FileNotFoundError as error:
+        raise EncodeInputError(str(error)) from error
 
 
 def _check_ids(items: pd.DataFrame, item_field: str, source: Path, needed: Sequence[str]) -> None:

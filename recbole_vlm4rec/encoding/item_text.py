@@ -30,6 +30,19 @@ def read_atomic_item_file(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def read_item_table(path: str | Path) -> pd.DataFrame:
+    """An ``.item`` atomic file, ``.csv`` or ``.tsv`` as strings (``:type`` header suffixes dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"item table not found: {path}")
+    if path.suffix == ".item":
+        return read_atomic_item_file(path)
+    separator = "," if path.suffix == ".csv" else "\t"
+    frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
+    frame.columns = [str(column).split(":")[0] for column in frame.columns]
+    return frame
+
+
 def render_item_texts(
     items: pd.DataFrame, template: str, item_field: str, source: str | Path = "<items>"
 ) -> tuple[list[str], list[str], list[str]]:

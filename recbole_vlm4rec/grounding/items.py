@@ -29,19 +29,6 @@ class GroundingItem:
     context: str    # catalogue text for the prompt; may be ""
 
 
-def read_item_table(path: str | Path) -> pd.DataFrame:
-    """A table of items as strings; ``:type`` suffixes of atomic-file headers are stripped."""
-    path = Path(path)
-    if path.suffix == ".item":
-        return read_atomic_item_file(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"item table not found: {path}")
-    sep = "," if path.suffix == ".csv" else "\t"
-    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    frame.columns = [str(column).split(":")[0] for column in frame.columns]
-    return frame
-
-
 def items_from_table(
     table: pd.DataFrame,
     image_root: str | Path,

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from recbole_vlm4rec.files import atomic_write
+from recbole_vlm4rec.files import atomic_write_text
 
 EXPORT_KEYS = (
     "item_id", "status", "text", "reason", "detail", "backend", "model", "prompt",
@@ -176,7 +176,7 @@ def export_jsonl(path: str | Path, rows: Iterable[DescriptionRow]) -> int:
     """Write ``rows`` sorted by item_id to ``path`` atomically; returns the number of lines."""
     ordered = sorted(rows, key=lambda row: row.item_id)
     payload = "".join(json.dumps(row.export(), ensure_ascii=False) + "\n" for row in ordered)
-    atomic_write(Path(path), lambda handle: handle.write(payload.encode("utf-8")))
+    atomic_write_text(path, payload)
     return len(ordered)
 
 

@@ -39,11 +39,10 @@ def user_item_adjacency(interactions: sp.spmatrix,
     n_users, n_items = interactions.shape
     binary = (interactions.tocsr() > 0).astype(np.float32)
     adjacency = sp.bmat([[None, binary], [binary.T, None]], format="csr")
+    if normalization == "symmetric":
+        return symmetric_normalize(adjacency)
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
     with np.errstate(divide="ignore"):
-        if normalization == "symmetric":
-            scale = np.where(degree > 0, degree ** -0.5, 0.0)
-            return (sp.diags(scale) @ adjacency @ sp.diags(scale)).tocsr()
         if normalization == "mean":
             return (sp.diags(np.where(degree > 0, 1.0 / degree, 0.0)) @ adjacency).tocsr()
     raise ValueError(f"unknown normalization {normalization!r}: symmetric or mean")
@@ -70,9 +69,15 @@ def knn_item_graph(features: np.ndarray, has_vector: np.ndarray, k: int,
     rows = np.repeat(covered, k)
     graph = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
                           shape=(n_items, n_items))
-    degree = np.asarray(graph.sum(axis=1)).ravel()
-    scale = np.where(degree > 0, np.power(np.maximum(degree, 1e-12), -0.5), 0.0)
-    return (sp.diags(scale) @ graph @ sp.diags(scale)).tocsr()
+    return symmetric_normalize(graph)
+
+
+def symmetric_normalize(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """D^-1/2 A D^-1/2 by row degree; rows without edges stay zero."""
+    degree = np.asarray(matrix.sum(axis=1)).ravel()
+    with np.errstate(divide="ignore"):
+        scale = np.where(degree > 0, degree ** -0.5, 0.0)
+    return (sp.diags(scale) @ matrix @ sp.diags(scale)).tocsr()
 
 
 class EvaluationCache:

@@ -68,3 +68,21 @@ def require_content_features(config: Any, dataset: Any) -> list[AlignedFeature]:
                 "vector; their content input is a zero vector"
             )
     return features
+
+
+def feature_weights(configured: Any, n_features: int, key: str = "fusion_weights") -> list[float]:
+    """One weight per content feature (config ``key``) normalised to sum 1; ``~`` = equal."""
+    if configured is None or configured == []:
+        return [1.0 / n_features] * n_features
+    if isinstance(configured, (int, float)):
+        configured = [configured]
+    weights = [float(w) for w in configured]
+    if len(weights) != n_features:
+        raise ValueError(
+            f"{key} has {len(weights)} values but content_features names {n_features} "
+            "features: give one weight per feature"
+        )
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"{key} must be non-negative with a positive sum, got {weights}")
+    total = sum(weights)
+    return [w / total for w in weights]

@@ -33,8 +33,7 @@ from torch import nn
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, degree_sensitive_edge_sample,
                                            knn_item_graph, register_feature_buffers,
                                            to_torch_sparse, user_item_adjacency)
-from recbole_vlm4rec.models.features import require_content_features
-from recbole_vlm4rec.models.vlm4rec_fusion import fusion_weights
+from recbole_vlm4rec.models.features import feature_weights, require_content_features
 
 
 class FREEDOM(CachedDotProductScores, GeneralRecommender):
@@ -56,7 +55,7 @@ class FREEDOM(CachedDotProductScores, GeneralRecommender):
             )
         features = require_content_features(config, dataset)
         self.feature_names = [feature.name for feature in features]
-        weights = fusion_weights(config["item_graph_weights"], len(features))
+        weights = feature_weights(config["item_graph_weights"], len(features), "item_graph_weights")
 
         item_graph = sp.csr_matrix((self.n_items, self.n_items), dtype="float32")
         for feature, weight in zip(features, weights):

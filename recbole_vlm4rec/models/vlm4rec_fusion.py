@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_vlm4rec.models.features import require_content_features
+from recbole_vlm4rec.models.features import feature_weights, require_content_features
 from recbole_vlm4rec.models.vlm4rec import VLM4Rec, EmbeddingBlock
 
 FUSIONS = ("concat", "weighted")
@@ -40,7 +40,7 @@ class VLM4RecFusion(VLM4Rec):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         features = require_content_features(config, dataset)
-        weights = fusion_weights(config["fusion_weights"], len(features))
+        weights = feature_weights(config["fusion_weights"], len(features))
         self.logger.info(
             f"VLM4RecFusion: {fusion} of "
             + ", ".join(f"{f.name} (w={w:.3g})" for f, w in zip(features, weights))
@@ -53,20 +53,3 @@ class VLM4RecFusion(VLM4Rec):
         name = "+".join(b.name for b in blocks)
         return [EmbeddingBlock(name, F.normalize(joined, dim=1), has_vector)]
 
-
-def fusion_weights(configured: Any, n_features: int) -> list[float]:
-    """``fusion_weights`` normalised to sum 1; ``~`` gives equal weights."""
-    if configured is None or configured == []:
-        return [1.0 / n_features] * n_features
-    if isinstance(configured, (int, float)):
-        configured = [configured]
-    weights = [float(w) for w in configured]
-    if len(weights) != n_features:
-        raise ValueError(
-            f"fusion_weights has {len(weights)} values but content_features names {n_features} "
-            "features: give one weight per feature"
-        )
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"fusion_weights must be non-negative with a positive sum, got {weights}")
-    total = sum(weights)
-    return [w / total for w in weights]

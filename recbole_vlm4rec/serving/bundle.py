@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from recbole_vlm4rec.files import atomic_write
+from recbole_vlm4rec.encoding.image import l2_normalise
+from recbole_vlm4rec.files import atomic_write, atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
 INDEX_KINDS = ("flat", "hnsw")
@@ -90,25 +91,24 @@ def write_bundle(
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     if embeddings.ndim != 2 or len(embeddings) != len(item_tokens) or not (norms > 0).all():
         raise BundleError("embeddings must be one non-zero row per item token")
-    embeddings = embeddings / norms
+    embeddings = l2_normalise(embeddings)
     index = build_index(embeddings, index_kind)
     indptr = np.zeros(len(histories) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(h) for h in histories])
     indices = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
     (folder / "bundle.json").unlink(missing_ok=True)  # incomplete until rewritten last
 
-    def text(lines: list[str]) -> Any:
-        return lambda h: h.write("".join(f"{line}\n" for line in lines).encode())
+    def write_lines(name: str, lines: list[str]) -> None:
+        atomic_write_text(folder / name, "".join(f"{line}\n" for line in lines))
 
-    atomic_write(folder / "items.tokens", text(item_tokens))
-    atomic_write(folder / "users.tokens", text(user_tokens))
+    write_lines("items.tokens", item_tokens)
+    write_lines("users.tokens", user_tokens)
     atomic_write(folder / "item_embeddings.npy", lambda h: np.save(h, embeddings))
     atomic_write(folder / "histories.npz", lambda h: np.savez(h, indptr=indptr, indices=indices))
-    atomic_write(folder / "index.faiss",
-                  lambda h: h.write(faiss.serialize_index(index).tobytes()))
+    atomic_write_bytes(folder / "index.faiss", faiss.serialize_index(index).tobytes())
     if descriptions:
         rows = [f"{t}\t{' '.join(str(d).split())}" for t, d in descriptions.items()]
-        atomic_write(folder / "descriptions.tsv", text(rows))
+        write_lines("descriptions.tsv", rows)
     else:
         (folder / "descriptions.tsv").unlink(missing_ok=True)
     full_meta = {
@@ -118,8 +118,7 @@ def write_bundle(
         "n_descriptions": len(descriptions or {}),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write(folder / "bundle.json",
-                  lambda h: h.write(json.dumps(full_meta, indent=2, default=str).encode()))
+    atomic_write_text(folder / "bundle.json", json.dumps(full_meta, indent=2, default=str))
     return folder
 
 

@@ -73,6 +73,9 @@ class Recommender:
         self.item_row = {token: row for row, token in enumerate(self.bundle.item_tokens)}
         self.user_row = {token: row for row, token in enumerate(self.bundle.user_tokens)}
         self.aggregation = self.bundle.meta.get("profile_aggregation", "mean")
+        feature = self.bundle.meta.get("feature") or {}
+        # dataset items the feature does not cover: "no vector", not "not in the catalogue"
+        self.items_without_vector = set(feature.get("items_without_vector_tokens") or ())
         self._encoder = None
         self.ignored_items: list[str] = []  # last for_items() query's items without a vector
 
@@ -96,9 +99,7 @@ class Recommender:
         items = [str(i).strip() for i in items if str(i).strip()]
         if not items:
             raise EmptyHistoryError("empty history: give at least one item token")
-        feature = self.bundle.meta.get("feature") or {}
-        without_vector = set(feature.get("items_without_vector_tokens") or ())
-        unknown = [i for i in items if i not in self.item_row and i not in without_vector]
+        unknown = [i for i in items if i not in self.item_row and i not in self.items_without_vector]
         if unknown:
             raise UnknownItemError(_unknown("item", unknown, self.bundle.item_tokens))
         # Like VLM4Rec's profiles: items the feature does not cover cannot enter one.

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from recbole_vlm4rec.data.images import is_url
 from recbole_vlm4rec.data.prepare.output import (
     PrepareError,
     PreparedDataset,
@@ -113,7 +114,7 @@ def resolve_image(reference: str, base: Path | None) -> tuple[str, bool]:
     """``(reference to write, file exists)``: URLs kept, paths made absolute against ``base``."""
     if not reference:
         return "", False
-    if reference.startswith(("http://", "https://")):
+    if is_url(reference):
         return reference, True
     path = Path(reference)
     if not path.is_absolute() and base is not None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from recbole_vlm4rec.data.prepare.output import PreparedDataset, atomic_text
+from recbole_vlm4rec.data.prepare.output import PreparedDataset
+from recbole_vlm4rec.files import atomic_write_text
 
 FEATURE_ORDER = ("vlm", "visual", "text")
 
@@ -48,5 +49,5 @@ def write_dataset_config(prepared: PreparedDataset, config_dir: Path) -> tuple[P
               f"never overwrites it.\n# Built by: {prepared.command}\n")
     text = header + yaml.safe_dump(dataset_config(prepared), sort_keys=False,
                                    default_flow_style=None)
-    atomic_text(path, text)
+    atomic_write_text(path, text)
     return path, True

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from recbole_vlm4rec.data.features import save_feature
-from recbole_vlm4rec.files import atomic_write
 
 SPLIT_NAMES = ("train", "valid", "test")
 # Files under features/ written by later stages (e.g. vlm.npy from grounding) and downloaded
@@ -106,9 +105,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_text(path: Path, text: str) -> None:
-    """Write UTF-8 text via a temp file + rename (readers never see a partial file)."""
-    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _inter_lines(frame: pd.DataFrame) -> list[str]:

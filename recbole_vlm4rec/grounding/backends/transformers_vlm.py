@@ -114,7 +114,9 @@ class TransformersBackend(GroundingBackend):
             import torch
             from transformers import AutoModelForImageTextToText
 
-            self._device = torch.device(self.requested_device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            from recbole_vlm4rec.encoding.image import default_device
+
+            self._device = torch.device(default_device(self.requested_device))
             dtype = _torch_dtype(self.dtype_name, self._device)
             options: dict[str, Any] = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
             try:
