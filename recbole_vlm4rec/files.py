@@ -1,11 +1,13 @@
-"""Writing files so that a crash, Ctrl-C or a concurrent reader never sees half of one."""
+"""Files that survive crashes and concurrent users: atomic writes, shared SQLite caches."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 def _default_file_mode() -> int:
@@ -38,3 +40,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """``text`` as UTF-8, atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def connect_sqlite_wal(path: str | os.PathLike, setup: Sequence[str] = (), timeout_s: float = 60.0,
+                       **options: Any) -> sqlite3.Connection:
+    """A connection to ``path`` in WAL mode (concurrent readers, one writer at a time), with the
+    ``setup`` statements (schema, pragmas) run.
+
+    Two processes opening the same new file at once can get "database is locked" while the WAL
+    files are being set up, without SQLite waiting on the busy timeout; the setup is retried.
+    """
+    connection = sqlite3.connect(str(path), timeout=timeout_s, **options)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            for statement in ("PRAGMA journal_mode=WAL", *setup):
+                connection.execute(statement)
+            return connection
+        except sqlite3.DatabaseError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                connection.close()
+                raise
+            time.sleep(0.05)

@@ -119,3 +119,38 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path) -> 
     assert path.read_text() == "hello"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in path.parent.iterdir()] == ["a.txt"]  # no temp file left behind
+
+
+def test_sqlite_caches_retry_a_locked_setup_and_close_on_other_errors(tmp_path, monkeypatch) -> None:
+    """Two runs opening one new cache at once can see "database is locked" during WAL setup
+    without SQLite waiting; the setup is retried, while a damaged file still fails at once."""
+    import sqlite3
+
+    from recbole_vlm4rec import files
+
+    real_connect = sqlite3.connect
+    failures = {"left": 2}
+
+    class FlakyConnection:
+        def __init__(self, *args, **kwargs):
+            self.inner = real_connect(*args, **kwargs)
+
+        def execute(self, statement):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self.inner.execute(statement)
+
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(files.sqlite3, "connect", FlakyConnection)
+    connection = files.connect_sqlite_wal(tmp_path / "a.sqlite", ("CREATE TABLE t (a)",), timeout_s=5)
+    assert failures["left"] == 0
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    monkeypatch.setattr(files.sqlite3, "connect", real_connect)
+
+    damaged = tmp_path / "b.sqlite"
+    damaged.write_bytes(b"not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        files.connect_sqlite_wal(damaged, timeout_s=5)

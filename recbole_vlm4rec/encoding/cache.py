@@ -23,6 +23,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from recbole_vlm4rec.files import connect_sqlite_wal
+
 CACHE_FILE_NAME = "encode_cache.sqlite"
 _SQLITE_VARIABLE_LIMIT = 500  # keys per SELECT ... IN (...), well under SQLite's limit
 
@@ -55,12 +57,10 @@ class VectorCache:
         self._connection: sqlite3.Connection | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._connection = sqlite3.connect(str(self.path), timeout=60)
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute(
+            self._connection = connect_sqlite_wal(self.path, (
                 "CREATE TABLE IF NOT EXISTS vectors (namespace TEXT NOT NULL, key TEXT NOT NULL, "
-                "vector BLOB NOT NULL, PRIMARY KEY (namespace, key))"
-            )
+                "vector BLOB NOT NULL, PRIMARY KEY (namespace, key))",
+            ))
             self._connection.commit()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, np.ndarray]:

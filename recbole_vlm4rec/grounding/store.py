@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from recbole_vlm4rec.files import atomic_write_text
+from recbole_vlm4rec.files import atomic_write_text, connect_sqlite_wal
 
 EXPORT_KEYS = (
     "item_id", "status", "text", "reason", "detail", "backend", "model", "prompt",
@@ -105,13 +105,10 @@ class DescriptionStore:
     def __init__(self, path: str | Path, timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._db = connect_sqlite_wal(self.path, ("PRAGMA synchronous=NORMAL", _SCHEMA),
+                                          timeout_s, isolation_level=None)
         except sqlite3.DatabaseError as error:
-            self._db.close()
             raise sqlite3.DatabaseError(
                 f"{self.path}: not a usable grounding cache ({error}); move it away to start over"
             ) from error
