@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from recbole_vlm4rec.encoding.lvlm_cli import EPILOG as LVLM_EPILOG
+from recbole_vlm4rec.encoding.lvlm_cli import add_lvlm_arguments
+
 EPILOG = """\
 sources (pick one for text; images come from an item-table column):
   --descriptions TAG      dataset/<name>/descriptions/<TAG>.jsonl from `vlm4rec ground`
@@ -15,6 +18,8 @@ sources (pick one for text; images come from an item-table column):
   --template TEXT         render each row of <name>.item (or --items FILE.csv/.tsv/.item)
                           with {column} placeholders; default feature: text
   --modality image        the --image-column of <name>.item (or --items); default feature: visual
+  --modality lvlm         image + a grounding --prompt through a vision-language model, pooled
+                          hidden states (options below); default feature: lvlm
 
 output: dataset/<name>/features/<feature>.npy + .tokens + .json (what the dataset loads), and a
 per-input cache features/encode_cache.sqlite: a rerun encodes only new or changed texts/images.
@@ -35,11 +40,11 @@ def register(subparsers: Any) -> None:
         help="encode descriptions, item text or item images into a dataset feature file",
         description="Encode item descriptions (from `vlm4rec ground`), item text columns, or "
         "item images into L2-normalised float32 vectors saved as a dataset feature.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + LVLM_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dataset", help="dataset name: inputs and outputs live in dataset/<name>/")
-    parser.add_argument("--modality", choices=("text", "image"), default="text")
+    parser.add_argument("--modality", choices=("text", "image", "lvlm"), default="text")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--descriptions", metavar="TAG|PATH",
                         help="descriptions file tag (descriptions/<TAG>.jsonl) or path")
@@ -54,7 +59,7 @@ def register(subparsers: Any) -> None:
                         "all-MiniLM-L6-v2); image: efficientnet-lite0 (default) or a local "
                         "transformers vision model folder (CLIP, SigLIP, ViT...)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="encoder batch size (default 64 texts / 32 images)")
+                        help="encoder batch size (default 64 texts / 32 images / 4 lvlm)")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda:1 (default: GPU when present)")
     parser.add_argument("--data-path", help="folder holding dataset folders (default ./dataset)")
@@ -62,6 +67,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the "
                         "per-input cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_lvlm_arguments(parser)
     parser.set_defaults(func=_encode)
 
 
@@ -117,6 +123,10 @@ def _run(args: argparse.Namespace):
     items = (Path(args.items).expanduser() if args.items
              else default_item_table(args.dataset, folder))
     show_progress = not args.quiet
+    if args.modality == "lvlm":
+        from recbole_vlm4rec.encoding.lvlm_cli import run_lvlm
+
+        return run_lvlm(args, folder, out_dir, items)
     if args.modality == "image":
         if args.descriptions or args.template:
             raise ValueError("--descriptions/--template are for text; images come from "

@@ -173,7 +173,7 @@ def image_refs_from_table(path: str | Path, image_column: str,
 
 # ---------------------------------------------------------------- encoding
 
-def _usable(matrix: np.ndarray) -> np.ndarray:
+def usable_rows(matrix: np.ndarray) -> np.ndarray:
     """Rows an encoder got right: finite and not all zero."""
     return np.isfinite(matrix).all(axis=1) & (np.abs(matrix).sum(axis=1) > 0)
 
@@ -195,7 +195,7 @@ def encode_texts(inputs: TextInputs, encoder: TextEncoder, cache: VectorCache,
         for start in range(0, len(missing), chunk_size):
             chunk = missing[start:start + chunk_size]
             vectors = encoder.encode([text_of[k] for k in chunk], show_progress=False)
-            usable = _usable(vectors)
+            usable = usable_rows(vectors)
             new = {k: vectors[i] for i, k in enumerate(chunk) if usable[i]}
             cache.put_many(new)
             fresh.update(new)
@@ -226,9 +226,10 @@ def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
     encoder = TextEncoder(encoder_spec, device=device, batch_size=batch_size)
     with VectorCache(cache_path, f"text:{fingerprint}") as cache:
         tokens, matrix, hits, bad = encode_texts(inputs, encoder, cache, show_progress)
-    return _write(out_dir, feature, tokens, matrix, inputs.skipped + bad, hits, started,
-                  encoder_spec, fingerprint, source, n_superseded=inputs.n_superseded,
-                  kind="text", extra_meta=extra_meta)
+    return write_encoded_feature(out_dir, feature, tokens, matrix, inputs.skipped + bad, hits,
+                                 started, encoder_spec, fingerprint, source,
+                                 n_superseded=inputs.n_superseded, kind="text",
+                                 extra_meta=extra_meta)
 
 
 def encode_image_feature(refs: Sequence[tuple[str, str]], base_dir: str | Path,
@@ -260,8 +261,8 @@ def encode_image_feature(refs: Sequence[tuple[str, str]], base_dir: str | Path,
     tokens = [token for token, _ in refs if token in sha_of]
     matrix = (np.stack([vector_of[sha_of[t]] for t in tokens]) if tokens
               else np.zeros((0, 0), np.float32))
-    return _write(out_dir, feature, tokens, matrix, skipped, hits, started,
-                  encoder.describe(), fingerprint, source, kind="image")
+    return write_encoded_feature(out_dir, feature, tokens, matrix, skipped, hits, started,
+                                 encoder.describe(), fingerprint, source, kind="image")
 
 
 def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
@@ -297,7 +298,7 @@ def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
                 decode_errors[sha] = error
         if images:
             vectors = l2_normalise(encoder.encode_batch(images))
-            usable = _usable(vectors)
+            usable = usable_rows(vectors)
             fresh.update({sha: vectors[i] for i, sha in enumerate(shas) if usable[i]})
     cache.put_many(fresh)
     vector_of.update(fresh)
@@ -314,10 +315,13 @@ def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
     return hits
 
 
-def _write(out_dir: str | Path, feature: str, tokens: list[str], matrix: np.ndarray,
-           skipped: list[Skipped], hits: int, started: float, encoder: str, fingerprint: str,
-           source: str, kind: str, n_superseded: int = 0,
-           extra_meta: dict[str, Any] | None = None) -> EncodeReport:
+def write_encoded_feature(out_dir: str | Path, feature: str, tokens: list[str],
+                          matrix: np.ndarray, skipped: list[Skipped], hits: int, started: float,
+                          encoder: str, fingerprint: str, source: str, kind: str,
+                          n_superseded: int = 0,
+                          extra_meta: dict[str, Any] | None = None) -> EncodeReport:
+    """Save the feature with its provenance (module docstring) and return the run's report;
+    EncodeInputError when no item got a vector."""
     if not tokens:
         reasons = Counter(s.reason for s in skipped)
         raise EncodeInputError(

@@ -148,19 +148,9 @@ class OpenAICompatibleBackend(GroundingBackend):
             client.close()
 
     def payload(self, request: GroundingRequest) -> dict[str, Any]:
-        if request.image_bytes:  # the original JPEG/PNG: no re-encoding cost, no generation loss
-            data, mime = request.image_bytes, "png" if request.image_bytes[:3] == b"\x89PN" else "jpeg"
-        else:
-            buffer = io.BytesIO()
-            request.image.save(buffer, "JPEG", quality=self.jpeg_quality)
-            data, mime = buffer.getvalue(), "jpeg"
-        data_url = f"data:image/{mime};base64," + base64.b64encode(data).decode("ascii")
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": [
-                {"type": "text", "text": request.prompt},
-                {"type": "image_url", "image_url": {"url": data_url}},
-            ]}],
+            "messages": user_message(request, self.jpeg_quality),
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
         }
@@ -169,14 +159,23 @@ class OpenAICompatibleBackend(GroundingBackend):
         return body
 
     def _describe_one(self, request: GroundingRequest) -> GroundingOutput:
-        body = self.payload(request)
+        outcome = self.post("/chat/completions", self.payload(request))
+        if isinstance(outcome, httpx.Response):
+            return _parse_completion(request.item_id, outcome)
+        error, detail = outcome
+        return GroundingOutput(request.item_id, error=error, detail=detail)
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Response | tuple[str, str]:
+        """POST ``body`` to ``path`` with the retries, backoff and fatal-status rules above: the
+        200 response, or ``(reason, detail)`` for a failed item. The LVLM encoder's
+        ``/embeddings`` requests go through here too."""
         error, detail = "connection_error", ""
         first = next(self._turn)
         for attempt in range(self.max_retries + 1):
             retry_after = None
             client = self._clients[(first + attempt) % len(self._clients)]  # a retry tries the next server
             try:
-                response = client.post("/chat/completions", json=body)
+                response = client.post(path, json=body)
             except httpx.TimeoutException as exc:
                 error, detail = "timeout", f"no answer within {self.timeout:g} s ({type(exc).__name__})"
             except httpx.TransportError as exc:
@@ -184,7 +183,7 @@ class OpenAICompatibleBackend(GroundingBackend):
             else:
                 self._connected()
                 if response.status_code == 200:
-                    return _parse_completion(request.item_id, response)
+                    return response
                 error = f"http_{response.status_code}"
                 detail = _error_message(response)
                 if response.status_code in FATAL_STATUSES:
@@ -203,7 +202,7 @@ class OpenAICompatibleBackend(GroundingBackend):
         if error == "connection_error" and not self._stop.is_set():
             self._cannot_connect(detail)
         tries = f" after {self.max_retries + 1} tries" if self.max_retries else ""
-        return GroundingOutput(request.item_id, error=error, detail=f"{detail}{tries}")
+        return error, f"{detail}{tries}"
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -224,6 +223,22 @@ class OpenAICompatibleBackend(GroundingBackend):
                 f"{self.base_url} unreachable: {failures} items in a row could not connect "
                 f"after {self.max_retries + 1} tries each (last: {detail})"
             )
+
+
+def user_message(request: GroundingRequest, jpeg_quality: int = 90) -> list[dict[str, Any]]:
+    """One user turn: the prompt as a text part and the image as a base64 data URL (the original
+    JPEG/PNG bytes when the request carries them: no re-encoding cost, no generation loss)."""
+    if request.image_bytes:
+        data, mime = request.image_bytes, "png" if request.image_bytes[:3] == b"\x89PN" else "jpeg"
+    else:
+        buffer = io.BytesIO()
+        request.image.save(buffer, "JPEG", quality=jpeg_quality)
+        data, mime = buffer.getvalue(), "jpeg"
+    data_url = f"data:image/{mime};base64," + base64.b64encode(data).decode("ascii")
+    return [{"role": "user", "content": [
+        {"type": "text", "text": request.prompt},
+        {"type": "image_url", "image_url": {"url": data_url}},
+    ]}]
 
 
 def _parse_completion(item_id: str, response: httpx.Response) -> GroundingOutput:

@@ -1,9 +1,11 @@
-"""A minimal OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks.
+"""A minimal OpenAI-compatible server on 127.0.0.1, for tests and benchmarks.
 
-It answers ``GET /v1/models`` and ``POST /v1/chat/completions`` (image parts as base64 data URLs
-are decoded, so a broken client payload fails loudly). What it answers is decided by ``policy``
-(default: a fixed description), after a fixed ``latency``. Not a model: it never looks at pixels
-beyond checking they decode.
+It answers ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` with
+chat-style ``messages`` (vLLM's multimodal embeddings API). Image parts as base64 data URLs are
+decoded, so a broken client payload fails loudly. What it answers is decided by ``policy``
+(completions; default: a fixed description) and ``embeddings_policy`` (default:
+:func:`stub_embedding`, a vector determined by the prompt text and the image bytes), after a fixed
+``latency``. Not a model: it never looks at pixels beyond checking they decode.
 
     with StubServer(latency=0.2) as server:
         backend = OpenAICompatibleBackend(model="stub", base_url=server.base_url)
@@ -12,6 +14,7 @@ beyond checking they decode.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import threading
@@ -20,6 +23,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+import numpy as np
 from PIL import Image
 
 STUB_ANSWER = ("A soft cotton shirt in muted blue with a relaxed, casual style, suited to weekends "
@@ -40,6 +44,25 @@ def default_policy(payload: dict[str, Any], seen: int) -> Reply:
     return 200, {}, completion(STUB_ANSWER, payload.get("model", "stub"))
 
 
+STUB_EMBEDDING_DIM = 8
+
+
+def stub_embedding(payload: dict[str, Any], dim: int = STUB_EMBEDDING_DIM) -> list[float]:
+    """A unit vector seeded by the sha256 of the message parts (texts and image data URLs): the
+    same input always gets the same vector, different inputs different ones."""
+    digest = hashlib.sha256()
+    for part in payload["messages"][0]["content"]:
+        digest.update(json.dumps(part, sort_keys=True).encode())
+    vector = np.random.default_rng(int.from_bytes(digest.digest()[:8], "little")).standard_normal(dim)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+def embeddings_reply(payload: dict[str, Any], seen: int) -> Reply:
+    return 200, {}, {"object": "list", "model": payload.get("model", "stub"),
+                     "data": [{"object": "embedding", "index": 0,
+                               "embedding": stub_embedding(payload)}]}
+
+
 def request_prompt(payload: dict[str, Any]) -> str:
     """The text part of the first user message."""
     for part in payload["messages"][0]["content"]:
@@ -52,9 +75,11 @@ class StubServer:
     """Serve in a background thread; ``requests`` counts completions by prompt text."""
 
     def __init__(self, latency: float = 0.0, policy: Policy = default_policy,
-                 models: tuple[str, ...] = ("stub",), api_key: str | None = None) -> None:
+                 models: tuple[str, ...] = ("stub",), api_key: str | None = None,
+                 embeddings_policy: Policy = embeddings_reply) -> None:
         self.latency = latency
         self.policy = policy
+        self.embeddings_policy = embeddings_policy
         self.models = models
         self.api_key = api_key
         self.requests: Counter[str] = Counter()
@@ -112,7 +137,8 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if not self._authorised():
                 return
-            if not self.path.endswith("/chat/completions"):
+            embeddings = self.path.endswith("/embeddings")
+            if not embeddings and not self.path.endswith("/chat/completions"):
                 self._send(404, {"error": {"message": "not found"}})
                 return
             payload = json.loads(body)
@@ -125,7 +151,8 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             with stub.lock:
                 stub.requests[prompt] += 1
                 seen = stub.requests[prompt]
-            status, headers, reply = stub.policy(payload, seen)
+            policy = stub.embeddings_policy if embeddings else stub.policy
+            status, headers, reply = policy(payload, seen)
             delay = float(headers.pop("X-Stub-Delay", 0) or 0) if headers else 0.0
             time.sleep(stub.latency + delay)
             try:

@@ -81,7 +81,7 @@ class TransformersBackend(GroundingBackend):
 
     def model_id(self) -> str:
         name = self.model_name + (f"@{self.revision}" if self.revision else "")
-        fingerprint = _local_fingerprint(self.model_name)
+        fingerprint = local_fingerprint(self.model_name)
         weights = f", weights {fingerprint}" if fingerprint else ""
         return f"{name} (greedy, max_new_tokens={self.max_new_tokens}{weights})"
 
@@ -143,7 +143,15 @@ class TransformersBackend(GroundingBackend):
             self._processor = processor
             logger.info("loaded %s on %s (%s)", self.model_name, self._device, dtype)
 
-    def _generate(self, requests: Sequence[GroundingRequest]) -> list[str]:
+    def load(self) -> tuple[Any, Any, Any]:
+        """``(model, processor, device)``, loaded on the first call; the LVLM encoder
+        (encoding/lvlm.py) reads hidden states from the same model this backend generates with."""
+        self._load()
+        return self._model, self._processor, self._device
+
+    def model_inputs(self, requests: Sequence[GroundingRequest]) -> Any:
+        """The processor's batch (left-padded, on the model's device and dtype) for one user turn
+        per request: its image, then its prompt, then the assistant's turn."""
         import torch
 
         processor = self._processor
@@ -160,14 +168,25 @@ class TransformersBackend(GroundingBackend):
         inputs = inputs.to(self._device)
         floating = {k: v.to(self._model.dtype) for k, v in inputs.items() if torch.is_floating_point(v)}
         inputs.update(floating)
-        tokenizer = processor.tokenizer
+        return inputs
+
+    def generation_options(self) -> dict[str, Any]:
+        """Greedy decoding of ``max_new_tokens`` (what model_id() records)."""
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": False,
+                "pad_token_id": self._processor.tokenizer.pad_token_id}
+
+    def decode_new_tokens(self, sequences: Any, prompt_length: int) -> list[str]:
+        new_tokens = sequences[:, prompt_length:]
+        return [text.strip() for text in
+                self._processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _generate(self, requests: Sequence[GroundingRequest]) -> list[str]:
+        import torch
+
+        inputs = self.model_inputs(requests)
         with torch.inference_mode():
-            generated = self._model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-        return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+            generated = self._model.generate(**inputs, **self.generation_options())
+        return self.decode_new_tokens(generated, inputs["input_ids"].shape[1])
 
     def _failure(self, request: GroundingRequest, error: Exception) -> GroundingOutput:
         self._failures_in_a_row += 1
@@ -203,7 +222,7 @@ def _torch_dtype(name: str, device: Any) -> Any:
     return getattr(torch, name)
 
 
-def _local_fingerprint(model: str) -> str | None:
+def local_fingerprint(model: str) -> str | None:
     """Short hash of a local model folder's config and weight file sizes: a replaced model in the
     same folder makes cached rows stale. None for hub ids (the revision says it)."""
     folder = Path(model).expanduser()
