@@ -20,6 +20,8 @@ sources (pick one for text; images come from an item-table column):
   --modality image        the --image-column of <name>.item (or --items); default feature: visual
   --modality lvlm         image + a grounding --prompt through a vision-language model, pooled
                           hidden states (options below); default feature: lvlm
+  --modality slots        with --descriptions TAG of a structured prompt: the `fields` slots as
+                          multi-hot attribute tokens (<slot>=<phrase>); default feature: slots
 
 output: dataset/<name>/features/<feature>.npy + .tokens + .json (what the dataset loads), and a
 per-input cache features/encode_cache.sqlite: a rerun encodes only new or changed texts/images.
@@ -44,7 +46,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dataset", help="dataset name: inputs and outputs live in dataset/<name>/")
-    parser.add_argument("--modality", choices=("text", "image", "lvlm"), default="text")
+    parser.add_argument("--modality", choices=("text", "image", "lvlm", "slots"), default="text")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--descriptions", metavar="TAG|PATH",
                         help="descriptions file tag (descriptions/<TAG>.jsonl) or path")
@@ -68,6 +70,11 @@ def register(subparsers: Any) -> None:
                         "per-input cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_lvlm_arguments(parser)
+    slots = parser.add_argument_group("--modality slots")
+    slots.add_argument("--min-count", type=int, default=2,
+                       help="keep tokens found in at least this many items (default 2)")
+    slots.add_argument("--max-tokens", type=int, default=4096,
+                       help="keep at most this many (most frequent) tokens (default 4096)")
     parser.set_defaults(func=_encode)
 
 
@@ -127,6 +134,16 @@ def _run(args: argparse.Namespace):
         from recbole_vlm4rec.encoding.lvlm_cli import run_lvlm
 
         return run_lvlm(args, folder, out_dir, items)
+    if args.modality == "slots":
+        if not args.descriptions:
+            raise ValueError("--modality slots reads the `fields` of a structured descriptions "
+                             "file: give --descriptions TAG")
+        from recbole_vlm4rec.encoding.slots import encode_slot_feature
+
+        path = descriptions_path(args.descriptions, folder)
+        return encode_slot_feature(path, out_dir, args.feature or "slots", args.min_count,
+                                   args.max_tokens, extra_meta={"command": shlex.join(
+                                       ["vlm4rec", "encode", *sys.argv[2:]])})
     if args.modality == "image":
         if args.descriptions or args.template:
             raise ValueError("--descriptions/--template are for text; images come from "

@@ -34,7 +34,7 @@ from recbole_vlm4rec.formats.paths import configs_dir
 
 FORMATS = ("text", "json")
 DEFAULT_DOMAIN = "default"
-_UNKNOWN = {"", "unknown", "n/a", "none", "null", "not visible", "unclear", "-"}
+UNKNOWN_VALUES = {"", "unknown", "n/a", "none", "null", "not visible", "unclear", "-"}
 
 
 class PromptError(ValueError):
@@ -233,7 +233,7 @@ def parse_structured(
 
 def _is_filled(value: Any) -> bool:
     parts = value if isinstance(value, list) else [value]
-    return any(str(part).strip().lower() not in _UNKNOWN for part in parts)
+    return any(str(part).strip().lower() not in UNKNOWN_VALUES for part in parts)
 
 
 def render_fields(fields: dict[str, Any]) -> str:
@@ -241,7 +241,7 @@ def render_fields(fields: dict[str, Any]) -> str:
     sentences = []
     for slot, value in fields.items():
         parts = value if isinstance(value, list) else [value]
-        parts = [str(part) for part in parts if str(part).strip().lower() not in _UNKNOWN]
+        parts = [str(part) for part in parts if str(part).strip().lower() not in UNKNOWN_VALUES]
         if parts:
             label = slot.replace("_", " ").capitalize()
             sentences.append(f"{label}: {', '.join(parts).rstrip('.')}.")
