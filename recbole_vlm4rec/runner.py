@@ -164,7 +164,8 @@ def run(
         raise
     trained = time.perf_counter()
     uid_field = config["USER_ID_FIELD"]
-    user_tokens, item_tokens = data.field2id_token[uid_field], data.field2id_token[config["ITEM_ID_FIELD"]]
+    user_tokens = data.field2id_token[uid_field]
+    item_tokens = data.field2id_token[config["ITEM_ID_FIELD"]]
     watched = choose_example_users(test_data._dataset.inter_feat[uid_field].tolist(), user_tokens)
     with record_per_user(trainer, uid_field, config["topk"], watch_users=watched) as per_user:
         test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
@@ -292,8 +293,8 @@ def _source_commit() -> str:
     """The git commit of this package's checkout (``+dirty`` with local changes), or 'unknown'."""
     checkout = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "-uno"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -114,8 +114,9 @@ class PageParser(HTMLParser):
         if tag == "h4":
             self.strip_heading = True
         if tag == "figure" and "item" in classes:
-            self.cards.append({"item": attrs["data-item"], "hit": "hit" in classes, "user": self.user,
-                               "strip": self.strip["heading"], "img": False, "text": ""})
+            self.cards.append({"item": attrs["data-item"], "hit": "hit" in classes,
+                               "user": self.user, "strip": self.strip["heading"], "img": False,
+                               "text": ""})
 
     def handle_endtag(self, tag):
         self.in_row = self.in_row and tag != "tr"
@@ -147,7 +148,8 @@ def test_page_has_every_section_and_a_row_per_model(bench):
     rows = {r["model"]: r for r in parser.rows}
     assert "skipped" in rows["Needs vlm"]["class"] and "declares no item feature 'vlm'" in \
         rows["Needs vlm"]["text"]
-    assert "failed" in rows["Not a model"]["class"] and "unknown model" in rows["Not a model"]["text"]
+    assert "failed" in rows["Not a model"]["class"]
+    assert "unknown model" in rows["Not a model"]["text"]
     assert "±" in rows["VLM4Rec"]["text"] and "†" in rows["BPR"]["text"]  # 2 of 2 epochs: capped
     assert "†" not in rows["Pop"]["text"]
     assert parser.scripts == 0 and "http://" not in page and "https://" not in page

@@ -119,7 +119,8 @@ def _report(args: argparse.Namespace) -> int:
     if args.example_models:
         models = []
         for value in args.example_models:  # a label with a comma may be passed whole
-            models += [value] if "," not in value else [v.strip() for v in value.split(",") if v.strip()]
+            models += ([value] if "," not in value
+                       else [v.strip() for v in value.split(",") if v.strip()])
     if args.example_users is not None and args.example_users < 1:
         print("error: --example-users must be at least 1", file=sys.stderr)
         return 2

@@ -67,14 +67,16 @@ def choose_examples(summaries: dict[str, "ModelSummary"], reference: str | None,
     if not labels:
         return None
     candidates = list(seeds or []) + sorted({s for e in with_examples.values() for s in e})
-    seed = max(dict.fromkeys(candidates), key=lambda s: sum(s in with_examples[lb] for lb in labels))
+    seed = max(dict.fromkeys(candidates),
+               key=lambda s: sum(s in with_examples[label] for label in labels))
     dropped = [label for label in labels if seed not in with_examples[label]]
     if dropped:
         notes.append(f"{dropped} have no record for seed {seed}: not shown")
     labels = [label for label in labels if seed in with_examples[label]]
     recorded = {label: with_examples[label][seed] for label in labels}
     first = recorded[labels[0]]
-    tops = {label: {u["user"]: u["top_items"] for u in recorded[label]["users"]} for label in labels}
+    tops = {label: {u["user"]: u["top_items"] for u in recorded[label]["users"]}
+            for label in labels}
     users = [u for u in first["users"] if all(u["user"] in tops[label] for label in labels)]
     return ExampleChoice(seed, labels, users[:n_users], tops, int(first.get("k", 10)), notes)
 
@@ -95,7 +97,8 @@ def _card(view: ItemView, hit: bool = False, rank: int | None = None) -> str:
         '<span class="hitmark">hit</span>' if hit else "")
     return (f'<figure class="item{" hit" if hit else ""}" data-item="{escape(view.token)}">'
             f'{badges}{picture}<figcaption><div class="title">{title}</div>'
-            f'<div class="token">item {escape(view.token)}</div>{description}</figcaption></figure>')
+            f'<div class="token">item {escape(view.token)}</div>{description}'
+            "</figcaption></figure>")
 
 
 def render_examples(choice: ExampleChoice, catalogue: Catalogue) -> str:

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from recbole_vlm4rec.benchmark.report import Report
 
 
+PROTOCOL_KEYS = ("eval_args", "metrics", "topk", "valid_metric", "eval_history_mask",
+                 "epochs", "stopping_step", "eval_step", "train_batch_size", "cold_start_items",
+                 "cold_start_targets")
+
+
 def _records(report: "Report") -> list[dict[str, Any]]:
     return [r for summaries in report.datasets.values() for s in summaries.values() for r in s.ok]
 
@@ -35,12 +40,23 @@ def run_section(report: "Report") -> str:
     packages = sorted({k for e in environments for k in e} - {"commit", "machine", "platform"})
     rows += [(name, _counted([e.get(name, "not recorded") for e in environments]))
              for name in packages]
-    spec_path = report.folder / "spec.yaml"
+    spec_path = (report.folder / "spec.yaml").resolve()
     spec_text = spec_path.read_text() if spec_path.is_file() else "(no spec.yaml in the folder)"
     table = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    configs = [r["result"].get("config") or {} for r in records]
+    protocol = "".join(
+        f"<tr><th>{escape(key)}</th><td>{_counted([_short(c.get(key)) for c in configs])}</td></tr>"
+        for key in PROTOCOL_KEYS if any(key in c for c in configs))
     return (f"<p>{len(records)} ok runs. Values below are as each run recorded them.</p>"
             f'<table class="kv">{table}</table>'
+            "<h3>Protocol (from the runs' config snapshots)</h3>"
+            f'<table class="kv">{protocol}</table>'
             f"<h3>Spec (<code>{escape(str(spec_path))}</code>)</h3><pre>{escape(spec_text)}</pre>")
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) \
+        else str(value)
 
 
 def dataset_section(dataset: str, records: list[dict[str, Any]]) -> str:

@@ -1,7 +1,7 @@
 """``report.html``: one self-contained page per benchmark (no network, no script).
 
-Per dataset: the results table (mean ± std over seeds, best per column marked, ▲/▼ significance vs
-the reference with the p-values on hover, skipped/failed models with their reason, capped-epoch
+Per dataset: the results table (mean ± std over seeds, best per column marked, ▲/▼ significance
+vs the reference with the p-values on hover, skipped/failed models with their reason, capped-epoch
 cells marked †), the plots (plots.py, embedded as PNG data URIs), and qualitative examples
 (html_examples.py). Then how the run was made (html_provenance.py). Item thumbnails are embedded
 JPEG data URIs, so the file can be mailed or opened from anywhere.
@@ -43,7 +43,7 @@ nav a{margin-right:12px}.meta{color:#5b6474}.note{color:#8a4b00}
 table{border-collapse:collapse;margin:8px 0}th,td{padding:4px 9px;border-bottom:1px solid #e3e7ee;
  text-align:right;vertical-align:top}th:first-child,td:first-child{text-align:left}
 table.kv th{text-align:left;color:#3b4454;font-weight:600}table.kv td{text-align:left}
-table.plain td{text-align:left}
+table.plain td,table.plain th{text-align:left}
 tr.skipped td,tr.failed td,tr.missing td{color:#7a8291;background:#f7f8fa}
 td.reason{text-align:left;font-style:italic}.best{font-weight:700;background:#e6f4ea}
 .up{color:#137333}.down{color:#b3261e}.capped{color:#8a4b00}
@@ -137,7 +137,8 @@ def results_table(report: Report, dataset: str, summaries: dict[str, ModelSummar
                     f"<td>{name}</td>{''.join(cells)}</tr>")
         if summary.reasons:  # a partial model: some seeds failed
             rows.append(f'<tr class="failed"><td></td><td class="reason" '
-                        f'colspan="{len(head) - 1}">other runs: {escape("; ".join(summary.reasons))}'
+                        f'colspan="{len(head) - 1}">other runs: '
+                        f'{escape("; ".join(summary.reasons))}'
                         "</td></tr>")
     legend = (f"Test metrics, mean ± std over seeds (RecBole full ranking). Green: best per "
               f"column. {BETTER}/{WORSE}: significantly better/worse than the reference "
@@ -194,7 +195,8 @@ def html_page(report: Report, seeds: list[int] | None = None,
               example_models: list[str] | None = None,
               example_users: int = DEFAULT_EXAMPLE_USERS) -> str:
     name = escape(report.folder.name)
-    statuses = [r["status"] for s in report.datasets.values() for m in s.values() for r in m.records]
+    statuses = [r["status"] for summaries in report.datasets.values()
+                for summary in summaries.values() for r in summary.records]
     counts = ", ".join(f"{statuses.count(k)} {k}" for k in ("ok", "skipped", "failed")
                        if statuses.count(k))
     nav = " ".join(f'<a href="#ds-{safe_name(d)}">{escape(d)}</a>' for d in report.datasets)
@@ -203,7 +205,8 @@ def html_page(report: Report, seeds: list[int] | None = None,
              f"<style>{STYLE}</style></head><body>",
              f"<header><h1>Benchmark report: {name}</h1><p class=\"meta\">{len(statuses)} cells: "
              f"{counts}. Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from "
-             f"<code>{escape(str(report.folder.resolve()))}</code> by <code>vlm4rec report</code>.</p>"
+             f"<code>{escape(str(report.folder.resolve()))}</code> by "
+             "<code>vlm4rec report</code>.</p>"
              f'<nav>{nav} <a href="#run">how the run was made</a></nav></header>']
     for dataset, summaries in report.datasets.items():
         anchor = safe_name(dataset)

@@ -198,7 +198,8 @@ def markdown(report: Report) -> str:
             lines += [f"- {label}: {'; '.join(s.reasons)}" for label, s in problems]
         lines += ["", f"![metrics](plots/{_plot_stem(dataset)}-metrics.png)",
                   f"![quality vs eval time](plots/{_plot_stem(dataset)}-quality-vs-time.png)"]
-        for stem, alt in (("activity", "recall by user activity"), ("cold-vs-warm", "cold vs warm")):
+        for stem, alt in (("activity", "recall by user activity"),
+                          ("cold-vs-warm", "cold vs warm")):
             if (report.folder / "plots" / f"{_plot_stem(dataset)}-{stem}.png").is_file():
                 lines.append(f"![{alt}](plots/{_plot_stem(dataset)}-{stem}.png)")
     lines += ["", "Examples (training items and each model's top-10 for a few test users), "
