@@ -1,7 +1,7 @@
 """Screenshot a benchmark's report.html in headless Chromium for the docs.
 
     python benchmarks/report_screenshot.py results/benchmarks/posters-quick/report.html \\
-        docs/images/report-screenshot.png --bands 0:530,1570:2575 --scale 0.75
+        docs/images/report-screenshot.png --bands 0:535,1570:2650,2960:3262 --scale 0.75
 
 Renders the page at 1280 px wide, keeps the given horizontal pixel bands (top:bottom, in page
 pixels; several bands are stacked with a dashed line where the page was cut), scales the result and
