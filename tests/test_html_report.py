@@ -289,3 +289,22 @@ def test_page_renders_in_headless_chromium(bench, tmp_path):
     not_white = (pixels < 245).any(axis=2).mean()
     colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
     assert not_white > 0.03 and colours > 200, (not_white, colours)
+
+
+def test_records_without_examples_still_make_a_page(bench, tmp_path):
+    out, _ = bench
+    old = tmp_path / "old"
+    shutil.copytree(out / "runs", old / "runs")
+    shutil.copy(out / "spec.yaml", old / "spec.yaml")
+    for path in (old / "runs").rglob("*.json"):  # as written before examples were recorded
+        record = json.loads(path.read_text())
+        if record["result"]:
+            for key in ("examples", "training"):
+                record["result"].pop(key)
+            record["result"]["per_user_test"].pop("train_interactions")
+        path.write_text(json.dumps(record))
+    assert cli.main(["report", str(old)]) == 0
+    page, parser = _parse(old)
+    assert "No examples: no ok run recorded top-k lists" in page
+    assert "No activity buckets" in page and not parser.cards
+    assert [r["model"] for r in parser.rows] == list(MODELS)
