@@ -26,9 +26,9 @@ import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import get_trainer, init_seed  # noqa: E402
 
-from recbole_vlm4rec.data.masking import MASKS, apply_eval_history_mask  # noqa: E402
+from recbole_vlm4rec.run.masking import MASKS, apply_eval_history_mask  # noqa: E402
 from recbole_vlm4rec.models import get_model_class  # noqa: E402
-from recbole_vlm4rec.runner import create_dataset  # noqa: E402
+from recbole_vlm4rec.run.runner import create_dataset  # noqa: E402
 
 
 def evaluate_both(checkpoint_path: Path) -> dict[str, dict[str, float]]:

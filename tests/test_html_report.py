@@ -24,7 +24,7 @@ from recbole_vlm4rec.benchmark.cell import make_record
 from recbole_vlm4rec.benchmark.grid import record_path, run_grid
 from recbole_vlm4rec.benchmark.report import ModelSummary
 from recbole_vlm4rec.benchmark.spec import Cell, load_spec
-from recbole_vlm4rec.data.features import save_feature
+from recbole_vlm4rec.formats.features import save_feature
 
 MODELS = {"VLM4Rec": {"model": "VLM4Rec"}, "BPR": {"epochs": 2}, "Pop": {},
           "Needs vlm": {"model": "VLM4Rec", "item_feature": "vlm"},
@@ -157,6 +157,8 @@ def test_page_has_every_section_and_a_row_per_model(bench):
     commit = json.loads(record_path(out, spec.cells()[0]).read_text())["result"]["environment"]
     assert commit["commit"] in page and "reference:" in page  # provenance: commit and the spec
     assert "items with a vector" in page and "40 of 40 (100.0%)" in page  # emb covers all 40
+    feature_row = page.split("<td>emb</td>", 1)[1].split("</tr>", 1)[0]
+    assert "<td>VLM4Rec</td>" in feature_row  # the run that read it; the file is unchanged
 
 
 def test_every_image_is_an_embedded_image_that_decodes(bench):

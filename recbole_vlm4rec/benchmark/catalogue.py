@@ -1,10 +1,11 @@
 """What the report shows of an item: title, description and a small embedded thumbnail.
 
-Read from the dataset folder a run used (its config's ``data_path``): the item table
-``<dataset>.item`` (title column, ``image`` column), a descriptions file
-``descriptions/<tag>.jsonl`` (the one a content feature of the chosen models was encoded from, else
-the newest), and the images themselves, downsized with Pillow and embedded as JPEG data URIs. An
-item without an image or description gets ``None`` there and a reason; the page shows a placeholder.
+Read through the formats layer from the dataset folder a run used (its config's ``data_path``):
+the item table ``<dataset>.item`` (formats/items.py: title column, ``image`` column), a
+descriptions file ``descriptions/<tag>.jsonl`` (formats/descriptions.py: the one a content feature
+of the chosen models was encoded from, else the newest), and the images (formats/images.py),
+downsized with Pillow and embedded as JPEG data URIs. An item without an image or description gets
+``None`` there and a reason; the page shows a placeholder.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Catalogue:
         self._views: dict[str, ItemView] = {}
 
     def _read_item_table(self) -> None:
-        from recbole_vlm4rec.encoding.item_text import read_item_table
+        from recbole_vlm4rec.formats.items import read_item_table
 
         path = self.dataset_dir / f"{self.dataset}.item"
         if not path.is_file():
@@ -66,7 +67,7 @@ class Catalogue:
             self.notes.append(f"{path.name} has no image column: no thumbnails")
 
     def _read_descriptions(self, features: list[str]) -> None:
-        from recbole_vlm4rec.grounding.store import read_descriptions
+        from recbole_vlm4rec.formats.descriptions import DescriptionsFileError, read_descriptions
 
         path = self._descriptions_file(features)
         if path is None:
@@ -74,19 +75,22 @@ class Catalogue:
                 self.description_source = f"item table column '{self.description_column}'"
             return
         try:
-            rows = read_descriptions(path)
-        except (OSError, ValueError) as error:
+            parsed = read_descriptions(path)
+        except (OSError, DescriptionsFileError) as error:
             self.notes.append(f"descriptions not shown: {error}")
             return
-        self.descriptions = {r["item_id"]: r["text"] for r in rows
-                             if r["status"] == "ok" and r["text"]}
+        if parsed.malformed:
+            self.notes.append(parsed.malformed_summary())
+        rows = list(parsed)
+        self.descriptions = parsed.texts()
         self.common_prefix = _common_prefix(list(self.descriptions.values()))
         if self.common_prefix:  # said once on the page, not on every card
             cut = len(self.common_prefix)
             self.descriptions = {k: v[cut:] for k, v in self.descriptions.items()}
-        model = next((r["model"] for r in rows if r["status"] == "ok"), None)
-        self.description_source = (f"descriptions/{path.name}"
-                                   + (f" ({rows[0]['backend']}: {model})" if model else ""))
+        made_by = next((r for r in rows if r["status"] == "ok" and r.get("model")), None)
+        self.description_source = f"descriptions/{path.name}" + (
+            f" ({made_by.get('backend') or 'backend not recorded'}: {made_by['model']})"
+            if made_by else "")
 
     def _descriptions_file(self, features: list[str]) -> Path | None:
         """The descriptions a content feature was encoded from, else the newest file."""
@@ -95,9 +99,10 @@ class Catalogue:
                 meta = json.loads((self.dataset_dir / "features" / f"{feature}.json").read_text())
             except (OSError, ValueError):
                 continue
-            source = Path(str(meta.get("source") or ""))
-            if source.suffix == ".jsonl" and source.is_file():
-                return source
+            for key in ("descriptions", "source"):  # meta format 2 names it; older files: source
+                source = Path(str(meta.get(key) or ""))
+                if source.suffix == ".jsonl" and source.is_file():
+                    return source
         found = sorted((self.dataset_dir / "descriptions").glob("*.jsonl"),
                        key=lambda p: p.stat().st_mtime)
         return found[-1] if found else None
@@ -139,7 +144,7 @@ def _thumbnail(reference: str, dataset_dir: Path) -> tuple[str | None, str | Non
     """``(data URI, None)`` or ``(None, reason)`` for an ``image`` column value."""
     from PIL import Image
 
-    from recbole_vlm4rec.data.images import ImageError, load_image, resolve_image_reference
+    from recbole_vlm4rec.formats.images import ImageError, load_image, resolve_image_reference
 
     if not (reference or "").strip():
         return None, "no image"

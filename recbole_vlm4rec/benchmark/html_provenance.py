@@ -69,7 +69,7 @@ def dataset_section(dataset: str, records: list[dict[str, Any]]) -> str:
     folder = Path(str(config["data_path"]))
     parts = [f"<p>Dataset folder: <code>{escape(str(folder))}</code></p>"]
     parts.append(_card_summary(folder, records))
-    parts.append(_feature_coverage(folder, config))
+    parts.append(_feature_coverage(folder, config, records))
     return "\n".join(parts)
 
 
@@ -102,28 +102,46 @@ def _card_summary(folder: Path, records: list[dict[str, Any]]) -> str:
     return f'<h3>Dataset card</h3><table class="kv">{body}</table>'
 
 
-def _feature_coverage(folder: Path, config: dict[str, Any]) -> str:
+def _read_by(records: list[dict[str, Any]]) -> dict[str, dict[str, set[str]]]:
+    """feature -> {"labels": labels whose runs read it, "sha256": the file hashes they saw}."""
+    found: dict[str, dict[str, set[str]]] = {}
+    for record in records:
+        for name, seen in (record["result"].get("features") or {}).items():
+            entry = found.setdefault(name, {"labels": set(), "sha256": set()})
+            entry["labels"].add(record["cell"]["label"])
+            entry["sha256"].add(str(seen.get("sha256")))
+    return found
+
+
+def _feature_coverage(folder: Path, config: dict[str, Any],
+                      records: list[dict[str, Any]]) -> str:
     declared = config.get("item_features") or {}
     features = sorted(set(declared) | {p.stem for p in (folder / "features").glob("*.npy")})
     if not features:
         return "<p>No item features declared or present.</p>"
     n_items = _count_items(folder, str(config.get("dataset") or folder.name))
+    read_by = _read_by(records)
     rows = []
     for name in features:
         tokens = folder / "features" / f"{name}.tokens"
         meta = _read_json(folder / "features" / f"{name}.json")
+        users = read_by.get(name, {"labels": set(), "sha256": set()})
+        used = ", ".join(sorted(users["labels"])) or "no run"
         if not tokens.is_file():
-            rows.append((name, "not built", "", "", ""))
+            rows.append((name, "not built", "", "", "", used))
             continue
+        npy = folder / "features" / f"{name}.npy"
+        if users["sha256"] and users["sha256"] != {hashlib.sha256(npy.read_bytes()).hexdigest()}:
+            used += " (the file changed since those runs)"
         covered = sum(1 for line in tokens.read_text().splitlines() if line.strip())
         share = f" ({100 * covered / n_items:.1f}%)" if n_items else ""
-        dim = np.load(folder / "features" / f"{name}.npy", mmap_mode="r").shape[1]
+        dim = np.load(npy, mmap_mode="r").shape[1]
         skipped = meta.get("skipped_by_reason") or {}
         rows.append((name, f"{covered} of {n_items or '?'}{share}", str(dim),
                      str(meta.get("encoder") or meta.get("kind") or ""),
-                     ", ".join(f"{k}: {v}" for k, v in skipped.items())))
+                     ", ".join(f"{k}: {v}" for k, v in skipped.items()), used))
     head = "<tr><th>feature</th><th>items with a vector</th><th>dim</th><th>encoder</th>" \
-           "<th>skipped items by reason</th></tr>"
+           "<th>skipped items by reason</th><th>read by</th></tr>"
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<h3>Item features</h3><table class="plain">{head}{body}</table>'
 
