@@ -3,9 +3,8 @@
     python benchmarks/bench_serving.py [--items 100000] [--dim 384] [--queries 300] [--threads 1]
 
 Builds a random catalogue of L2-normalised float32 vectors (MiniLM's 384 dims), writes real
-profile bundles (flat and HNSW FAISS indexes) with ``serving.bundle.write_profile_arrays`` and
-loads them back, then times, in one process, per query (a new user with a 10-50 item history,
-top-10):
+bundles (flat and HNSW FAISS indexes) with ``serving.bundle.write_profile_arrays`` and loads them back,
+then times, in one process, per query (a new user with a 10-50 item history, top-10):
 
   numpy      brute force: mean profile, catalogue @ profile, mask history, argpartition + sort
   flat       Recommender.for_items on the exact FAISS index (the whole online path: token lookup,
@@ -68,7 +67,8 @@ def main() -> None:
     tokens = [f"item{i}" for i in range(args.items)]
     histories = [rng.choice(args.items, size=rng.integers(10, 51), replace=False)
                  for _ in range(args.queries)]
-    meta = {"model": "VLM4Rec", "item_feature": "synthetic", "profile_aggregation": "mean"}
+    meta = {"model": "VLM4Rec", "item_feature": "synthetic", "features": ["synthetic"],
+            "profile_aggregation": "mean"}
     print(f"catalogue: {args.items} items x {args.dim} float32, {args.queries} queries, "
           f"top-{args.k}, {args.threads} thread(s)")
 
@@ -77,7 +77,7 @@ def main() -> None:
         for kind in ("flat", "hnsw"):
             started = time.perf_counter()
             write_profile_arrays(Path(tmp) / kind, tokens, embeddings,
-                                 np.ones(args.items, dtype=bool), ["u0"], [histories[0]],
+                                 np.ones(len(tokens), bool), ["u0"], [histories[0]],
                                  [histories[0]], meta, index_kind=kind)
             built = time.perf_counter() - started
             started = time.perf_counter()
