@@ -38,8 +38,8 @@ class MissingFeatureError(KeyError):
         """The error for a feature ``name`` missing from ``dataset``'s ``item_features``."""
         return cls(
             f"dataset '{dataset}' declares no item feature '{name}'; declared: "
-            f"{sorted(declared) or 'none'}. Declare it under `item_features` in "
-            f"configs/dataset/{dataset}.yaml."
+            f"{sorted(declared) or 'none'}. Declare it under `item_features` in the dataset's "
+            f"yaml (dataset/{dataset}/{dataset}.yaml, or --item_features=... on the command line)."
         )
 
 

@@ -53,7 +53,8 @@ def register(subparsers: Any) -> None:
                         help="with --checkpoint: best items kept per user (default 100)")
     export.add_argument("--feature", help="VLM4Rec's item feature (default: the dataset's "
                         "default feature); same as --item_feature=...")
-    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<model>-<feature>)")
+    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<model>-<feature>, "
+                        "or bundles/<checkpoint name> with --checkpoint)")
     export.add_argument("--aggregation", choices=("mean", "max"),
                         help="profile aggregation (as --profile_aggregation=...)")
     export.add_argument("--descriptions", help="item descriptions for explanations: a tag of "
@@ -157,8 +158,8 @@ def _recommend(args: argparse.Namespace) -> int:
     meta = recommender.bundle.meta
     how = (f"{meta['profile_aggregation']} profile" if meta["kind"] == "profile"
            else f"precomputed top-{meta['top_n']}")
-    print(f"top {len(found)} for {what} ({meta['model']} on '{meta['item_feature']}', "
-          f"{how}; {elapsed_ms:.1f} ms)")
+    on = f" on '{meta['item_feature']}'" if meta.get("item_feature") else ""
+    print(f"top {len(found)} for {what} ({meta['model']}{on}, {how}; {elapsed_ms:.1f} ms)")
     for rank, rec in enumerate(found, start=1):
         print(f"{rank:>3}. {rec.item}  {rec.score:.4f}  {rec.description or ''}".rstrip())
         for because in rec.because:
