@@ -1,6 +1,6 @@
-"""`vlm4rec encode --modality lvlm`: hidden-state vectors of tiny random VLMs of real architectures
-(batching-invariant, pooling and layer honoured, one pass also describes) and an
-OpenAI-compatible /v1/embeddings endpoint (the local stub), through the command users run."""
+"""`vlm4rec encode --modality lvlm`: hidden-state vectors of tiny random VLMs of every architecture
+in tests/tiny_vlms.py (batching-invariant, pooling and layer honoured, one pass also describes) and
+an OpenAI-compatible /v1/embeddings endpoint (the local stub), through the command users run."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from recbole_vlm4rec.formats.features import load_feature
 from recbole_vlm4rec.grounding.backends.base import GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_stub import (STUB_EMBEDDING_DIM, StubServer,
                                                             embeddings_reply)
-from tiny_vlms import WORDS, build_tiny_idefics3, build_tiny_llava_next, build_tiny_qwen2_vl
+from tiny_vlms import (WORDS, build_tiny_idefics3, build_tiny_llava, build_tiny_llava_next,
+                       build_tiny_qwen2_5_vl, build_tiny_qwen2_vl)
 
 N_OK = sum(reason is None for _, _, reason in bad_and_good_images().values())
 BAD = {item: reason for item, (_, _, reason) in bad_and_good_images().items() if reason}
-ARCHITECTURES = {"qwen2_vl": build_tiny_qwen2_vl, "llava_next": build_tiny_llava_next,
+ARCHITECTURES = {"qwen2_vl": build_tiny_qwen2_vl, "qwen2_5_vl": build_tiny_qwen2_5_vl,
+                 "llava": build_tiny_llava, "llava_next": build_tiny_llava_next,
                  "idefics3": build_tiny_idefics3}
 
 
