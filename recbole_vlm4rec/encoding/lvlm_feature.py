@@ -50,13 +50,13 @@ class _Plan:
 class _Descriptions:
     """The answers written beside the vectors: a grounding cache + the exported JSONL."""
 
-    def __init__(self, path: Path, prompt: PromptSpec, model_id: str) -> None:
-        self.path, self.prompt, self.model_id = path, prompt, model_id
+    def __init__(self, path: Path, prompt: PromptSpec, backend: str, model_id: str) -> None:
+        self.path, self.prompt, self.backend, self.model_id = path, prompt, backend, model_id
         self.store = DescriptionStore(path.with_suffix(".sqlite"))
         self.rows: dict[str, DescriptionRow] = {}
 
     def row(self, item_id: str, prompt_key: str, sha: str | None, **values: Any) -> DescriptionRow:
-        return DescriptionRow(item_id=item_id, backend="transformers", model=self.model_id,
+        return DescriptionRow(item_id=item_id, backend=self.backend, model=self.model_id,
                               prompt=self.prompt.name, prompt_version=self.prompt.version,
                               prompt_key=prompt_key, image_sha256=sha, **values)
 
@@ -80,8 +80,8 @@ class _Descriptions:
         done = set()
         for plan in plans:
             row = cached.get(plan.item.item_id)
-            if row is not None and (row.model, row.prompt_key, row.image_sha256) == (
-                    self.model_id, plan.prompt_key, plan.sha):
+            if row is not None and (row.backend, row.model, row.prompt_key, row.image_sha256) == (
+                    self.backend, self.model_id, plan.prompt_key, plan.sha):
                 self.rows[row.item_id] = row
                 done.add(row.item_id)
         return done
@@ -109,7 +109,8 @@ def encode_lvlm_feature(items: Sequence[GroundingItem], prompt: PromptSpec,
         raise ValueError(f"the {embedder.name} LVLM backend cannot describe while embedding "
                          "(--describe needs --backend transformers)")
     skipped: list[Skipped] = []
-    descriptions = (_Descriptions(Path(describe_to), prompt, embedder.description_model_id())
+    descriptions = (_Descriptions(Path(describe_to), prompt, embedder.name,
+                                  embedder.description_model_id())
                     if describe_to is not None else None)
     plans = _plan(items, prompt, skipped, descriptions)
     fingerprint = embedder.fingerprint()
