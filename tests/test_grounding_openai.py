@@ -36,6 +36,10 @@ def scripted_policy(payload, seen):
         return 200, {}, b'{"choices": [ this is not json'
     if case == "no-choices":
         return 200, {}, {"object": "chat.completion", "choices": []}
+    if case in ("malformed-then-ok", "no-choices-then-ok") and seen == 1:
+        return 200, {}, b'{"choices": [' if case.startswith("malformed") else {"choices": []}
+    if case == "trickle":
+        return 200, {"X-Stub-Trickle": "0.5"}, completion(STUB_ANSWER)
     if case == "empty":
         return 200, {}, completion("")
     if case == "parts":
@@ -57,7 +61,8 @@ def test_success_retry_and_permanent_failures():
     with StubServer(policy=scripted_policy) as server:
         client = backend(server, concurrency=2)
         client.preflight()
-        cases = ["ok", "429-then-ok", "always-500", "bad-request", "malformed", "no-choices", "empty", "parts"]
+        cases = ["ok", "429-then-ok", "always-500", "bad-request", "malformed", "no-choices", "empty", "parts",
+                 "malformed-then-ok", "no-choices-then-ok"]
         outputs = {out.item_id: out for out in client.describe([request(case) for case in cases])}
         client.close()
     assert outputs["ok"].text == STUB_ANSWER and outputs["ok"].ok
@@ -66,7 +71,10 @@ def test_success_retry_and_permanent_failures():
     assert outputs["always-500"].error == "http_500" and "engine crashed" in outputs["always-500"].detail
     assert server.requests["always-500"] == 3  # 1 + max_retries
     assert outputs["bad-request"].error == "http_400" and server.requests["bad-request"] == 1  # no retry
+    # an answer that is not a chat completion is retried like a 5xx, bounded by max_retries
     assert outputs["malformed"].error == "bad_response" and outputs["no-choices"].error == "bad_response"
+    assert server.requests["malformed"] == server.requests["no-choices"] == 3
+    assert outputs["malformed-then-ok"].text == outputs["no-choices-then-ok"].text == STUB_ANSWER
     assert outputs["empty"].text == "" and not outputs["empty"].ok and outputs["empty"].error is None
     assert outputs["parts"].text == "in parts"
 
@@ -78,6 +86,19 @@ def test_timeout_is_retried_then_recorded():
         client.close()
     assert output.error == "timeout" and "2 tries" in output.detail
     assert server.requests["slow"] == 2
+
+
+def test_timeout_is_a_deadline_for_the_whole_request():
+    """A server that sends one byte every half second never times out a single read: the
+    deadline covers the whole answer."""
+    with StubServer(policy=scripted_policy) as server:
+        client = backend(server, timeout=1.0, max_retries=0)
+        started = time.monotonic()
+        (output,) = client.describe([request("trickle")])
+        elapsed = time.monotonic() - started
+        client.close()
+    assert output.error == "timeout" and "within 1 s" in output.detail
+    assert elapsed < 30  # the whole body would take over 100 s at this pace
 
 
 def test_api_key_is_sent_and_a_wrong_one_stops_early(monkeypatch):
@@ -188,3 +209,25 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_a_fatal_stop_keeps_every_row_and_says_what_to_fix(tmp_path: Path, monkeypatch, capsys):
+    """A server without /models and a wrong --model: every request answers 404. The run stops at
+    once, the descriptions file keeps the earlier run's rows, and the error names what to fix."""
+    make_project_home(tmp_path, monkeypatch)
+    output = tmp_path / "dataset/shop/descriptions/openai-preference.jsonl"
+    with StubServer(list_models=False) as server:
+        argv = ["ground", "shop", "--backend", "openai", "--base-url", server.base_url, "--no-progress",
+                "--concurrency", "2"]
+        assert cli.main(argv + ["--model", "stub"]) == 0
+        before = read_descriptions(output)
+        capsys.readouterr()
+        assert cli.main(argv + ["--model", "Qwen/typo"]) == 1
+        err = capsys.readouterr().err
+    after = read_descriptions(output)
+    ok_rows = [r for r in before if r["status"] == "ok"]
+    assert len(ok_rows) == 6 and [r for r in after if r["status"] == "ok"] == ok_rows
+    assert [r["item_id"] for r in after] == [r["item_id"] for r in before]  # bad images: re-checked
+    assert "404" in err and "--base-url" in err and "--model 'Qwen/typo'" in err
+    assert "rerun" not in err and "stopped on the error below" in err
+    assert f"({len(before)} rows;" in err  # the file was rewritten from the whole cache
