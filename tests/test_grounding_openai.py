@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import socket
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,10 @@ from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend, _retry_after_seconds
 from recbole_vlm4rec.grounding.backends.openai_stub import STUB_ANSWER, StubServer, completion, request_prompt
-from recbole_vlm4rec.grounding.store import read_descriptions
+from recbole_vlm4rec.grounding.items import GroundingItem
+from recbole_vlm4rec.grounding.prompts import load_prompt
+from recbole_vlm4rec.grounding.run import run_grounding
+from recbole_vlm4rec.grounding.store import DescriptionStore, read_descriptions
 
 
 def scripted_policy(payload, seen):
@@ -231,3 +236,44 @@ def test_a_fatal_stop_keeps_every_row_and_says_what_to_fix(tmp_path: Path, monke
     assert "404" in err and "--base-url" in err and "--model 'Qwen/typo'" in err
     assert "rerun" not in err and "stopped on the error below" in err
     assert f"({len(before)} rows;" in err  # the file was rewritten from the whole cache
+
+
+def test_a_flaky_server_loses_and_duplicates_nothing(tmp_path: Path):
+    """100 images against a server whose first answers to an item are 429 (Retry-After), 500,
+    503, a hang past the timeout, broken JSON or empty choices: every item ends with exactly one
+    description, its own, and no item is answered successfully twice."""
+    faults = [
+        (429, {"Retry-After": "0.2"}, {"error": {"message": "slow down"}}),
+        (500, {}, {"error": {"message": "engine crashed"}}),
+        (503, {}, {"error": {"message": "overloaded"}}),
+        (200, {"X-Stub-Delay": "1.5"}, completion("too late")),  # past the 1 s deadline
+        (200, {}, b'{"choices": [{"message": '),
+        (200, {}, {"object": "chat.completion", "choices": []}),
+    ]
+    answered = Counter()
+
+    def policy(payload, seen):
+        number = int(re.search(r"catalogue item (\d+)", request_prompt(payload)).group(1))
+        if seen <= 1 + number % 3:  # 1 to 3 failures, within max_retries
+            return faults[(number + seen) % len(faults)]
+        answered[number] += 1
+        return 200, {}, completion(f"A plain blue object, catalogue item {number}, for daily use at home.")
+
+    items = []
+    for number in range(100):
+        path = tmp_path / f"{number}.jpg"
+        Image.new("RGB", (16, 16), (number, 255 - number, 100)).save(path)
+        items.append(GroundingItem(f"item{number:03d}", str(path), f"catalogue item {number}"))
+    with StubServer(policy=policy) as server, DescriptionStore(tmp_path / "flaky.sqlite") as store:
+        client = backend(server, concurrency=16, timeout=1.0, max_retries=3)
+        summary = run_grounding(items, load_prompt("preference"), client, store, tmp_path / "flaky.jsonl",
+                                progress=False)
+        client.close()
+        again = backend(server)
+        assert run_grounding(items, load_prompt("preference"), again, store, tmp_path / "flaky.jsonl",
+                             progress=False).cached == 100
+        again.close()
+    rows = read_descriptions(tmp_path / "flaky.jsonl")
+    assert summary.ok == 100 and not summary.failures and len(rows) == 100
+    assert all(row["status"] == "ok" and f"item {int(row['item_id'][4:])}," in row["text"] for row in rows)
+    assert sorted(answered) == list(range(100)) and set(answered.values()) == {1}

@@ -63,7 +63,7 @@ class StubServer:
         self.api_key = api_key
         self.requests: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -78,6 +78,12 @@ class StubServer:
     def __exit__(self, *exc: Any) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a burst of new connections (hundreds in flight, or
+    # reconnects after timeouts) would have SYNs dropped and retried a second later.
+    request_queue_size = 1024
 
 
 def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
