@@ -8,11 +8,10 @@ and point ``base_url`` at a server on a GPU machine, or at several (comma-separa
 are spread round-robin over them and a retry goes to the next server.
 
 Requests are coroutines on one event-loop thread with one pool of kept-alive connections per
-server; the request bodies (image encoding, base64, JSON) are built by the pipeline's worker
-threads (:meth:`prepare`), off the loop. httpx's connection pool costs O(connections) CPU per
-request (httpcore 1.0), which at 128+ connections costs more than the request itself, so each
-server's connections are split over small httpx clients (``SHARD_CONNECTIONS`` each) and a request
-takes the least busy one.
+server (``backends/http11.py``: ~0.1 ms of CPU per request, where httpx costs 0.7-15 ms at
+hundreds in flight); the request bodies (image encoding, base64, JSON) are built by the
+pipeline's worker threads (:meth:`prepare`), off the loop. When the environment names a proxy for
+a server (``HTTPS_PROXY``...), requests to it go through httpx, which honours it.
 
 Failure handling, per request:
 
@@ -42,14 +41,17 @@ import email.utils
 import io
 import itertools
 import json
-import math
 import os
 import random
+import ssl
 import time
+import urllib.parse
+import urllib.request
 from typing import Any, Sequence
 
 import httpx
 
+from recbole_vlm4rec.grounding.backends.http11 import ConnectionPool, HTTPProtocolError
 from recbole_vlm4rec.grounding.backends.base import (
     AsyncGroundingBackend,
     BackendUnavailableError,
@@ -61,7 +63,6 @@ DEFAULT_BASE_URL = "http://localhost:8000/v1"  # vLLM's default; $OPENAI_BASE_UR
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 FATAL_STATUSES = {401: "the endpoint rejected the API key", 403: "access denied",
                   404: "no such path or model"}
-SHARD_CONNECTIONS = 8  # connections per httpx client (see the module docstring)
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -112,6 +113,7 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
         self._turn = itertools.count()  # round-robin over servers
         self._connection_failures = 0  # consecutive items that could not connect at all
         self._state: _LoopState | None = None  # created on the event loop, at first use
+        self._tls: ssl.SSLContext | None = None  # one for every client: each costs ~30 ms CPU to build
 
     def model_id(self) -> str:
         json_mode = ", json_mode" if self.json_mode else ""
@@ -123,7 +125,8 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
         """GET /models on every server: unreachable endpoint, bad key or unknown model fail here,
         before any item."""
         for url in self.base_urls:
-            with httpx.Client(base_url=url, headers=self._headers, timeout=min(self.timeout, 10.0)) as client:
+            with httpx.Client(base_url=url, headers=self._headers, timeout=min(self.timeout, 10.0),
+                              verify=self._tls_context()) as client:
                 self._preflight_one(client, url)
 
     def _preflight_one(self, client: httpx.Client, url: str) -> None:
@@ -148,6 +151,11 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
                 f"{url} does not serve model {self.model!r}; it serves: {', '.join(served[:20])} "
                 "(pass one of them with --model)"
             )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return self._tls
 
     def _key_hint(self) -> str:
         return f"set the key in ${self.api_key_env} or name another variable with --api-key-env"
@@ -205,7 +213,9 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
                     error = "timeout"
                     detail = f"no complete answer within {self.timeout:g} s ({type(exc).__name__})"
                     response = None
-                except httpx.TransportError as exc:
+                except HTTPProtocolError as exc:  # connected, but the answer broke off or is not HTTP
+                    error, detail, response = "bad_response", f"{type(exc).__name__}: {exc}", None
+                except (OSError, httpx.TransportError) as exc:
                     error, detail, response = "connection_error", f"{type(exc).__name__}: {exc}", None
             if response is not None:
                 self._connection_failures = 0
@@ -220,7 +230,7 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
                         raise BackendUnavailableError(self._fatal_message(server.url, response.status_code, detail))
                     if response.status_code not in RETRY_STATUSES:
                         break  # a permanent failure of this item (e.g. 400: image rejected)
-                    retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                    retry_after = _retry_after_seconds(response.headers.get("retry-after"))
             if attempt < self.max_retries and not state.stop.is_set():
                 try:
                     await asyncio.wait_for(state.stop.wait(), self._backoff(attempt, retry_after))
@@ -259,7 +269,7 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
     def _loop_state(self) -> "_LoopState":
         if self._state is None:
             self._state = _LoopState(
-                servers=[_ServerPool(url, self.concurrency, self.timeout, self._headers)
+                servers=[_ServerPool(url, self.concurrency, self.timeout, self._headers, self._tls_context())
                          for url in self.base_urls],
                 slots=asyncio.Semaphore(self.concurrency), stop=asyncio.Event(), tasks=set(),
             )
@@ -291,30 +301,41 @@ class _LoopState:
 
 
 class _ServerPool:
-    """One server's kept-alive connections, split over small httpx clients (module docstring)."""
+    """One server's kept-alive connections: ``http11.ConnectionPool``, or httpx through a proxy."""
 
-    def __init__(self, url: str, connections: int, timeout: float, headers: dict[str, str]) -> None:
+    def __init__(self, url: str, connections: int, timeout: float, headers: dict[str, str],
+                 tls: ssl.SSLContext) -> None:
         self.url = url
-        shards = max(1, math.ceil(connections / SHARD_CONNECTIONS))
-        per_shard = math.ceil(connections / shards)
-        # httpx's own timeouts are per read/write; the whole-request deadline is the caller's
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self.clients = [httpx.AsyncClient(base_url=url, limits=limits, headers={**_JSON, **headers},
-                                          timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
-                        for _ in range(shards)]
-        self.busy = [0] * shards
+        self.direct: ConnectionPool | None = None
+        self.proxied: httpx.AsyncClient | None = None
+        if _proxy_for(url):
+            # httpx's own timeouts are per read/write; the whole-request deadline is the caller's
+            self.proxied = httpx.AsyncClient(
+                base_url=url, headers={**_JSON, **headers}, verify=tls,
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+        else:
+            self.direct = ConnectionPool(url, {**_JSON, **headers}, tls)
 
-    async def post(self, body: bytes) -> httpx.Response:
-        shard = min(range(len(self.busy)), key=self.busy.__getitem__)
-        self.busy[shard] += 1
-        try:
-            return await self.clients[shard].post("/chat/completions", content=body)
-        finally:
-            self.busy[shard] -= 1
+    async def post(self, body: bytes) -> Any:
+        if self.direct is not None:
+            return await self.direct.post("/chat/completions", body)
+        return await self.proxied.post("/chat/completions", content=body)
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+        if self.direct is not None:
+            self.direct.close()
+        else:
+            await self.proxied.aclose()
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (as httpx would use), or None."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return proxy
+    return None
 
 
 def _parse_completion(item_id: str, response: httpx.Response) -> GroundingOutput:
