@@ -229,12 +229,14 @@ def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dic
 def _merge_meta(path: Path, items: pd.DataFrame, encoding: str, problems: Problems,
                 prepared: PreparedDataset) -> pd.DataFrame:
     """Join Amazon metadata by asin; the url file's image wins over ``imUrl``."""
-    from recbole_vlm4rec.data.prepare.amazon import read_meta
+    from recbole_vlm4rec.data.prepare.amazon import duplicate_meta_problems, read_meta
 
     if not path.is_file():
         raise PrepareError(f"metadata file not found: {path}")
     asins = items["asin"] if "asin" in items.columns else items["item_id"]
-    table = read_meta(path, set(asins), encoding, problems)
+    duplicates = duplicate_meta_problems(path)
+    table = read_meta(path, set(asins), encoding, problems, duplicates)
+    duplicates.record(prepared)
     prepared.sources.append(path)
     missing = len(set(asins) - set(table["item_id"]))
     if missing:
