@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from grounding_fakes import make_project_home
+from grounding_fakes import description_rows, make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend, _retry_after_seconds
@@ -22,7 +22,7 @@ from recbole_vlm4rec.grounding.backends.openai_stub import STUB_ANSWER, StubServ
 from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import load_prompt
 from recbole_vlm4rec.grounding.run import run_grounding
-from recbole_vlm4rec.grounding.store import DescriptionStore, read_descriptions
+from recbole_vlm4rec.grounding.store import DescriptionStore
 
 
 def scripted_policy(payload, seen):
@@ -197,7 +197,7 @@ def test_ground_command_through_the_stub(tmp_path: Path, monkeypatch, capsys):
         argv = ["ground", "shop", "--backend", "openai", "--base-url", server.base_url, "--model", "stub",
                 "--concurrency", "4", "--context", "{title}", "--no-progress"]
         assert cli.main(argv) == 0
-        rows = {r["item_id"]: r for r in read_descriptions(tmp_path / "dataset/shop/descriptions/openai-preference.jsonl")}
+        rows = {r["item_id"]: r for r in description_rows(tmp_path / "dataset/shop/descriptions/openai-preference.jsonl")}
         assert rows["i01"]["text"] == STUB_ANSWER and rows["i01"]["backend"] == "openai"
         assert rows["i02"]["reason"] == "empty_output" and rows["i10"]["reason"] == "missing"
         sent = sum(server.requests.values())
@@ -225,11 +225,11 @@ def test_a_fatal_stop_keeps_every_row_and_says_what_to_fix(tmp_path: Path, monke
         argv = ["ground", "shop", "--backend", "openai", "--base-url", server.base_url, "--no-progress",
                 "--concurrency", "2"]
         assert cli.main(argv + ["--model", "stub"]) == 0
-        before = read_descriptions(output)
+        before = description_rows(output)
         capsys.readouterr()
         assert cli.main(argv + ["--model", "Qwen/typo"]) == 1
         err = capsys.readouterr().err
-    after = read_descriptions(output)
+    after = description_rows(output)
     ok_rows = [r for r in before if r["status"] == "ok"]
     assert len(ok_rows) == 6 and [r for r in after if r["status"] == "ok"] == ok_rows
     assert [r["item_id"] for r in after] == [r["item_id"] for r in before]  # bad images: re-checked
@@ -273,7 +273,7 @@ def test_a_flaky_server_loses_and_duplicates_nothing(tmp_path: Path):
         assert run_grounding(items, load_prompt("preference"), again, store, tmp_path / "flaky.jsonl",
                              progress=False).cached == 100
         again.close()
-    rows = read_descriptions(tmp_path / "flaky.jsonl")
+    rows = description_rows(tmp_path / "flaky.jsonl")
     assert summary.ok == 100 and not summary.failures and len(rows) == 100
     assert all(row["status"] == "ok" and f"item {int(row['item_id'][4:])}," in row["text"] for row in rows)
     assert sorted(answered) == list(range(100)) and set(answered.values()) == {1}

@@ -7,7 +7,7 @@
    be read get a failed row with the reason (``missing``, ``no_image``...); the rest is to do.
 2. *describe* (``grounding/workers.py``): batches of ``backend.batch_size`` items are claimed in
    the cache (two runs on one tag share the work), their images decoded and validated
-   (``data/images.load_image``), sent to the backend (worker threads, or the event loop of an
+   (``formats/images.load_image``), sent to the backend (worker threads, or the event loop of an
    async backend), and each answer checked against the prompt (free text not empty nor
    degenerate; JSON valid for its slots). The main thread commits every finished batch to the
    cache at once, so a crash or Ctrl-C loses at most the batches in flight.
@@ -29,7 +29,7 @@ from typing import Sequence, TextIO
 
 from tqdm.auto import tqdm
 
-from recbole_vlm4rec.data.images import DEFAULT_MAX_SIDE, ImageError, image_sha256, read_image_bytes
+from recbole_vlm4rec.formats.images import DEFAULT_MAX_SIDE, ImageError, image_sha256, read_image_bytes
 from recbole_vlm4rec.grounding.backends.base import GroundingBackend
 from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import PromptSpec

@@ -28,8 +28,8 @@ from typing import Callable, TextIO
 
 from tqdm.auto import tqdm
 
-from recbole_vlm4rec.data.images import REASONS as IMAGE_REASONS
-from recbole_vlm4rec.data.images import ImageError, load_image, read_image_bytes
+from recbole_vlm4rec.formats.images import REASONS as IMAGE_REASONS
+from recbole_vlm4rec.formats.images import ImageError, load_image, read_image_bytes
 from recbole_vlm4rec.grounding.backends.base import (
     AsyncGroundingBackend,
     BackendUnavailableError,
