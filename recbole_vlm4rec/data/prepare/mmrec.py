@@ -34,6 +34,7 @@ from recbole_vlm4rec.data.prepare.output import (
     PreparedDataset,
 )
 from recbole_vlm4rec.data.prepare.readers import Problems, find_column, read_table
+from recbole_vlm4rec.formats.features import load_array
 
 FEATURE_FILES = {"visual": "image_feat.npy", "text": "text_feat.npy"}
 SPLIT_DESCRIPTION = (
@@ -205,8 +206,8 @@ def _check_unique(tokens: dict[int, str], path: Path) -> None:
 def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dict[int, str],
                     prepared: PreparedDataset) -> ImportedFeature:
     try:
-        matrix = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        matrix = load_array(path)
+    except (ValueError, OSError, EOFError) as error:
         raise PrepareError(f"{path}: cannot read as a numpy array: {error}") from error
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
         raise PrepareError(f"{path}: expected a 2-D float array (items x dim), got "
