@@ -277,3 +277,54 @@ def test_a_flaky_server_loses_and_duplicates_nothing(tmp_path: Path):
     assert summary.ok == 100 and not summary.failures and len(rows) == 100
     assert all(row["status"] == "ok" and f"item {int(row['item_id'][4:])}," in row["text"] for row in rows)
     assert sorted(answered) == list(range(100)) and set(answered.values()) == {1}
+
+
+def test_a_proxy_named_by_the_environment_is_used(monkeypatch):
+    """HTTP_PROXY set: requests go through it (httpx); here the stub is the proxy, and the
+    server name in --base-url does not even resolve."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with StubServer() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.rsplit("/v1", 1)[0])
+        client = OpenAICompatibleBackend(model="stub", base_url="http://vlm-fleet.invalid/v1", max_retries=0)
+        client.preflight()
+        (output,) = client.describe([request("via proxy")])
+        client.close()
+    assert output.text == STUB_ANSWER and proxy.requests["via proxy"] == 1
+
+
+def test_ctrl_c_with_requests_in_flight_keeps_what_finished_and_releases_claims(tmp_path: Path):
+    """SIGINT while the event loop has requests in flight: the run stops, finished rows are
+    exported, in-flight requests are cancelled, no claim is left, and a rerun does the rest."""
+    import signal
+
+    items = []
+    for number in range(24):
+        path = tmp_path / f"{number}.jpg"
+        Image.new("RGB", (8, 8), (number * 10, 0, 0)).save(path)
+        items.append(GroundingItem(f"item{number:02d}", str(path), f"catalogue item {number}"))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StubServer(latency=0.3) as server, DescriptionStore(tmp_path / "c.sqlite") as store:
+            def interrupt_after_answers() -> None:
+                while sum(server.requests.values()) < 6:
+                    time.sleep(0.01)
+                time.sleep(0.35)  # the first answers are back, the next ones in flight
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+            threading.Thread(target=interrupt_after_answers, daemon=True).start()
+            client = backend(server, concurrency=3)
+            summary = run_grounding(items, load_prompt("preference"), client, store, tmp_path / "c.jsonl",
+                                    progress=False)
+            client.close()
+            assert summary.interrupted and 3 <= summary.described < 24
+            assert store._db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+            done = {row["item_id"] for row in description_rows(tmp_path / "c.jsonl")}
+            assert len(done) == summary.described
+            rerun = backend(server, concurrency=3)
+            again = run_grounding(items, load_prompt("preference"), rerun, store, tmp_path / "c.jsonl",
+                                  progress=False)
+            rerun.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert again.cached == len(done) and again.described == 24 - len(done)
