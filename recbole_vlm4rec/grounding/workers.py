@@ -268,7 +268,7 @@ def describe_all(
     next_renewal = time.monotonic() + claim_ttl_s / 3
     bar = tqdm(total=len(tasks), desc=f"grounding ({backend.name})", unit="item",
                disable=not progress, file=stream, dynamic_ncols=True)
-    begun, failed = time.perf_counter(), [0]
+    begun, failed, told = time.perf_counter(), [0], [False]
 
     def take(chunk: list[Task]) -> None:
         """Claim ``chunk``. Items another run committed since this one began are taken from its
@@ -347,6 +347,10 @@ def describe_all(
                 next_renewal = time.monotonic() + claim_ttl_s / 3
             if elsewhere and not ready:
                 look_elsewhere()
+                if elsewhere and not (pending or claimed or unclaimed) and not told[0]:
+                    told[0] = True
+                    bar.write(f"waiting for {len(elsewhere)} items another run on this tag is "
+                              "describing (Ctrl-C stops this run; they stay with the other)", file=stream)
     except BaseException:
         for future in list(pending):
             future.cancel()
