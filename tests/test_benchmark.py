@@ -47,7 +47,7 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
     records = {c: json.loads(record_path(out, c).read_text()) for c in spec.cells()}
     by_label = {c.label: r for c, r in records.items()}
     assert by_label["VLM4Rec (vlm)"]["status"] == "skipped"
-    assert "declares no item feature 'vlm'" in by_label["VLM4Rec (vlm)"]["reason"]
+    assert "has no item feature 'vlm'" in by_label["VLM4Rec (vlm)"]["reason"]
     assert by_label["VBPR-not-here"]["status"] == "failed"
     assert "unknown model 'NoSuchModel'" in by_label["VBPR-not-here"]["reason"]
     assert by_label["Crashes"]["status"] == "failed"
