@@ -60,6 +60,9 @@ class RunResult:
     config_layers: list[dict[str, str]] = field(default_factory=list)  # role, path, sha256
     features: dict[str, Any] = field(default_factory=dict)  # name -> file, sha256, coverage
     checkpoint: str | None = None  # the evaluated model (vlm4rec export --checkpoint serves it)
+    # epochs_limit (the trainer's: 1 for models that do not train), epochs_run, stopped_early,
+    # capped (training ended at the limit, not by early stopping: more epochs may change results)
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 def create_dataset(config: Config) -> Any:
@@ -163,10 +166,20 @@ def run(
         config_layers=[layer.to_json() for layer in prepared.layers],
         features={name: feature_record(data.item_feature(name)) for name in prepared.features},
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
+        training=training_record(trainer),
     )
     if write_results:
         result.result_file = str(write_result(result, Path(config["results_dir"])))
     return result
+
+
+def training_record(trainer: Any) -> dict[str, Any]:
+    """How training ended: by early stopping, or capped by the epochs limit."""
+    limit = int(trainer.epochs)
+    run_epochs = len(getattr(trainer, "train_loss_dict", {}) or {})
+    stopped_early = int(getattr(trainer, "cur_step", 0)) > int(trainer.stopping_step or 0)
+    return {"epochs_limit": limit, "epochs_run": run_epochs, "stopped_early": stopped_early,
+            "capped": limit > 1 and not stopped_early and run_epochs >= limit}
 
 
 def write_result(result: RunResult, results_dir: Path) -> Path:
