@@ -18,9 +18,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recbole_vlm4rec import compat  # noqa: E402
+from recbole_vlm4rec import compat, speedups  # noqa: E402
 
 compat.apply()
+speedups.install()
 
 import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402

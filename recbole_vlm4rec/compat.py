@@ -16,7 +16,6 @@ ignored only by the :class:`Config` subclass our run layer constructs, not by Re
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 from types import ModuleType

@@ -6,7 +6,7 @@
    the cache (``grounding/store.py``). Current ``ok`` rows are cache hits; items whose image cannot
    be read get a failed row with the reason (``missing``, ``no_image``...); the rest is to do.
 2. *describe*: batches of ``backend.batch_size`` items go to ``backend.concurrency`` worker
-   threads; a worker decodes and validates the images (``data/images.load_image``), calls the
+   threads; a worker decodes and validates the images (``formats/images.load_image``), calls the
    backend, and checks each answer against the prompt (free text not empty nor degenerate; JSON
    valid for its slots). The main thread commits every finished batch to the cache at once, so a
    crash or Ctrl-C loses at most the batches in flight.

@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
                         help="with --checkpoint: best items kept per user (default 100)")
     export.add_argument("--feature", help="VLM4Rec's item feature (default: the dataset's "
                         "default feature); same as --item_feature=...")
-    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<model>-<feature>)")
+    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<model>-<feature>, "
+                        "or bundles/<checkpoint name> with --checkpoint)")
     export.add_argument("--aggregation", choices=("mean", "max"),
                         help="profile aggregation (as --profile_aggregation=...)")
     export.add_argument("--descriptions", help="item descriptions for explanations: a tag of "
@@ -169,8 +170,9 @@ def _recommend(args: argparse.Namespace) -> int:
     what = {"user": lambda v: f"user {v}", "items": lambda v: f"history [{', '.join(v)}]",
             "text": lambda v: f'"{v}"'}
     (kind, value), = query.items()
-    print(f"top {len(found)} for {what[kind](value)} ({meta['model']} on "
-          f"'{meta['item_feature']}', {how}; query {query_ms:.1f} ms, load {load_ms:.0f} ms)")
+    on = f" on '{meta['item_feature']}'" if meta.get("item_feature") else ""
+    print(f"top {len(found)} for {what[kind](value)} ({meta['model']}{on}, {how}; "
+          f"query {query_ms:.1f} ms, load {load_ms:.0f} ms)")
     for rank, rec in enumerate(found, start=1):
         title = f"  {rec.title}" if rec.title else ""
         print(f"{rank:>3}. {rec.item}{title}  {rec.score:.4f}  {rec.description or ''}".rstrip())

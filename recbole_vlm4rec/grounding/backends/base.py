@@ -21,7 +21,7 @@ class GroundingRequest:
     """One item to describe."""
 
     item_id: str
-    image: Image.Image          # RGB, already validated by data/images.load_image
+    image: Image.Image          # RGB, already validated by formats/images.load_image
     image_sha256: str           # hash of the original image bytes (part of the cache key)
     prompt: str                 # the fully rendered prompt (item context included)
     # Slot names when the prompt asks for structured JSON output; backends that do not generate
