@@ -134,7 +134,9 @@ def _features(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.run.runner import create_dataset
 
     try:
-        overrides = {"state": "WARNING", **({"data_path": args.data_path} if args.data_path else {})}
+        overrides: dict[str, Any] = {"state": "WARNING"}
+        if args.data_path:
+            overrides["data_path"] = args.data_path
         config = build_config("VLM4Rec", args.dataset, overrides=overrides)
         declared = declared_item_features(config)
     except (UnknownDatasetError, FileNotFoundError, ValueError) as error:
@@ -143,16 +145,18 @@ def _features(args: argparse.Namespace) -> int:
     if not declared:
         print(f"dataset '{args.dataset}' has no item features: none declared under "
               f"`item_features` and no feature files in {features_dir(config)}")
-        print(f"  e.g. text: {how_to_make(args.dataset, 'text', {}, item_file(config), dataset_folder(config))}")
+        hint = how_to_make(args.dataset, "text", {}, item_file(config), dataset_folder(config))
+        print(f"  e.g. text: {hint}")
         return 1
-    print(f"dataset '{args.dataset}': {len(declared)} item features (folder {features_dir(config)})")
+    print(f"dataset '{args.dataset}': {len(declared)} item features "
+          f"(folder {features_dir(config)})")
     problems: dict[str, str] = {}
     for name, spec in declared.items():
         if spec.get("build"):
             try:
                 for note in build_declared_features(config, [name]):
                     print(f"  {note}")
-            except Exception as error:  # noqa: BLE001  (reported per feature, the rest still listed)
+            except Exception as error:  # noqa: BLE001  (reported per feature; the rest listed)
                 problems[name] = f"could not be built: {type(error).__name__}: {error}"
     dataset = create_dataset(config) if len(problems) < len(declared) else None
     width = max(len(name) for name in declared)

@@ -152,7 +152,8 @@ def _recommend(args: argparse.Namespace) -> int:
                       f"'{recommender.bundle.meta.get('item_feature')}' vector and were left out: "
                       f"{', '.join(recommender.ignored_items[:10])}", file=sys.stderr)
         else:
-            found, query = recommender.for_text(args.text, args.k, args.encoder), {"text": args.text}
+            found = recommender.for_text(args.text, args.k, args.encoder)
+            query = {"text": args.text}
         answered = time.perf_counter()
     except (ServingError, BundleError) as error:
         print(f"error: {error}", file=sys.stderr)
