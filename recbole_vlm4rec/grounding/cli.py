@@ -24,7 +24,9 @@ examples:
 
 Output: <dataset>/descriptions/<tag>.jsonl (one row per item; `vlm4rec encode` reads it) and the
 cache <tag>.sqlite beside it. Rerunning the same command only does items that are missing, failed
-or stale (changed image bytes, prompt file, model); Ctrl-C keeps everything finished so far.
+or stale (changed image bytes, prompt file, model); Ctrl-C keeps everything finished so far. The
+.jsonl lists every row the cache holds, also those of items outside --limit. Two runs on the same
+tag (e.g. on two machines sharing the folder) split the items between them.
 """
 
 # flag -> backend constructor keyword; only flags the user sets are passed on.
@@ -65,8 +67,9 @@ def register(subparsers: Any) -> None:
     what.add_argument("--context", metavar="TEMPLATE",
                       help='item text added to the prompt, e.g. "{title} ({brand})" (default: none)')
     what.add_argument("--tag", help="output name (default: <backend>-<prompt>[-<domain>])")
-    what.add_argument("--limit", type=int, help="only the first N items in table order (the output "
-                      "then lists only those); with --only-with-image, the first N that have one")
+    what.add_argument("--limit", type=int, help="only the first N items in table order (rows of "
+                      "other items already in the cache stay in the output); with "
+                      "--only-with-image, the first N that have one")
     what.add_argument("--only-with-image", action="store_true",
                       help="only items whose image is a local file that exists (items without one "
                       "get no row instead of a failed one; URLs need `prepare --download-images`)")
@@ -82,7 +85,7 @@ def register(subparsers: Any) -> None:
                        "several, comma-separated, share the load round-robin")
     model.add_argument("--api-key-env", help="openai: environment variable holding the API key (default OPENAI_API_KEY)")
     model.add_argument("--concurrency", type=int, help="openai: requests in flight")
-    model.add_argument("--timeout", type=float, help="openai: seconds per request")
+    model.add_argument("--timeout", type=float, help="openai: seconds for a whole request (connect to last byte)")
     model.add_argument("--max-retries", type=int, help="openai: retries on 429/5xx/connection errors")
     model.add_argument("--batch-size", type=int, help="images per model call (transformers, tagger)")
     model.add_argument("--max-new-tokens", type=int, help="longest answer in tokens")
@@ -161,11 +164,11 @@ def _ground(args: argparse.Namespace) -> int:
             summary = run_grounding(items, prompt, backend, store, output, dry_run=args.dry_run,
                                     retry_failed=args.retry_failed, max_side=args.max_side,
                                     progress=args.progress)
-    except GroundingAborted as error:
+    except GroundingAborted as error:  # the message says what failed and what to fix
         saved = getattr(error, "summary", None)
         if saved is not None:
             print(saved.format(), file=sys.stderr)
-        return fail(f"{error} (finished rows are saved; rerun to resume)", 1)
+        return fail(str(error), 1)
     except BackendUnavailableError as error:  # unreachable endpoint, no weights... (before any item)
         return fail(str(error), 1)
     finally:
@@ -174,6 +177,4 @@ def _ground(args: argparse.Namespace) -> int:
         return 0
     print(f"grounding {args.backend} / {backend.model_id()} / prompt {prompt.name} v{prompt.version}")
     print(summary.format())
-    if args.limit:
-        print(f"note: --limit {args.limit}: {output.name} lists only these items; the cache keeps all")
     return 130 if summary.interrupted else 0

@@ -67,13 +67,13 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from recbole_vlm4rec.formats.features import FeatureFileError
     from recbole_vlm4rec.models import UnknownModelError
     from recbole_vlm4rec.run.cold_start import ColdStartConfigError
-    from recbole_vlm4rec.run.runner import format_metrics_table, run
+    from recbole_vlm4rec.run.runner import TopKError, format_metrics_table, run
 
     try:
         result = run(model=args.model, dataset=args.dataset or DEFAULT_DATASET,
                      config_files=args.config_files.split(), overrides=overrides)
     except (UnknownModelError, UnknownDatasetError, FeatureFileError, MissingFeatureError,
-            FileNotFoundError, ColdStartConfigError) as error:
+            FileNotFoundError, ColdStartConfigError, TopKError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from recbole_vlm4rec.formats.features import load_array
 from recbole_vlm4rec.formats.files import atomic_write, atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 2
@@ -217,7 +218,7 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _load_csr(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    stored = np.load(path, allow_pickle=False)
+    stored = _array(path)
     return stored["indptr"], stored["indices"]
 
 
@@ -226,6 +227,13 @@ NEEDED = {
                 "index.faiss", "profile_histories.npz", "masked.npz"],
     "topn": ["items.tokens", "users.tokens", "topn_items.npy", "topn_scores.npy"],
 }
+
+
+def _array(path: Path) -> Any:
+    try:
+        return load_array(path)
+    except (ValueError, OSError, EOFError) as error:
+        raise BundleError(f"cannot read {path}: {error}: export the bundle again") from error
 
 
 def load_bundle(folder: str | Path) -> Bundle:
@@ -255,15 +263,15 @@ def load_bundle(folder: str | Path) -> Bundle:
                 token, _, text = line.partition("\t")
                 texts[token] = text
     if kind == "topn":
-        bundle.topn_items = np.load(folder / "topn_items.npy", allow_pickle=False)
-        bundle.topn_scores = np.load(folder / "topn_scores.npy", allow_pickle=False)
+        bundle.topn_items = _array(folder / "topn_items.npy")
+        bundle.topn_scores = _array(folder / "topn_scores.npy")
         if len(bundle.topn_items) != len(bundle.user_tokens):
             raise BundleError(f"{folder}: topn_items.npy does not have one row per user")
         return bundle
     import faiss
 
-    bundle.embeddings = np.load(folder / "item_embeddings.npy", allow_pickle=False)
-    bundle.has_vector = np.load(folder / "has_vector.npy", allow_pickle=False)
+    bundle.embeddings = _array(folder / "item_embeddings.npy")
+    bundle.has_vector = _array(folder / "has_vector.npy")
     bundle.index = faiss.deserialize_index(np.fromfile(folder / "index.faiss", dtype=np.uint8))
     if not (len(bundle.item_tokens) == len(bundle.embeddings) == bundle.index.ntotal
             == meta["n_items"]):
@@ -273,7 +281,7 @@ def load_bundle(folder: str | Path) -> Bundle:
     if meta.get("hnsw_ef_search") and hasattr(bundle.index, "hnsw"):
         bundle.index.hnsw.efSearch = int(meta["hnsw_ef_search"])  # search depth: recall vs latency
     if (folder / "user_profiles.npy").is_file():
-        bundle.user_profiles = np.load(folder / "user_profiles.npy", allow_pickle=False)
+        bundle.user_profiles = _array(folder / "user_profiles.npy")
     bundle.profile_indptr, bundle.profile_indices = _load_csr(folder / "profile_histories.npz")
     bundle.masked_indptr, bundle.masked_indices = _load_csr(folder / "masked.npz")
     if not (len(bundle.profile_indptr) == len(bundle.masked_indptr) == len(bundle.user_tokens) + 1):
