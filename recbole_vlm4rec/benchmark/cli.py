@@ -10,7 +10,9 @@ from typing import Any
 BENCH_EPILOG = """\
 examples:
   vlm4rec bench configs/benchmarks/smoke.yaml           # a few minutes: checks the harness
-  vlm4rec bench configs/benchmarks/paper.yaml           # the VLM4Rec comparison
+  vlm4rec bench configs/benchmarks/quick.yaml           # the comparison on a CPU: ~20 min
+  vlm4rec bench configs/benchmarks/paper.yaml           # the VLM4Rec comparison: hours on a CPU
+  vlm4rec bench configs/benchmarks/paper.yaml --seeds 2020 --max-epochs 20   # cheaper, marked †
   vlm4rec bench configs/benchmarks/paper.yaml --out results/benchmarks/paper-v2 --rerun
   vlm4rec report results/benchmarks/paper              # tables/plots/tests again, no rerun
 
@@ -140,7 +142,7 @@ def cost_note(spec) -> str:
         note += (f"\nwarning: no GPU: at ml-100k's measured ~{CPU_SECONDS_PER_EPOCH_ML100K:g} s "
                  f"per epoch on 2 CPU cores, the trained cells can take up to {worst_hours:.0f} h "
                  "(more on larger datasets). Cheaper: --max-epochs 20 --seeds 2020, or "
-                 "configs/benchmarks/quick.yaml (README: what a benchmark costs)")
+                 "configs/benchmarks/quick.yaml (docs/benchmarks.md: what a benchmark costs)")
     return note
 
 
