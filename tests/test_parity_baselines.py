@@ -158,7 +158,7 @@ def test_bprmf_trains_and_full_sort_matches_predict(tiny_dataset, build_pipeline
 
 
 def test_bprmf_runs_through_the_runner(tiny_dataset):
-    from recbole_vlm4rec.runner import run
+    from recbole_vlm4rec.run.runner import run
 
     _, name, overrides = tiny_dataset
     result = run("BPRMF", name, overrides={**overrides, "epochs": 2}, write_results=False)

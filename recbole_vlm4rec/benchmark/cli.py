@@ -45,10 +45,17 @@ def register(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report", help="rebuild a benchmark's tables, plots and tests from its run records",
         description="Reads <folder>/spec.yaml and <folder>/runs/**/*.json and rewrites report.md, "
-        "summary.csv, runs.csv, significance.csv and plots/*.png. Example: "
-        "vlm4rec report results/benchmarks/paper",
+        "summary.csv, runs.csv, significance.csv, plots/*.png and report.html (one "
+        "self-contained page: table, plots, examples with thumbnails, how the run was made). "
+        "Example: vlm4rec report results/benchmarks/paper",
     )
     report.add_argument("folder", help="a benchmark output folder")
+    report.add_argument("--example-models", action="append", metavar="LABELS",
+                        help="models whose top-10 the page shows (comma-separated and/or "
+                        "repeated; default: the reference and the next models, 4 in all)")
+    report.add_argument("--example-users", type=int, metavar="N",
+                        help="test users shown in the examples (default 3; at most the 12 a "
+                        "run records)")
     report.set_defaults(func=_report)
 
 
@@ -106,9 +113,20 @@ def _report(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.benchmark.report import write_report
     from recbole_vlm4rec.benchmark.spec import SpecError
 
+    from recbole_vlm4rec.benchmark.html_examples import ExampleChoiceError
+
+    models = None
+    if args.example_models:
+        models = []
+        for value in args.example_models:  # a label with a comma may be passed whole
+            models += ([value] if "," not in value
+                       else [v.strip() for v in value.split(",") if v.strip()])
+    if args.example_users is not None and args.example_users < 1:
+        print("error: --example-users must be at least 1", file=sys.stderr)
+        return 2
     try:
-        written = write_report(args.folder)
-    except (FileNotFoundError, SpecError) as error:
+        written = write_report(args.folder, models, args.example_users)
+    except (FileNotFoundError, SpecError, ExampleChoiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path in written:

@@ -11,6 +11,9 @@ Reads ``<folder>/spec.yaml`` and ``<folder>/runs/**/*.json`` (see grid.py, cell.
                       difference to the reference is significant), the tests, skipped/failed cells
                       with their reasons, and the plots
 ``plots/*.png``       see plots.py
+``report.html``       one self-contained page: the table, the plots, qualitative examples (a few
+                      test users' training items and each model's top-10 with thumbnails and
+                      descriptions) and how the run was made; see html_report.py
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from recbole_vlm4rec.benchmark.cell import read_record
 from recbole_vlm4rec.benchmark.spec import load_spec
 from recbole_vlm4rec.benchmark.stats import PairedTest, compare_to_reference
-from recbole_vlm4rec.files import atomic_write_text
+from recbole_vlm4rec.formats.files import atomic_write_text
 
 BETTER, WORSE = "▲", "▼"
 
@@ -68,6 +71,11 @@ class ModelSummary:
         values = [r["result"].get("peak_memory_mb", {}).get("rss", math.nan) for r in self.ok]
         return float(np.nanmax(values)) if values else math.nan
 
+    @property
+    def cold_start(self) -> bool:
+        """Whether the runs used the item cold-start protocol (their test sets differ)."""
+        return any(r["result"].get("cold_start") for r in self.ok)
+
     def per_user(self, metric: str) -> dict[int, dict[str, float]]:
         """``seed -> {user token: value}`` over ok runs."""
         found = {}
@@ -87,6 +95,7 @@ class Report:
     datasets: dict[str, dict[str, ModelSummary]]  # dataset -> label -> summary
     references: dict[str, str | None] = field(default_factory=dict)
     n_seeds: int | None = None  # seeds the spec asks for: "runs" = ok runs / this
+    seeds: list[int] | None = None  # the spec's seeds, in its order
     tests: dict[tuple[str, str], dict[str, PairedTest]] = field(default_factory=dict)
 
 
@@ -115,7 +124,8 @@ def load_report(folder: str | Path) -> Report:
                                        key=lambda kv: dataset_order.get(kv[0], len(dataset_order)))}
     metrics = list(spec.metrics) if spec and spec.metrics else _all_metrics(records)
     report = Report(folder, metrics, spec.alpha if spec else 0.05, datasets,
-                    n_seeds=len(spec.seeds) if spec else None)
+                    n_seeds=len(spec.seeds) if spec else None,
+                    seeds=list(spec.seeds) if spec else None)
     candidates = list(spec.reference) if spec else []
     for dataset, summaries in datasets.items():
         usable = [label for label in candidates if label in summaries and summaries[label].ok]
@@ -123,8 +133,12 @@ def load_report(folder: str | Path) -> Report:
         report.references[dataset] = reference
         if reference is None:
             continue
+        # Paired tests need one test set: a cold-start label is compared only with a cold-start
+        # reference, a warm one only with a warm one.
+        protocol = summaries[reference].cold_start
         for metric in metrics:
-            per_model = {label: s.per_user(metric) for label, s in summaries.items() if s.ok}
+            per_model = {label: s.per_user(metric) for label, s in summaries.items()
+                         if s.ok and s.cold_start == protocol}
             report.tests[(dataset, metric)] = compare_to_reference(per_model, reference)
     return report
 
@@ -184,6 +198,12 @@ def markdown(report: Report) -> str:
             lines += [f"- {label}: {'; '.join(s.reasons)}" for label, s in problems]
         lines += ["", f"![metrics](plots/{_plot_stem(dataset)}-metrics.png)",
                   f"![quality vs eval time](plots/{_plot_stem(dataset)}-quality-vs-time.png)"]
+        for stem, alt in (("activity", "recall by user activity"),
+                          ("cold-vs-warm", "cold vs warm")):
+            if (report.folder / "plots" / f"{_plot_stem(dataset)}-{stem}.png").is_file():
+                lines.append(f"![{alt}](plots/{_plot_stem(dataset)}-{stem}.png)")
+    lines += ["", "Examples (training items and each model's top-10 for a few test users), "
+              "plots and how the run was made: [report.html](report.html)."]
     return "\n".join(lines) + "\n"
 
 
@@ -268,8 +288,11 @@ def _num(value: float) -> Any:
     return "" if math.isnan(value) else round(value, 6) if abs(value) >= 1e-6 else value
 
 
-def write_report(folder: str | Path) -> list[Path]:
+def write_report(folder: str | Path, example_models: list[str] | None = None,
+                 example_users: int | None = None) -> list[Path]:
     """Rebuild every report file in ``folder``; returns the paths written."""
+    from recbole_vlm4rec.benchmark.html_examples import DEFAULT_EXAMPLE_USERS
+    from recbole_vlm4rec.benchmark.html_report import html_page
     from recbole_vlm4rec.benchmark.plots import write_plots
 
     report = load_report(folder)
@@ -281,4 +304,8 @@ def write_report(folder: str | Path) -> list[Path]:
         atomic_write_text(path, text)
         written.append(path)
     written += write_plots(report)
+    page = html_page(report, report.seeds, example_models,
+                     DEFAULT_EXAMPLE_USERS if example_users is None else example_users)
+    atomic_write_text(report.folder / "report.html", page)
+    written.append(report.folder / "report.html")
     return written

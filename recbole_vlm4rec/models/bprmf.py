@@ -26,7 +26,10 @@ from recbole.model.loss import BPRLoss, EmbLoss
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_vlm4rec.models import register_model
 
+
+@register_model
 class BPRMF(GeneralRecommender):
     r"""BPR matrix factorisation with MMRec's embedding penalty (Rendle et al., UAI'09)."""
 
