@@ -121,17 +121,20 @@ def test_vbpr_penalty_grows_with_both_bias_terms(vbpr):
     assert vbpr.calculate_loss(same).item() == pytest.approx(math.log(2), rel=1e-6)
 
 
-def test_vbpr_repeated_items_in_a_batch_match_the_per_row_loss(vbpr):
-    # The batch projects each distinct item once; rows must still line up with their items.
-    interaction = batch([1, 1, 1, 1], [1, 2, 1, 5], [2, 7, 7, 1])
-    rows = {i: vbpr_rows(vbpr, i) for i in (1, 2, 5, 7)}
+@pytest.mark.parametrize("pos_items,neg_items", [
+    ([1, 2, 1, 5], [2, 7, 7, 1]),                        # few distinct items: projected one by one
+    (list(range(1, 41, 2)) * 2, list(range(2, 41, 2)) * 2),  # most of the 41: the whole catalogue
+])
+def test_vbpr_repeated_items_in_a_batch_match_the_per_row_loss(vbpr, pos_items, neg_items):
+    # Each distinct item is projected once; rows must still line up with their items.
+    interaction = batch([1] * len(pos_items), pos_items, neg_items)
     user = [1.0, 2.0]
-    pos = [rows[i] for i in (1, 2, 1, 5)]
-    neg = [rows[i] for i in (2, 7, 7, 1)]
+    pos = [vbpr_rows(vbpr, i) for i in pos_items]
+    neg = [vbpr_rows(vbpr, i) for i in neg_items]
     score = [dot(user, r[:2]) + r[2] + r[3] for r in pos], [dot(user, r[:2]) + r[2] + r[3]
                                                             for r in neg]
     expected = bpr_term(*score)
-    expected += 0.5 * (frobenius([user] * 4) + frobenius(pos) + frobenius(neg)) / 4
+    expected += 0.5 * (frobenius([user] * len(pos)) + frobenius(pos) + frobenius(neg)) / len(pos)
     assert vbpr.calculate_loss(interaction).item() == pytest.approx(expected, rel=1e-5)
 
 

@@ -91,9 +91,13 @@ class VBPR(EvaluationCache, GeneralRecommender):
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         users = self.user_embedding(interaction[self.USER_ID])
         pos_ids, neg_ids = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        # Each distinct item of the batch is projected once (not once per row).
+        # Each distinct item of the batch is projected once (not once per row); when they are
+        # most of the catalogue, projecting all items is cheaper than gathering their features.
         distinct, index = torch.unique(torch.cat([pos_ids, neg_ids]), return_inverse=True)
-        rows = self._item_rows(distinct)
+        if 2 * len(distinct) > self.n_items:
+            rows, index = self._item_rows(), torch.cat([pos_ids, neg_ids])
+        else:
+            rows = self._item_rows(distinct)
         pos, neg = rows[index[:len(pos_ids)]], rows[index[len(pos_ids):]]
         loss = self.bpr_loss(self._scores(users, pos), self._scores(users, neg))
         return loss + self.reg_weight * self.reg_loss(users, pos, neg).squeeze()
