@@ -65,7 +65,7 @@ def test_ground_on_a_csv_table_and_dry_run(home: Path, tmp_path: Path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["ground", "--backend", "fake"], "give a dataset name or --items"),
-    (["ground", "nope", "--backend", "fake"], "prepare the dataset first"),
+    (["ground", "nope", "--backend", "fake"], "unknown dataset 'nope'"),
     (["ground", "shop", "--backend", "fake", "--base-url", "http://x"], "does not take --base-url"),
     (["ground", "shop", "--backend", "fake", "--prompt", "nope"], "prompt 'nope' not found"),
     (["ground", "shop", "--backend", "fake", "--context", "{brand}"], "['brand'] not found"),

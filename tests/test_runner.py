@@ -66,7 +66,7 @@ def test_run_recbole_cli(tiny_dataset, capsys):
     out = capsys.readouterr().out
     assert "VLM4Rec on tiny" in out and "results written to" in out
     assert run_recbole.main(["--model=VLM4Rec", *args, "--item_feature=nope"]) == 2
-    assert "declares no item feature 'nope'" in capsys.readouterr().err
+    assert "has no item feature 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_recbole.main(["--model=BPR", "positional"])
 

@@ -67,7 +67,12 @@ def register(subparsers: Any) -> None:
     what.add_argument("--context", metavar="TEMPLATE",
                       help='item text added to the prompt, e.g. "{title} ({brand})" (default: none)')
     what.add_argument("--tag", help="output name (default: <backend>-<prompt>[-<domain>])")
-    what.add_argument("--limit", type=int, help="only the first N items (rows of other items stay in the output)")
+    what.add_argument("--limit", type=int, help="only the first N items in table order (rows of "
+                      "other items already in the cache stay in the output); with "
+                      "--only-with-image, the first N that have one")
+    what.add_argument("--only-with-image", action="store_true",
+                      help="only items whose image is a local file that exists (items without one "
+                      "get no row instead of a failed one; URLs need `prepare --download-images`)")
     what.add_argument("--dry-run", action="store_true", help="print rendered prompts and the plan; call nothing, write nothing")
     what.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
                       help="keep failed rows of the cache instead of retrying them")
@@ -115,7 +120,8 @@ def backend_options(args: argparse.Namespace, backend_class: type) -> dict[str, 
 def _ground(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.grounding.backends import BackendUnavailableError, get_backend_class
     from recbole_vlm4rec.formats.items import read_item_table
-    from recbole_vlm4rec.grounding.items import items_from_dataset, items_from_table
+    from recbole_vlm4rec.grounding.items import (items_of_named_dataset, items_from_table,
+                                                 with_local_image)
     from recbole_vlm4rec.grounding.prompts import PromptError, load_prompt
     from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
     from recbole_vlm4rec.grounding.store import DescriptionStore
@@ -137,13 +143,18 @@ def _ground(args: argparse.Namespace) -> int:
             items = items_from_table(table, root, args.item_column, args.image_column, args.context, args.items)
             out_dir = args.out_dir or args.items.parent / "descriptions"
         else:
-            dataset_dir = dataset_root() / args.dataset
-            items = items_from_dataset(dataset_dir, args.context, args.image_column)
-            out_dir = args.out_dir or dataset_dir / "descriptions"
+            items = items_of_named_dataset(args.dataset, args.context, args.image_column)
+            out_dir = args.out_dir or dataset_root() / args.dataset / "descriptions"
         backend_class = get_backend_class(args.backend)
         backend = backend_class(**backend_options(args, backend_class))
     except (PromptError, FileNotFoundError, KeyError, ValueError, ImportError) as error:
         return fail(str(error).strip('"'))
+    if args.only_with_image:
+        n_all, items = len(items), with_local_image(items)
+        print(f"--only-with-image: {len(items)} of {n_all} items have a local image file",
+              file=sys.stderr)
+        if not items:
+            return fail("no item has a local image file (URLs: vlm4rec prepare ... --download-images)")
     if args.limit:
         items = items[: args.limit]
     tag = args.tag or "-".join(filter(None, [args.backend, prompt.name, args.domain]))

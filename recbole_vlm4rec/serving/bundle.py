@@ -17,7 +17,9 @@ of every user file the user on line ``u`` of ``users.tokens``.
 ``kind: topn`` (any model)
     ``topn_items.npy`` / ``topn_scores.npy``: ``(n_users, top_n)`` best unmasked items of the
     model's ``full_sort_predict`` (rows of items.tokens) and their scores.
-Both may hold ``descriptions.tsv`` (item_token<TAB>description) for explanations.
+Both may hold ``descriptions.tsv`` (item_token<TAB>description) for explanations and
+``titles.tsv`` (item_token<TAB>title: the item table's title, or its first text column) so answers
+name items, not only ids; ``title_column`` in bundle.json says which column it came from.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Bundle:
     item_tokens: list[str]
     user_tokens: list[str]
     descriptions: dict[str, str] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
     # kind: profile
     embeddings: np.ndarray | None = None
     has_vector: np.ndarray | None = None
@@ -104,12 +107,17 @@ def _write_csr(folder: Path, name: str, rows: Sequence[np.ndarray]) -> None:
     atomic_write(folder / name, lambda h: np.savez(h, indptr=indptr, indices=indices))
 
 
-def _finish(folder: Path, meta: dict[str, Any], descriptions: dict[str, str] | None) -> Path:
-    if descriptions:
-        _write_lines(folder, "descriptions.tsv",
-                     [f"{t}\t{' '.join(str(d).split())}" for t, d in descriptions.items()])
+def _write_texts(folder: Path, name: str, texts: dict[str, str] | None) -> None:
+    """``item_token<TAB>text`` lines (texts made one line), or no file when there are none."""
+    if texts:
+        _write_lines(folder, name, [f"{t}\t{' '.join(str(d).split())}" for t, d in texts.items()])
     else:
-        (folder / "descriptions.tsv").unlink(missing_ok=True)
+        (folder / name).unlink(missing_ok=True)
+
+
+def _finish(folder: Path, meta: dict[str, Any], descriptions: dict[str, str] | None) -> Path:
+    _write_texts(folder, "descriptions.tsv", descriptions)
+    _write_texts(folder, "titles.tsv", meta.pop("titles", None))  # token -> title: a file, not json
     full_meta = {"format_version": FORMAT_VERSION, **meta,
                  "n_descriptions": len(descriptions or {}),
                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -249,10 +257,11 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise BundleError(f"{folder}: missing {missing}: export the bundle again")
     bundle = Bundle(folder, meta, _read_lines(folder / "items.tokens"),
                     _read_lines(folder / "users.tokens"))
-    if (folder / "descriptions.tsv").is_file():
-        for line in _read_lines(folder / "descriptions.tsv"):
-            token, _, text = line.partition("\t")
-            bundle.descriptions[token] = text
+    for name, texts in (("descriptions.tsv", bundle.descriptions), ("titles.tsv", bundle.titles)):
+        if (folder / name).is_file():
+            for line in _read_lines(folder / name):
+                token, _, text = line.partition("\t")
+                texts[token] = text
     if kind == "topn":
         bundle.topn_items = _array(folder / "topn_items.npy")
         bundle.topn_scores = _array(folder / "topn_scores.npy")
