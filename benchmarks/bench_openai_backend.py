@@ -3,7 +3,7 @@ with the configured concurrency?
 
     python benchmarks/bench_openai_backend.py [--latency 0.2] [--levels 1 4 16 32 64] [--per-worker 8]
     python benchmarks/bench_openai_backend.py --latency 1 --levels 128 256      # fleet-scale targets
-    python benchmarks/bench_openai_backend.py --latency 0.2 --levels 64 128
+    python benchmarks/bench_openai_backend.py --latency 0.2 --levels 64 128 --per-worker 24  # sustained
 
 Starts the OpenAI-compatible stub (``grounding/backends/openai_stub.py``) on 127.0.0.1 with a
 fixed per-request latency, then for each concurrency level runs the whole grounding pipeline
