@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -170,17 +171,20 @@ def test_claims_of_a_dead_run_are_taken_over(home: Path, owner: str, ttl: float)
         assert store.claim([item.item_id for item in items], owner, ttl_s=ttl)
     backend = ScriptedBackend(batch_size=1)
     result: list = []
+    stream = io.StringIO()
 
     def run() -> None:
         with DescriptionStore(folder / "descriptions" / "dead.sqlite") as store:
             result.append(run_grounding(items, load_prompt("preference"), backend, store,
                                         folder / "descriptions" / "dead.jsonl", progress=False,
-                                        claim_ttl_s=ttl))
+                                        claim_ttl_s=ttl, stream=stream))
 
     worker = threading.Thread(target=run)
     worker.start()
     worker.join(timeout=60)
     assert not worker.is_alive() and result[0].ok == N_OK and len(backend.seen) == N_OK
+    # the run said why it waited, only where it did
+    assert ("another run on this tag is describing" in stream.getvalue()) == (ttl < 1)
 
 
 def _count(store_path: Path, where: str) -> int:
