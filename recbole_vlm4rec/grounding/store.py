@@ -215,8 +215,13 @@ class DescriptionStore:
         self._write(lambda: self._db.execute("UPDATE claims SET expires_at = ? WHERE owner = ?",
                                              (time.time() + ttl_s, owner)))
 
-    def release_claims(self, owner: str) -> None:
-        self._write(lambda: self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,)))
+    def release_claims(self, owner: str, item_ids: Sequence[str] | None = None) -> None:
+        """Release ``owner``'s claims: all, or those on ``item_ids``."""
+        if item_ids is None:
+            self._write(lambda: self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,)))
+        else:
+            self._write(lambda: self._db.executemany("DELETE FROM claims WHERE item_id = ? AND owner = ?",
+                                                     [(item_id, owner) for item_id in item_ids]))
 
     def _write(self, statements: Callable[[], Any]) -> None:
         """Run ``statements`` in one write transaction."""

@@ -22,9 +22,9 @@ import os
 import queue
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
@@ -40,6 +40,11 @@ from recbole_vlm4rec.grounding.backends.base import (
 from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import OutputRejected, PromptSpec
 from recbole_vlm4rec.grounding.store import CLAIM_TTL_S, DescriptionRow, DescriptionStore
+
+
+# Finished rows wait this long for others before a commit: at hundreds of answers a second, one
+# SQLite transaction per answer would cost the main thread a tenth of a core.
+COMMIT_EVERY_S = 0.02
 
 
 class GroundingAborted(RuntimeError):
@@ -151,27 +156,91 @@ def _describe_batch(batch: list[Task], prompt: PromptSpec, backend: GroundingBac
     return _finish_batch(batch, prepared, outputs, prompt, backend, meta)
 
 
-async def _describe_batch_async(batch: list[Task], prompt: PromptSpec, backend: AsyncGroundingBackend,
-                                meta: RowMaker, max_side: int | None,
-                                pool: ThreadPoolExecutor) -> list[DescriptionRow]:
-    """Coroutine on an async backend's loop; the CPU work of preparing goes to ``pool``."""
-    loop = asyncio.get_running_loop()
-    prepared = await loop.run_in_executor(pool, _prepare_batch, batch, prompt, backend, meta, max_side)
-    outputs = await backend.describe_async(prepared.requests) if prepared.requests else []
-    return _finish_batch(batch, prepared, outputs, prompt, backend, meta)
+class _ThreadDispatcher:
+    """Batches of a plain backend, each on one of ``workers`` threads."""
+
+    def __init__(self, prompt: PromptSpec, backend: GroundingBackend, meta: RowMaker,
+                 max_side: int | None, workers: int) -> None:
+        self._args = prompt, backend, meta, max_side
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grounding")
+
+    def submit(self, batches: list[list[Task]]) -> list[Future]:
+        return [self._executor.submit(_describe_batch, batch, *self._args) for batch in batches]
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _dispatcher(prompt: PromptSpec, backend: GroundingBackend, meta: RowMaker, max_side: int | None,
-                workers: int) -> tuple[Callable[[list[Task]], Future], Callable[[], None]]:
-    """``submit(batch) -> Future`` of the batch's rows, and ``shutdown()``."""
-    if isinstance(backend, AsyncGroundingBackend):
-        pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)),
-                                  thread_name_prefix="grounding-prepare")
-        return (lambda batch: backend.submit(_describe_batch_async(batch, prompt, backend, meta, max_side, pool)),
-                lambda: pool.shutdown(wait=False, cancel_futures=True))
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grounding")
-    return (lambda batch: executor.submit(_describe_batch, batch, prompt, backend, meta, max_side),
-            lambda: executor.shutdown(wait=False, cancel_futures=True))
+class _LoopDispatcher:
+    """Batches of an async backend, as tasks on its event loop.
+
+    Cross-thread wake-ups cost more CPU than the HTTP exchange itself at hundreds of requests a
+    second, so they are made per group, not per request: the batches the main thread submits
+    together start with one wake-up of the loop, and are prepared (decode, validate, request
+    body) ``PREPARE_GROUP`` at a time on the worker threads, with one wake-up back each.
+    """
+
+    PREPARE_GROUP = 8
+
+    def __init__(self, prompt: PromptSpec, backend: AsyncGroundingBackend, meta: RowMaker,
+                 max_side: int | None) -> None:
+        self._args = prompt, backend, meta, max_side
+        self._backend = backend
+        self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)),
+                                        thread_name_prefix="grounding-prepare")
+
+    def submit(self, batches: list[list[Task]]) -> list[Future]:
+        futures: list[Future] = [Future() for _ in batches]
+        self._backend.submit(self._start(list(zip(batches, futures))))
+        return futures
+
+    async def _start(self, work: list[tuple[list[Task], Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(work), self.PREPARE_GROUP):
+            loop.create_task(self._prepare_and_send(work[start:start + self.PREPARE_GROUP]))
+
+    async def _prepare_and_send(self, work: list[tuple[list[Task], Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        work = [(batch, future) for batch, future in work if not future.cancelled()]
+        try:
+            prepared = await loop.run_in_executor(
+                self._pool, lambda: [_prepare_batch(batch, *self._args) for batch, _ in work])
+        except BaseException as error:  # noqa: BLE001  (handed to the main thread)
+            for _, future in work:
+                _settle(future, error=error)
+            return
+        for (batch, future), batch_prepared in zip(work, prepared):
+            if future.cancelled():
+                continue
+            task = loop.create_task(self._send(batch, batch_prepared, future))
+            future.add_done_callback(
+                lambda done, task=task: done.cancelled() and loop.call_soon_threadsafe(task.cancel))
+
+    async def _send(self, batch: list[Task], prepared: "_Prepared", future: Future) -> None:
+        prompt, backend, meta, _ = self._args
+        try:
+            outputs = await backend.describe_async(prepared.requests) if prepared.requests else []
+            _settle(future, result=_finish_batch(batch, prepared, outputs, prompt, backend, meta))
+        except BaseException as error:  # noqa: BLE001  (cancellation included: the future says so)
+            _settle(future, error=error)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete a future the main thread may have cancelled meanwhile."""
+    if future.done():
+        return
+    try:
+        if error is None:
+            future.set_result(result)
+        elif not isinstance(error, asyncio.CancelledError):
+            future.set_exception(error)
+        else:
+            future.cancel()
+    except InvalidStateError:  # cancelled by the main thread between the check and now
+        pass
 
 
 # ---------------------------------------------------------------- the run's batches
@@ -189,7 +258,8 @@ def describe_all(
         return 0.0
     batch_size, workers = max(1, backend.batch_size), max(1, backend.concurrency)
     window = 2 * workers  # batches in flight or being prepared
-    submit, shutdown = _dispatcher(prompt, backend, meta, max_side, workers)
+    dispatcher = _LoopDispatcher(prompt, backend, meta, max_side) \
+        if isinstance(backend, AsyncGroundingBackend) else _ThreadDispatcher(prompt, backend, meta, max_side, workers)
     unclaimed, claimed = deque(tasks), deque()
     elsewhere: dict[str, Task] = {}  # claimed by another run
     finished: queue.SimpleQueue[Future] = queue.SimpleQueue()  # O(1) per completion at any concurrency
@@ -200,25 +270,34 @@ def describe_all(
                disable=not progress, file=stream, dynamic_ncols=True)
     begun, failed = time.perf_counter(), [0]
 
-    def claim_more() -> None:
-        chunk = [unclaimed.popleft() for _ in range(min(batch_size * workers, len(unclaimed)))]
-        held = store.claim([task.item.item_id for task in chunk], owner, claim_ttl_s)
+    def take(chunk: list[Task]) -> None:
+        """Claim ``chunk``. Items another run committed since this one began are taken from its
+        rows (read after claiming, so a row committed just before is seen); items it holds wait."""
+        ids = [task.item.item_id for task in chunk]
+        held = store.claim(ids, owner, claim_ttl_s)
+        rows = store.get_many(ids)
+        theirs = []
         for task in chunk:
-            if task.item.item_id in held:
+            item_id, row = task.item.item_id, rows.get(task.item.item_id)
+            if row is not None and row.updated_at >= started and \
+                    meta.is_current(row, task.prompt_key, task.image_sha256):
+                by_other_run[item_id] = row
+                theirs.append(item_id)
+            elif item_id in held:
                 claimed.append(task)
             else:
-                elsewhere[task.item.item_id] = task
+                elsewhere[item_id] = task
+        if theirs:
+            store.release_claims(owner, theirs)
+            bar.update(len(theirs))
+
+    def claim_more() -> None:
+        take([unclaimed.popleft() for _ in range(min(batch_size * workers, len(unclaimed)))])
 
     def look_elsewhere() -> None:
-        """Take rows another run committed since this one started; claim what it let go."""
-        for item_id, row in store.get_many(list(elsewhere)).items():
-            task = elsewhere[item_id]
-            if row.updated_at >= started and meta.is_current(row, task.prompt_key, task.image_sha256):
-                by_other_run[item_id] = row
-                del elsewhere[item_id]
-                bar.update(1)
-        held = store.claim(list(elsewhere), owner, claim_ttl_s)
-        claimed.extend(elsewhere.pop(item_id) for item_id in list(elsewhere) if item_id in held)
+        waiting = list(elsewhere.values())
+        elsewhere.clear()
+        take(waiting)
 
     def collect(futures: list[Future]) -> None:
         """Save every successful batch in one transaction, then re-raise the first failure."""
@@ -244,15 +323,19 @@ def describe_all(
 
     try:
         while unclaimed or claimed or pending or elsewhere:
-            while len(pending) < window and (claimed or unclaimed):
+            batches = []
+            while len(pending) + len(batches) < window and (claimed or unclaimed):
                 if not claimed:
                     claim_more()
                     continue
-                future = submit([claimed.popleft() for _ in range(min(batch_size, len(claimed)))])
+                batches.append([claimed.popleft() for _ in range(min(batch_size, len(claimed)))])
+            for future in dispatcher.submit(batches) if batches else []:
                 pending.add(future)
                 future.add_done_callback(finished.put)
             try:
                 ready = [finished.get(timeout=tick)]  # Ctrl-C lands here
+                if len(pending) > 1:
+                    time.sleep(COMMIT_EVERY_S)  # let more finish: one commit for many rows
             except queue.Empty:
                 ready = []
             while not finished.empty():  # under load several batches finish together: one commit
@@ -271,7 +354,7 @@ def describe_all(
         collect([f for f in pending if f.done() and not f.cancelled() and f.exception() is None])
         raise
     finally:
-        shutdown()
+        dispatcher.shutdown()
         store.release_claims(owner)
         bar.close()
     return time.perf_counter() - begun

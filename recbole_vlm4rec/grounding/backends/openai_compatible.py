@@ -195,6 +195,8 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
         if task is not None:
             state.tasks.add(task)
         try:
+            if len(requests) == 1:  # the pipeline's case: no gather, no extra task
+                return [await self._describe_one(state, requests[0])]
             return list(await asyncio.gather(*(self._describe_one(state, r) for r in requests)))
         finally:
             state.tasks.discard(task)
@@ -208,7 +210,7 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
             server = state.servers[(first + attempt) % len(state.servers)]  # a retry tries the next server
             async with state.slots:
                 try:
-                    response = await asyncio.wait_for(server.post(body), self.timeout)
+                    response = await _within(server.post(body), self.timeout)
                 except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
                     error = "timeout"
                     detail = f"no complete answer within {self.timeout:g} s ({type(exc).__name__})"
@@ -338,7 +340,16 @@ def _proxy_for(url: str) -> str | None:
     return None
 
 
-def _parse_completion(item_id: str, response: httpx.Response) -> GroundingOutput:
+async def _within(awaitable: Any, seconds: float) -> Any:
+    """``await awaitable`` with a deadline; asyncio.timeout (3.11+) cancels in place, where
+    wait_for (3.10) wraps it in one more task."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+def _parse_completion(item_id: str, response: Any) -> GroundingOutput:
     try:
         data = response.json()
         message = data["choices"][0]["message"]
