@@ -146,7 +146,7 @@ def test_page_has_every_section_and_a_row_per_model(bench):
         assert section in parser.ids, section
     assert [r["model"] for r in parser.rows] == list(MODELS)
     rows = {r["model"]: r for r in parser.rows}
-    assert "skipped" in rows["Needs vlm"]["class"] and "declares no item feature 'vlm'" in \
+    assert "skipped" in rows["Needs vlm"]["class"] and "has no item feature 'vlm'" in \
         rows["Needs vlm"]["text"]
     assert "failed" in rows["Not a model"]["class"]
     assert "unknown model" in rows["Not a model"]["text"]

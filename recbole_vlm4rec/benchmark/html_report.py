@@ -23,10 +23,9 @@ from recbole_vlm4rec.benchmark.html_examples import (
     render_examples,
 )
 from recbole_vlm4rec.benchmark.html_provenance import dataset_section, run_section
-from recbole_vlm4rec.benchmark.report import BETTER, WORSE, ModelSummary, Report
+from recbole_vlm4rec.benchmark.report import BETTER, CAPPED, WORSE, ModelSummary, Report
 from recbole_vlm4rec.benchmark.spec import safe_name
 
-CAPPED = "†"
 PLOTS = (("metrics", "Test metrics, mean ± std over seeds"),
          ("activity", "Per-user-activity buckets: test users split at the tertiles of their "
                       "training interactions"),

@@ -2,14 +2,17 @@
 
 Reads ``<folder>/spec.yaml`` and ``<folder>/runs/**/*.json`` (see grid.py, cell.py); writes:
 
-``summary.csv``       one row per (dataset, model): status, runs, mean and std per metric over
-                      seeds, train / eval seconds (means), peak RSS MB (max)
-``runs.csv``          one row per cell record: status, reason, seed, every test metric, timings
+``summary.csv``       one row per (dataset, model): status, runs, runs whose epochs were capped,
+                      mean and std per metric over seeds, train / eval seconds (means), peak RSS
+                      MB (max)
+``runs.csv``          one row per cell record: status, reason, seed, every test metric, timings,
+                      epochs run / epochs (the cap) and whether training was capped
 ``significance.csv``  per (dataset, metric, model): paired tests vs the reference on per-user
                       values, raw and Holm-corrected p-values
 ``report.md``         per dataset a table (mean ± std, best per column in bold, a marker where the
-                      difference to the reference is significant), the tests, skipped/failed cells
-                      with their reasons, and the plots
+                      difference to the reference is significant, † on models whose training ended
+                      at the epochs limit rather than by early stopping), the tests,
+                      skipped/failed cells with their reasons, and the plots
 ``plots/*.png``       see plots.py
 ``report.html``       one self-contained page: the table, the plots, qualitative examples (a few
                       test users' training items and each model's top-10 with thumbnails and
@@ -33,6 +36,7 @@ from recbole_vlm4rec.benchmark.stats import PairedTest, compare_to_reference
 from recbole_vlm4rec.formats.files import atomic_write_text
 
 BETTER, WORSE = "▲", "▼"
+CAPPED = "†"
 
 
 @dataclass
@@ -62,6 +66,11 @@ class ModelSummary:
         if not values:
             return math.nan, math.nan
         return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+    @property
+    def capped(self) -> list[dict[str, Any]]:
+        """Ok runs whose training ended at the epochs limit, not by early stopping."""
+        return [r for r in self.ok if (r["result"].get("training") or {}).get("capped")]
 
     def seconds(self, key: str) -> float:
         values = [r["result"]["seconds"][key] for r in self.ok]
@@ -188,9 +197,12 @@ def markdown(report: Report) -> str:
                 if not math.isnan(mean) and math.isclose(mean, best[metric], abs_tol=1e-12):
                     text = f"**{text}**"
                 row.append(text + _significance_marker(report, dataset, metric, label))
+            if summary.capped:
+                row[0] += f" {CAPPED}"
             row += [f"{summary.seconds('fit'):.1f}", f"{summary.seconds('test'):.2f}",
                     f"{summary.peak_rss_mb():.0f}", runs]
             lines.append("| " + " | ".join(row) + " |")
+        lines += _capped_lines(summaries)
         lines += _significance_lines(report, dataset)
         problems = [(label, s) for label, s in summaries.items() if s.reasons]
         if problems:
@@ -205,6 +217,20 @@ def markdown(report: Report) -> str:
     lines += ["", "Examples (training items and each model's top-10 for a few test users), "
               "plots and how the run was made: [report.html](report.html)."]
     return "\n".join(lines) + "\n"
+
+
+def _capped_lines(summaries: dict[str, ModelSummary]) -> list[str]:
+    capped = [(label, s) for label, s in summaries.items() if s.capped]
+    if not capped:
+        return []
+    parts = []
+    for label, summary in capped:
+        limits = sorted({r["result"]["training"]["epochs"] for r in summary.capped})
+        parts.append(f"{label} ({len(summary.capped)}/{len(summary.ok)} runs, limit "
+                     f"{', '.join(map(str, limits))} epochs)")
+    return ["", f"{CAPPED} epochs capped: training ended at the epochs limit before early "
+            f"stopping, so these models may be under-trained: {'; '.join(parts)}. Rerun with "
+            "more epochs (no --max-epochs) for final numbers."]
 
 
 def _significance_lines(report: Report, dataset: str) -> list[str]:
@@ -247,7 +273,8 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
         for label, summary in summaries.items():
             row: dict[str, Any] = {"dataset": dataset, "model": label, "class": summary.model,
                                    "status": summary.status, "runs_ok": len(summary.ok),
-                                   "runs": len(summary.records)}
+                                   "runs": len(summary.records),
+                                   "runs_capped": len(summary.capped)}
             for metric in report.metrics:
                 mean, std = summary.metric(metric)
                 row[f"{metric}_mean"], row[f"{metric}_std"] = _num(mean), _num(std)
@@ -271,6 +298,10 @@ def run_rows(report: Report) -> list[dict[str, Any]]:
                 row.update({m: test.get(m, "") for m in report.metrics})
                 row["train_s"] = result.get("seconds", {}).get("fit", "")
                 row["eval_s"] = result.get("seconds", {}).get("test", "")
+                training = result.get("training") or {}
+                row["epochs_run"] = training.get("epochs_run", "")
+                row["epochs"] = training.get("epochs", "")
+                row["capped"] = training.get("capped", "")
                 rows.append(row)
     return rows
 

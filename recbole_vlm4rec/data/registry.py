@@ -110,7 +110,8 @@ def check_dataset(name: str, root: Path | None = None) -> None:
             f"{info.how_to_prepare}"
         )
     available = available_datasets(root)
-    close = difflib.get_close_matches(name, [*available, *NAMED_DATASETS], n=3, cutoff=0.6)
+    known = list(dict.fromkeys([*available, *NAMED_DATASETS]))  # a named one may be available too
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise UnknownDatasetError(
         f"unknown dataset '{name}': no {folder}/{name}.inter.{hint}\n"

@@ -25,7 +25,7 @@ a (structured) prompt and pooling the hidden states: multimodal by construction,
     ``POST <base-url>/embeddings`` with chat-style ``messages`` (image as a data URL + prompt), the
     request vLLM serves for multimodal embedding models (``vllm serve <model> --task embed``; its
     ``--override-pooler-config '{"pooling_type": "MEAN"}'`` picks the pooling, server-side).
-    Retries, backoff and fatal statuses are the grounding backend's (openai_compatible.py);
+    Retries with backoff, fatal statuses as the grounding backend (openai_compatible.py);
     ``concurrency`` requests in flight.
 
 Per-item failures come back as values (``error`` + ``detail``); an exception means the embedder
@@ -34,8 +34,13 @@ cannot work at all (weights missing, endpoint unreachable).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import logging
+import os
+import random
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -199,7 +204,12 @@ def _image_token_id(config: Any) -> int:
 
 
 class OpenAILVLMEmbedder(LVLMEmbedder):
-    """``/embeddings`` with chat-style messages on an OpenAI-compatible server (vLLM)."""
+    """``/embeddings`` with chat-style messages on an OpenAI-compatible server (vLLM).
+
+    One server (``base_url``, default ``$OPENAI_BASE_URL`` or vLLM's localhost:8000/v1); 429, 5xx,
+    408 and connection errors are retried ``max_retries`` times with exponential backoff and jitter
+    (``Retry-After`` honoured), other 4xx fail the item, 401/403/404 stop the run.
+    """
 
     name = "openai"
 
@@ -207,30 +217,60 @@ class OpenAILVLMEmbedder(LVLMEmbedder):
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 120.0, max_retries: int = 5, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, jpeg_quality: int = 90) -> None:
-        from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend
+        import httpx
 
-        self.client = OpenAICompatibleBackend(
-            model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
-            timeout=timeout, max_retries=max_retries, backoff_base=backoff_base,
-            backoff_max=backoff_max, jpeg_quality=jpeg_quality)
+        from recbole_vlm4rec.grounding.backends.openai_compatible import DEFAULT_BASE_URL
+
+        if not model:
+            raise ValueError("the openai LVLM backend needs --model: the model name the "
+                             "endpoint serves (GET <base-url>/models lists them)")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise ValueError("openai LVLM backend: concurrency >= 1, max_retries >= 0, timeout > 0")
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.concurrency, self.max_retries = concurrency, max_retries
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.jpeg_quality, self.api_key_env = jpeg_quality, api_key_env
+        api_key = os.environ.get(api_key_env, "")
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
         self.batch_size = concurrency  # requests in flight per embed() call
 
     def model_id(self) -> str:
-        return f"{self.client.model} via {self.client.base_url}/embeddings (server-side pooling)"
+        return f"{self.model} via {self.base_url}/embeddings (server-side pooling)"
 
     def preflight(self) -> None:
-        self.client.preflight()
+        """GET /models: an unreachable endpoint, a rejected key or an unknown model fail here."""
+        import httpx
+
+        from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError
+
+        try:
+            response = self._client.get("/models")
+        except httpx.HTTPError as error:
+            raise BackendUnavailableError(f"cannot reach {self.base_url} ({type(error).__name__}: "
+                                          f"{error}); is the server running?") from error
+        if response.status_code in (401, 403):
+            raise BackendUnavailableError(f"{self.base_url} answered {response.status_code}; set "
+                                          f"the key in ${self.api_key_env}")
+        try:
+            served = [entry["id"] for entry in response.json().get("data", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return  # some servers have no /models: the requests themselves will tell
+        if response.status_code == 200 and served and self.model not in served:
+            raise BackendUnavailableError(f"{self.base_url} does not serve model {self.model!r}; "
+                                          f"it serves: {', '.join(served[:20])}")
 
     def embed(self, requests: Sequence[GroundingRequest]) -> list[LVLMOutput]:
-        with ThreadPoolExecutor(max_workers=max(1, self.client.concurrency)) as pool:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._embed_one, requests))
 
     def _embed_one(self, request: GroundingRequest) -> LVLMOutput:
-        from recbole_vlm4rec.grounding.backends.openai_compatible import user_message
-
-        body = {"model": self.client.model, "encoding_format": "float",
-                "messages": user_message(request, self.client.jpeg_quality)}
-        outcome = self.client.post("/embeddings", body)
+        body = {"model": self.model, "encoding_format": "float",
+                "messages": user_message(request, self.jpeg_quality)}
+        outcome = self._post(body)
         if isinstance(outcome, tuple):
             return LVLMOutput(request.item_id, error=outcome[0], detail=outcome[1])
         try:
@@ -244,8 +284,75 @@ class OpenAILVLMEmbedder(LVLMEmbedder):
                               detail=f"embedding of shape {vector.shape}")
         return LVLMOutput(request.item_id, vector=vector)
 
+    def _post(self, body: dict[str, Any]) -> Any:
+        """The 200 response, or ``(reason, detail)`` after the retries."""
+        import httpx
+
+        from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError
+        from recbole_vlm4rec.grounding.backends.openai_compatible import (FATAL_STATUSES,
+                                                                          RETRY_STATUSES)
+
+        error, detail = "connection_error", ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                response = self._client.post("/embeddings", json=body)
+            except httpx.TimeoutException as exc:
+                error, detail = "timeout", f"{type(exc).__name__}: {exc}"
+            except httpx.TransportError as exc:
+                error, detail = "connection_error", f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return response
+                error, detail = f"http_{response.status_code}", _error_message(response)
+                if response.status_code in FATAL_STATUSES:
+                    raise BackendUnavailableError(
+                        f"{self.base_url} answered {response.status_code} "
+                        f"({FATAL_STATUSES[response.status_code]}): {detail}")
+                if response.status_code not in RETRY_STATUSES:
+                    break  # a permanent failure of this item (e.g. 400: image rejected)
+                retry_after = _seconds(response.headers.get("retry-after"))
+            if attempt < self.max_retries:
+                delay = min(self.backoff_max, self.backoff_base * 2 ** attempt)
+                time.sleep(retry_after if retry_after is not None
+                           else delay * random.uniform(0.5, 1.0))
+        tries = f" after {self.max_retries + 1} tries" if self.max_retries else ""
+        return error, f"{detail}{tries}"
+
     def close(self) -> None:
-        self.client.close()
+        self._client.close()
+
+
+def user_message(request: GroundingRequest, jpeg_quality: int = 90) -> list[dict[str, Any]]:
+    """One user turn: the prompt as a text part and the image as a base64 data URL (the original
+    JPEG/PNG bytes when the request carries them: no re-encoding cost, no generation loss)."""
+    if request.image_bytes:
+        data, mime = request.image_bytes, "png" if request.image_bytes[:3] == b"\x89PN" else "jpeg"
+    else:
+        buffer = io.BytesIO()
+        request.image.save(buffer, "JPEG", quality=jpeg_quality)
+        data, mime = buffer.getvalue(), "jpeg"
+    data_url = f"data:image/{mime};base64," + base64.b64encode(data).decode("ascii")
+    return [{"role": "user", "content": [
+        {"type": "text", "text": request.prompt},
+        {"type": "image_url", "image_url": {"url": data_url}},
+    ]}]
+
+
+def _error_message(response: Any) -> str:
+    try:
+        error = response.json().get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or response.text[:200] or response.reason_phrase)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def create_lvlm_embedder(backend: str, **options: Any) -> LVLMEmbedder:

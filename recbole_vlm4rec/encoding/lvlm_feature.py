@@ -124,6 +124,7 @@ def encode_lvlm_feature(items: Sequence[GroundingItem], prompt: PromptSpec,
         if descriptions is not None:  # a vector without its current description is redone
             redo = {plan.key for plan in todo}
             hits = sum(plan.key in vectors and plan.key not in redo for plan in plans)
+        fresh_keys: set[str] = set()
         if todo:
             embedder.preflight()
         try:
@@ -134,6 +135,7 @@ def encode_lvlm_feature(items: Sequence[GroundingItem], prompt: PromptSpec,
                     fresh = _embed_chunk(chunk, embedder, max_side, skipped, descriptions)
                     cache.put_many(fresh)
                     vectors.update(fresh)
+                    fresh_keys.update(fresh)
                     bar.update(len(chunk))
         finally:
             if descriptions is not None:
@@ -147,8 +149,9 @@ def encode_lvlm_feature(items: Sequence[GroundingItem], prompt: PromptSpec,
             "lvlm_backend": embedder.name, **(extra_meta or {})}
     if descriptions is not None:
         meta["descriptions_written"] = str(describe_to)
-    return write_encoded_feature(out_dir, feature, tokens, matrix, skipped, hits, started,
-                                 embedder.model_id(), fingerprint, source, kind="lvlm",
+    n_encoded = sum(plan.key in fresh_keys for plan in kept)
+    return write_encoded_feature(out_dir, feature, tokens, matrix, skipped, hits, n_encoded,
+                                 started, embedder.model_id(), fingerprint, source, kind="lvlm",
                                  extra_meta=meta)
 
 

@@ -87,6 +87,6 @@ def encode_slot_feature(path: str | Path, out_dir: str | Path, feature: str = "s
     matrix = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
     meta = {"descriptions": str(parsed.path), "min_count": min_count, "max_tokens": max_tokens,
             "n_tokens_seen": len(counts), "vocabulary": vocabulary, **(extra_meta or {})}
-    return write_encoded_feature(out_dir, feature, items, matrix, skipped, 0, started,
-                                 "slot tokens (multi-hot)", "slots-v1", str(parsed.path),
+    return write_encoded_feature(out_dir, feature, items, matrix, skipped, 0, len(items),
+                                 started, "slot tokens (multi-hot)", "slots-v1", str(parsed.path),
                                  kind="slots", n_superseded=parsed.superseded, extra_meta=meta)

@@ -83,6 +83,22 @@ def create_dataset(config: Config) -> Any:
     return recbole_create_dataset(config)
 
 
+class TopKError(ValueError):
+    """The largest ``topk`` is more than the catalogue's items: metrics @k would be undefined."""
+
+
+def check_topk(config: Any, dataset: Any) -> None:
+    """TopKError naming the key when a cut-off asks for more items than the dataset has."""
+    n_items = dataset.item_num - 1  # RecBole's item ids start at 1: id 0 is padding
+    topk = config["topk"]
+    topk = [topk] if isinstance(topk, int) else list(topk or [])
+    too_large = [k for k in topk if k > n_items]
+    if too_large:
+        keep = [k for k in topk if k <= n_items] or [n_items]
+        raise TopKError(f"topk {topk}: {too_large} ask for more items than the catalogue of "
+                        f"{config['dataset']} has ({n_items}); use e.g. --topk=\"{keep}\"")
+
+
 @dataclass
 class BuiltRun:
     """Everything a run evaluates, built exactly as :func:`run` builds it (serving reuses it)."""
@@ -99,6 +115,7 @@ def build_run(config: Any, model_class: type) -> BuiltRun:
     """Dataset -> cold-start protocol -> splits -> masking -> model, seeded as RecBole seeds."""
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
+    check_topk(config, data)
     logging.getLogger().info(data)
     apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
     train_data, valid_data, test_data = data_preparation(config, data)
