@@ -49,11 +49,13 @@ def user_item_adjacency(interactions: sp.spmatrix,
 
 
 def knn_item_graph(features: np.ndarray, has_vector: np.ndarray, k: int,
-                   chunk: int = 2048) -> sp.csr_matrix:
+                   chunk: int = 2048, weighted: bool = False) -> sp.csr_matrix:
     """Symmetrically normalised kNN graph on cosine similarity (FREEDOM / LATTICE's item graph).
 
     Each item with a vector links to its ``k`` most similar items with a vector (itself included,
-    as in MMRec); items without a vector have no edges, so they get no neighbours' signal.
+    as in MMRec); items without a vector have no edges, so they get no neighbours' signal. Edge
+    weights are 1, or the cosine similarity with ``weighted`` (SMORE's graphs); rows whose weights
+    sum to <= 0 stay empty.
     """
     n_items = features.shape[0]
     covered = np.flatnonzero(has_vector)
@@ -61,23 +63,49 @@ def knn_item_graph(features: np.ndarray, has_vector: np.ndarray, k: int,
     if k == 0:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
     unit = F.normalize(torch.from_numpy(features[covered]), dim=1)
-    neighbours = []
+    neighbours, similarities = [], []
     for start in range(0, len(covered), chunk):
-        similarity = unit[start:start + chunk] @ unit.T
-        neighbours.append(torch.topk(similarity, k, dim=1).indices)
+        top = torch.topk(unit[start:start + chunk] @ unit.T, k, dim=1)
+        neighbours.append(top.indices)
+        similarities.append(top.values)
     columns = covered[torch.cat(neighbours).numpy().ravel()]
     rows = np.repeat(covered, k)
-    graph = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
-                          shape=(n_items, n_items))
+    values = (torch.cat(similarities).numpy().ravel() if weighted
+              else np.ones(len(rows), dtype=np.float32))
+    graph = sp.csr_matrix((values, (rows, columns)), shape=(n_items, n_items))
     return symmetric_normalize(graph)
 
 
 def symmetric_normalize(matrix: sp.spmatrix) -> sp.csr_matrix:
     """D^-1/2 A D^-1/2 by row degree; rows without edges stay zero."""
     degree = np.asarray(matrix.sum(axis=1)).ravel()
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(degree > 0, degree ** -0.5, 0.0)
     return (sp.diags(scale) @ matrix @ sp.diags(scale)).tocsr()
+
+
+def elementwise_max_union(graphs: list[sp.spmatrix]) -> sp.csr_matrix:
+    """One graph with the union of the edges; an edge in several graphs keeps its largest weight
+    (SMORE's max-pooled fusion graph; an edge absent from a graph is not a 0 there)."""
+    coos = [sp.coo_matrix(graph) for graph in graphs]
+    n_rows, n_cols = coos[0].shape
+    keys = np.concatenate([coo.row.astype(np.int64) * n_cols + coo.col for coo in coos])
+    values = np.concatenate([coo.data for coo in coos])
+    order = np.lexsort((-values, keys))  # per key, the largest value first
+    keys, values = keys[order], values[order]
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    keys, values = keys[first], values[first]
+    return sp.csr_matrix((values.astype(np.float32), (keys // n_cols, keys % n_cols)),
+                         shape=(n_rows, n_cols))
+
+
+def lightgcn_mean(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Mean of ``embeddings`` and its ``n_layers`` propagations over ``adjacency`` (LightGCN)."""
+    total, layer = embeddings, embeddings
+    for _ in range(n_layers):
+        layer = torch.sparse.mm(adjacency, layer)
+        total = total + layer
+    return total / (n_layers + 1)
 
 
 class EvaluationCache:
