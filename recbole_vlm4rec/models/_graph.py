@@ -99,11 +99,39 @@ def elementwise_max_union(graphs: list[sp.spmatrix]) -> sp.csr_matrix:
                          shape=(n_rows, n_cols))
 
 
+class _SparseMatmul(torch.autograd.Function):
+    """``matrix @ dense`` whose backward multiplies by a transpose built once.
+
+    torch's own backward of a CSR product re-transposes the matrix (a conversion and a sort) on
+    every call; for the fixed graphs here the transpose is known in advance.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor,
+                dense: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, torch.sparse.mm(ctx.transpose, grad)
+
+
+def sparse_matmul(matrix: torch.Tensor, dense: torch.Tensor,
+                  transpose: torch.Tensor | None = None) -> torch.Tensor:
+    """``matrix @ dense`` for a constant sparse ``matrix``; ``transpose`` = its transpose, or None
+    when it is symmetric (the normalised user-item adjacency)."""
+    if not dense.requires_grad:
+        return torch.sparse.mm(matrix, dense)
+    return _SparseMatmul.apply(matrix, matrix if transpose is None else transpose, dense)
+
+
 def lightgcn_mean(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Mean of ``embeddings`` and its ``n_layers`` propagations over ``adjacency`` (LightGCN)."""
+    """Mean of ``embeddings`` and its ``n_layers`` propagations over the symmetric ``adjacency``
+    (LightGCN)."""
     total, layer = embeddings, embeddings
     for _ in range(n_layers):
-        layer = torch.sparse.mm(adjacency, layer)
+        layer = sparse_matmul(adjacency, layer)
         total = total + layer
     return total / (n_layers + 1)
 

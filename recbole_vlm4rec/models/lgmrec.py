@@ -53,8 +53,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean,
-                                           register_feature_buffers, to_torch_sparse,
-                                           user_item_adjacency)
+                                           register_feature_buffers, sparse_matmul,
+                                           to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models.features import require_content_features
 
 
@@ -94,7 +94,9 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
         self.register_buffer("adjacency", to_torch_sparse(user_item_adjacency(interactions)),
                              persistent=False)
         self.register_buffer("user_items", to_torch_sparse(interactions), persistent=False)
+        self.register_buffer("item_users", to_torch_sparse(interactions.T), persistent=False)
         self.register_buffer("user_item_mean", to_torch_sparse(user_mean), persistent=False)
+        self.register_buffer("user_item_mean_t", to_torch_sparse(user_mean.T), persistent=False)
         real_items = torch.ones(self.n_items, 1)
         real_items[0] = 0.0  # the padding item joins no hyperedge
         self.register_buffer("real_items", real_items, persistent=False)
@@ -125,12 +127,13 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
             item_values, item_logits = torch.split(
                 feature @ torch.cat([projection, hyperedges], dim=1),
                 [self.embedding_size, self.hyper_num], dim=1)
-            modality = torch.cat([torch.sparse.mm(self.user_item_mean, item_values), item_values])
+            modality = torch.cat([
+                sparse_matmul(self.user_item_mean, item_values, self.user_item_mean_t), item_values])
             for _ in range(self.n_mm_layers):
-                modality = torch.sparse.mm(self.adjacency, modality)
+                modality = sparse_matmul(self.adjacency, modality)
             local = local + F.normalize(modality)
 
-            user_logits = torch.sparse.mm(self.user_items, item_logits)
+            user_logits = sparse_matmul(self.user_items, item_logits, self.item_users)
             item_hyper = F.gumbel_softmax(item_logits, self.temperature, dim=1) * self.real_items
             user_hyper = F.gumbel_softmax(user_logits, self.temperature, dim=1)
             item_hyper, user_hyper = self.hyper_dropout(item_hyper), self.hyper_dropout(user_hyper)

@@ -53,8 +53,8 @@ from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_max_union,
                                            knn_item_graph, lightgcn_mean,
-                                           register_feature_buffers, to_torch_sparse,
-                                           user_item_adjacency)
+                                           register_feature_buffers, sparse_matmul,
+                                           to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models.features import require_content_features
 
 
@@ -82,13 +82,17 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
 
         adjacency = user_item_adjacency(dataset.inter_matrix(form="csr"))
         self.register_buffer("adjacency", to_torch_sparse(adjacency), persistent=False)
-        self.register_buffer("user_item", to_torch_sparse(adjacency[:self.n_users, self.n_users:]),
-                             persistent=False)
+        user_item = adjacency[:self.n_users, self.n_users:]
+        self.register_buffer("user_item", to_torch_sparse(user_item), persistent=False)
+        self.register_buffer("item_user", to_torch_sparse(user_item.T), persistent=False)
         graphs = [knn_item_graph(f.matrix, f.has_vector, k, weighted=True)
                   for f, k in zip(features, knn_k)]
         graphs.append(elementwise_max_union(graphs))
         for index, graph in enumerate(graphs):  # the modalities' graphs, then the fused one
             self.register_buffer(f"item_graph_{index}", to_torch_sparse(graph), persistent=False)
+            # kNN graphs are directed: the backward pass needs the transpose
+            self.register_buffer(f"item_graph_t_{index}", to_torch_sparse(graph.T),
+                                 persistent=False)
 
         size, n_views = self.embedding_size, len(features) + 1
         self.user_embedding = nn.Embedding(self.n_users, size)
@@ -126,10 +130,11 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         views = []
         for index, (signal, gate) in enumerate(zip(convolved, self.item_gates)):
             items = item_ids * gate(signal)
-            graph = getattr(self, f"item_graph_{index}")
+            graph, transpose = (getattr(self, f"item_graph_{index}"),
+                                getattr(self, f"item_graph_t_{index}"))
             for _ in range(self.n_layers):
-                items = torch.sparse.mm(graph, items)
-            views.append(torch.cat([torch.sparse.mm(self.user_item, items), items]))
+                items = sparse_matmul(graph, items, transpose)
+            views.append(torch.cat([sparse_matmul(self.user_item, items, self.item_user), items]))
 
         fusion = views[-1]
         parts = []
