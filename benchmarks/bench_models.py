@@ -32,8 +32,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 BABY = REPO.parent / "shared" / "data" / "amazon-baby" / "baby.inter"
-MODELS = ["Pop", "ItemKNN", "BPR", "LightGCN", "VBPR", "MMGCN", "FREEDOM", "VLM4Rec",
-          "VLM4RecFusion"]
+MODELS = ["Pop", "ItemKNN", "BPR", "LightGCN", "VBPR", "MMGCN", "FREEDOM", "LGMRec", "SMORE",
+          "VLM4Rec", "VLM4RecFusion"]
 FEATURE_DIMS = {"visual": 4096, "text": 384}
 
 

@@ -164,3 +164,16 @@ def test_elementwise_max_union_keeps_edges_of_either_graph():
     # A negative weight present in one graph only is kept (absent is not 0).
     np.testing.assert_allclose(union.toarray(), [[0.7, 0.1], [-0.2, 0.0]])
     assert union.nnz == 3
+
+
+def test_sparse_matmul_gradient_uses_the_transpose_correctly():
+    from recbole_vlm4rec.models._graph import sparse_matmul, to_torch_sparse
+
+    rng = np.random.default_rng(0)
+    matrix = sp.random(6, 4, density=0.5, random_state=1, dtype=np.float32)
+    dense = torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float32, requires_grad=True)
+    weights = torch.tensor(rng.normal(size=(6, 3)), dtype=torch.float32)
+    (sparse_matmul(to_torch_sparse(matrix), dense, to_torch_sparse(matrix.T)) * weights).sum() \
+        .backward()
+    expected = torch.from_numpy(matrix.toarray()).T @ weights
+    torch.testing.assert_close(dense.grad, expected)
