@@ -101,8 +101,8 @@ def bench_images(rows, repeats: int, work: Path) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from recbole_vlm4rec.data.images import load_image
-    from recbole_vlm4rec.encoding.image import efficientnet_preprocess
+    from recbole_vlm4rec.formats.images import load_image
+    from recbole_vlm4rec.formats.cnn import efficientnet_preprocess
     from recbole_vlm4rec.grounding.backends import GroundingRequest, create_backend
 
     paths = [POSTERS / r["poster_path"] for r in rows]

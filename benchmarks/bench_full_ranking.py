@@ -48,7 +48,7 @@ def write_dataset(root: Path, name: str) -> str:
     lines = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in pairs]
     (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
     items = sorted({int(i) for i in pairs[:, 1]})
-    from recbole_vlm4rec.data.features import save_feature
+    from recbole_vlm4rec.formats.features import save_feature
 
     vectors = np.random.default_rng(1).normal(size=(len(items), DIM)).astype(np.float32)
     save_feature(folder / "features", "vlm", vectors, [f"i{i}" for i in items])
@@ -78,7 +78,8 @@ def main() -> int:
     from recbole.utils import get_trainer, init_seed
 
     from recbole_vlm4rec.models import get_model_class
-    from recbole_vlm4rec.runner import build_config, create_dataset
+    from recbole_vlm4rec.run.protocol import build_config
+    from recbole_vlm4rec.run.runner import create_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         described = write_dataset(Path(tmp), "babyscale")

@@ -40,7 +40,7 @@ FEATURE_DIMS = {"visual": 4096, "text": 384}
 def write_dataset(root: Path, name: str) -> None:
     import pandas as pd
 
-    from recbole_vlm4rec.data.features import save_feature
+    from recbole_vlm4rec.formats.features import save_feature
 
     frame = pd.read_csv(BABY, sep="\t")
     folder = root / name
@@ -68,7 +68,8 @@ def run_one(model_name: str, data_root: str, threads: int) -> dict:
     from recbole.utils import get_trainer, init_seed
 
     from recbole_vlm4rec.models import get_model_class
-    from recbole_vlm4rec.runner import build_config, create_dataset
+    from recbole_vlm4rec.run.protocol import build_config
+    from recbole_vlm4rec.run.runner import create_dataset
 
     config = build_config(model_name, "babyscale", overrides={
         "data_path": data_root, "benchmark_filename": ["train", "valid", "test"],

@@ -95,7 +95,7 @@ def main() -> int:
 
 
 def report(folder: Path, outputs: dict[str, str]) -> None:
-    from recbole_vlm4rec.data.features import load_feature
+    from recbole_vlm4rec.formats.features import load_feature
 
     rows = [json.loads(line) for line in (folder / "descriptions/tagger.jsonl").open()]
     status = Counter(r["status"] for r in rows)

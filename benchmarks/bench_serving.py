@@ -3,7 +3,7 @@
     python benchmarks/bench_serving.py [--items 100000] [--dim 384] [--queries 300] [--threads 1]
 
 Builds a random catalogue of L2-normalised float32 vectors (MiniLM's 384 dims), writes real
-bundles (flat and HNSW FAISS indexes) with ``serving.bundle.write_bundle`` and loads them back,
+bundles (flat and HNSW FAISS indexes) with ``serving.bundle.write_profile_arrays`` and loads them back,
 then times, in one process, per query (a new user with a 10-50 item history, top-10):
 
   numpy      brute force: mean profile, catalogue @ profile, mask history, argpartition + sort
@@ -54,7 +54,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import faiss
 
-    from recbole_vlm4rec.serving.bundle import load_bundle, write_bundle
+    from recbole_vlm4rec.serving.bundle import load_bundle, write_profile_arrays
     from recbole_vlm4rec.serving.recommend import Recommender
 
     faiss.omp_set_num_threads(args.threads)
@@ -67,7 +67,8 @@ def main() -> None:
     tokens = [f"item{i}" for i in range(args.items)]
     histories = [rng.choice(args.items, size=rng.integers(10, 51), replace=False)
                  for _ in range(args.queries)]
-    meta = {"model": "VLM4Rec", "item_feature": "synthetic", "profile_aggregation": "mean"}
+    meta = {"model": "VLM4Rec", "item_feature": "synthetic", "features": ["synthetic"],
+            "profile_aggregation": "mean"}
     print(f"catalogue: {args.items} items x {args.dim} float32, {args.queries} queries, "
           f"top-{args.k}, {args.threads} thread(s)")
 
@@ -75,8 +76,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("flat", "hnsw"):
             started = time.perf_counter()
-            write_bundle(Path(tmp) / kind, tokens, embeddings, ["u0"], [histories[0]], meta,
-                         index_kind=kind)
+            write_profile_arrays(Path(tmp) / kind, tokens, embeddings,
+                                 np.ones(len(tokens), bool), ["u0"], [histories[0]],
+                                 [histories[0]], meta, index_kind=kind)
             built = time.perf_counter() - started
             started = time.perf_counter()
             recommenders[kind] = Recommender(load_bundle(Path(tmp) / kind))

@@ -18,17 +18,18 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recbole_vlm4rec import compat  # noqa: E402
+from recbole_vlm4rec import compat, speedups  # noqa: E402
 
 compat.apply()
+speedups.install()
 
 import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import get_trainer, init_seed  # noqa: E402
 
-from recbole_vlm4rec.data.masking import MASKS, apply_eval_history_mask  # noqa: E402
+from recbole_vlm4rec.run.masking import MASKS, apply_eval_history_mask  # noqa: E402
 from recbole_vlm4rec.models import get_model_class  # noqa: E402
-from recbole_vlm4rec.runner import create_dataset  # noqa: E402
+from recbole_vlm4rec.run.runner import create_dataset  # noqa: E402
 
 
 def evaluate_both(checkpoint_path: Path) -> dict[str, dict[str, float]]:

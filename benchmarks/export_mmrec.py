@@ -75,7 +75,7 @@ def read_interactions(dataset_dir: Path) -> pd.DataFrame:
 
 def covered_items(dataset_dir: Path, feature: str) -> dict[str, np.ndarray]:
     """Item token -> vector for the items the feature covers (all-zero rows do not count)."""
-    from recbole_vlm4rec.data.features import load_feature
+    from recbole_vlm4rec.formats.features import load_feature
 
     loaded = load_feature(dataset_dir / "features", feature)
     nonzero = np.abs(loaded.matrix).sum(axis=1) > 0

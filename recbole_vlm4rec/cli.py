@@ -17,13 +17,15 @@ STAGE_MODULES = (
     "recbole_vlm4rec.grounding.cli",
     "recbole_vlm4rec.encoding.cli",
     "recbole_vlm4rec.models.cli",
+    "recbole_vlm4rec.run.cli",
     "recbole_vlm4rec.benchmark.cli",
     "recbole_vlm4rec.serving.cli",
 )
 
 DESCRIPTION = """\
 VLM4Rec pipeline. Offline stages read and write files with documented formats, so each can be
-rerun on its own; `python run_recbole.py` trains and evaluates models on the results.
+rerun on its own; `vlm4rec run` (or `python run_recbole.py` in a checkout) trains and evaluates
+models on the results.
 """
 
 
@@ -40,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "accepts_overrides", False):
+        args.overrides = rest  # --key=value config overrides (vlm4rec run / export)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -13,8 +13,8 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import recbole_vlm4rec  # noqa: E402,F401  (installs the RecBole shims before any recbole import)
-from recbole_vlm4rec.data.features import save_feature  # noqa: E402
+
+from recbole_vlm4rec.formats.features import save_feature  # noqa: E402
 
 
 def write_inter(folder: Path, name: str, rows: list[tuple[str, str, float, int]]) -> Path:
@@ -70,7 +70,8 @@ def build_pipeline():
     from recbole.utils import init_seed
 
     from recbole_vlm4rec.models import get_model_class
-    from recbole_vlm4rec.runner import build_config, create_dataset
+    from recbole_vlm4rec.run.protocol import build_config
+    from recbole_vlm4rec.run.runner import create_dataset
 
     def build(model: str, dataset: str, overrides: dict[str, Any]):
         config = build_config(model, dataset, overrides=overrides)

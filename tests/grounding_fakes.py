@@ -126,8 +126,17 @@ def write_shop_dataset(root: Path, name: str = "shop") -> Path:
 
 
 def make_project_home(tmp_path: Path, monkeypatch) -> Path:
-    """Point VLM4REC_HOME at ``tmp_path`` (configs/ linked from the repo) with the 'shop' dataset."""
+    """Point VLM4REC_HOME at ``tmp_path`` with the 'shop' dataset (the protocol ships with the
+    package, so the home holds data only)."""
     monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))
-    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
     write_shop_dataset(tmp_path / "dataset")
     return tmp_path
+
+
+def description_rows(path) -> list[dict]:
+    """The rows of a descriptions file written by grounding; every line must parse."""
+    from recbole_vlm4rec.formats.descriptions import read_descriptions
+
+    parsed = read_descriptions(path)
+    assert parsed.malformed == [] and parsed.superseded == 0, parsed.malformed_summary()
+    return list(parsed)

@@ -10,7 +10,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_vlm4rec.data.dataset import MissingFeatureError
-from recbole_vlm4rec.data.features import save_feature
+from recbole_vlm4rec.formats.features import save_feature
 
 TRAINED = ["VBPR", "MMGCN", "FREEDOM"]
 # Parameters through which each model's content features enter (gradients must reach them).
@@ -156,7 +156,7 @@ def test_fusion_config_errors(two_features, build_pipeline):
 
 @pytest.mark.parametrize("model_name", TRAINED + ["VLM4RecFusion"])
 def test_runs_through_the_runner(two_features, model_name):
-    from recbole_vlm4rec.runner import run
+    from recbole_vlm4rec.run.runner import run
 
     name, overrides = two_features
     result = run(model_name, name, overrides={**overrides, "epochs": 1}, write_results=False)
@@ -165,7 +165,7 @@ def test_runs_through_the_runner(two_features, model_name):
 
 @pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "ItemKNN", "Pop"])
 def test_recbole_cf_references_run_through_the_runner(tiny_dataset, model_name):
-    from recbole_vlm4rec.runner import run
+    from recbole_vlm4rec.run.runner import run
 
     _, name, overrides = tiny_dataset
     result = run(model_name, name, overrides={**overrides, "epochs": 1}, write_results=False)

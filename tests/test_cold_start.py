@@ -9,9 +9,10 @@ from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from recbole_vlm4rec.data.cold_start import ColdStartConfigError, apply_cold_start
+from recbole_vlm4rec.run.cold_start import ColdStartConfigError, apply_cold_start
 from recbole_vlm4rec.models import get_model_class
-from recbole_vlm4rec.runner import build_config, create_dataset, run
+from recbole_vlm4rec.run.protocol import build_config
+from recbole_vlm4rec.run.runner import create_dataset, run
 
 
 def cold_pipeline(name: str, overrides: dict, model: str = "VLM4Rec"):

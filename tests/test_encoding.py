@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from recbole_vlm4rec.cli import main as vlm4rec
-from recbole_vlm4rec.data.features import load_feature
+from recbole_vlm4rec.formats.features import load_feature
 from recbole_vlm4rec.encoding import encode as encode_module
 from recbole_vlm4rec.encoding.encode import EncodeInputError, read_descriptions
 
@@ -165,7 +165,7 @@ def write_image_table(folder: Path, refs: dict[str, str]) -> None:
 
 
 def test_image_features_failures_counted_cache_and_alignment(tmp_path, capsys):
-    from recbole_vlm4rec.data.images import load_image
+    from recbole_vlm4rec.formats.images import load_image
     from recbole_vlm4rec.encoding.image import create_image_encoder
 
     folder = tmp_path / "data/toy"

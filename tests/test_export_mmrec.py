@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recbole_vlm4rec.data.features import load_feature, save_feature
+from recbole_vlm4rec.formats.features import load_feature, save_feature
 from recbole_vlm4rec.data.prepare.mmrec import prepare_mmrec_folder
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_mmrec.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recbole_vlm4rec.data.features import (
+from recbole_vlm4rec.formats.features import (
     FeatureFileError,
     align_feature,
     feature_paths,
@@ -109,7 +109,7 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path) -> 
     import os
     import stat
 
-    from recbole_vlm4rec.files import atomic_write_text
+    from recbole_vlm4rec.formats.files import atomic_write_text
 
     mask = os.umask(0o022)
     try:
@@ -126,7 +126,7 @@ def test_sqlite_caches_retry_a_locked_setup_and_close_on_other_errors(tmp_path, 
     without SQLite waiting; the setup is retried, while a damaged file still fails at once."""
     import sqlite3
 
-    from recbole_vlm4rec import files
+    from recbole_vlm4rec.formats import files
 
     real_connect = sqlite3.connect
     failures = {"left": 2}

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from grounding_fakes import ScriptedBackend, bad_and_good_images, make_project_home, register_fake
+from grounding_fakes import (ScriptedBackend, bad_and_good_images, description_rows,
+                             make_project_home, register_fake)
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.items import items_from_dataset
 from recbole_vlm4rec.grounding.prompts import load_prompt
 from recbole_vlm4rec.grounding.run import run_grounding
-from recbole_vlm4rec.grounding.store import DescriptionStore, read_descriptions
+from recbole_vlm4rec.grounding.store import DescriptionStore
 
 N_ITEMS = len(bad_and_good_images())
 N_OK = sum(reason is None for _, _, reason in bad_and_good_images().values())
@@ -35,12 +36,12 @@ def test_ground_command_writes_descriptions_and_summary(home: Path, capsys):
     code = cli.main(["ground", "shop", "--backend", "fake", "--no-progress", "--batch-size", "3"])
     out = capsys.readouterr().out
     assert code == 0
-    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    rows = description_rows(home / "dataset/shop/descriptions/fake-preference.jsonl")
     assert len(rows) == N_ITEMS and sum(r["status"] == "ok" for r in rows) == N_OK
     assert f"{N_OK}  ({N_OK} described now, 0 cache hits)" in out and "not_an_image" in out
     assert cli.main(["ground", "shop", "--backend", "fake", "--no-progress", "--prompt", "structured",
                      "--domain", "fashion", "--limit", "2"]) == 0
-    rows = read_descriptions(home / "dataset/shop/descriptions/fake-structured-fashion.jsonl")
+    rows = description_rows(home / "dataset/shop/descriptions/fake-structured-fashion.jsonl")
     assert [r["item_id"] for r in rows] == ["i01", "i02"] and "fit" in rows[0]["fields"]
     assert rows[0]["text"].startswith("Category: category value.")
 
@@ -57,7 +58,7 @@ def test_ground_on_a_csv_table_and_dry_run(home: Path, tmp_path: Path, capsys):
     assert "Linen shirt" in err and "1 to describe" in err and "missing" in err
     assert not (table.parent / "descriptions" / "fake-preference.jsonl").exists()
     assert cli.main(argv + ["--tag", "mine"]) == 0
-    rows = read_descriptions(table.parent / "descriptions" / "mine.jsonl")
+    rows = description_rows(table.parent / "descriptions" / "mine.jsonl")
     assert [(r["item_id"], r["status"], r["reason"]) for r in rows] == [("A1", "ok", None), ("B2", "failed", "missing")]
 
 
@@ -103,7 +104,7 @@ def test_killed_run_resumes_without_losing_or_duplicating(home: Path):
     survived = _count(store_path, "status = 'ok'")
     assert 2 <= survived < N_OK and _count(store_path, "1") >= n_bad_images + survived
     assert cli.main(SLOW_GROUND[:-2]) == 0
-    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    rows = description_rows(home / "dataset/shop/descriptions/fake-preference.jsonl")
     assert len(rows) == len({r["item_id"] for r in rows}) == N_ITEMS
     assert sum(r["status"] == "ok" for r in rows) == N_OK
     assert _count(store_path, "1") == N_ITEMS
@@ -116,11 +117,11 @@ def test_ctrl_c_exits_130_with_finished_rows_exported(home: Path):
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err.decode()
-    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    rows = description_rows(home / "dataset/shop/descriptions/fake-preference.jsonl")
     done = {r["item_id"] for r in rows if r["status"] == "ok"}
     assert 2 <= len(done) < N_OK and "interrupted" in out.decode()
     assert cli.main(SLOW_GROUND[:-2]) == 0
-    rows = read_descriptions(home / "dataset/shop/descriptions/fake-preference.jsonl")
+    rows = description_rows(home / "dataset/shop/descriptions/fake-preference.jsonl")
     assert sum(r["status"] == "ok" for r in rows) == N_OK and len(rows) == N_ITEMS
 
 
@@ -145,7 +146,7 @@ def test_two_runs_on_the_same_output_do_not_corrupt_it(home: Path):
     assert not errors
     with sqlite3.connect(folder / "descriptions" / "both.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rows = read_descriptions(folder / "descriptions" / "both.jsonl")
+    rows = description_rows(folder / "descriptions" / "both.jsonl")
     assert len(rows) == N_ITEMS and sum(r["status"] == "ok" for r in rows) == N_OK
 
 

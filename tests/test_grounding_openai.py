@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from grounding_fakes import make_project_home
+from grounding_fakes import description_rows, make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend, _retry_after_seconds
 from recbole_vlm4rec.grounding.backends.openai_stub import STUB_ANSWER, StubServer, completion, request_prompt
-from recbole_vlm4rec.grounding.store import read_descriptions
 
 
 def scripted_policy(payload, seen):
@@ -171,7 +170,7 @@ def test_ground_command_through_the_stub(tmp_path: Path, monkeypatch, capsys):
         argv = ["ground", "shop", "--backend", "openai", "--base-url", server.base_url, "--model", "stub",
                 "--concurrency", "4", "--context", "{title}", "--no-progress"]
         assert cli.main(argv) == 0
-        rows = {r["item_id"]: r for r in read_descriptions(tmp_path / "dataset/shop/descriptions/openai-preference.jsonl")}
+        rows = {r["item_id"]: r for r in description_rows(tmp_path / "dataset/shop/descriptions/openai-preference.jsonl")}
         assert rows["i01"]["text"] == STUB_ANSWER and rows["i01"]["backend"] == "openai"
         assert rows["i02"]["reason"] == "empty_output" and rows["i10"]["reason"] == "missing"
         sent = sum(server.requests.values())

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from grounding_fakes import GOOD_TEXT, ScriptedBackend, bad_and_good_images, write_shop_dataset
+from grounding_fakes import (GOOD_TEXT, ScriptedBackend, bad_and_good_images, description_rows,
+                             write_shop_dataset)
 from recbole_vlm4rec.grounding.items import items_from_dataset
 from recbole_vlm4rec.grounding.prompts import load_prompt
 from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
-from recbole_vlm4rec.grounding.store import (
-    EXPORT_KEYS,
-    DescriptionRow,
-    DescriptionStore,
-    read_descriptions,
-)
+from recbole_vlm4rec.formats.descriptions import DESCRIPTION_KEYS as EXPORT_KEYS
+from recbole_vlm4rec.grounding.store import DescriptionRow, DescriptionStore
 
 EXPECTED = {item: reason for item, (_, _, reason) in bad_and_good_images().items()}
 OK_ITEMS = sorted(item for item, reason in EXPECTED.items() if reason is None)
@@ -33,7 +30,7 @@ def ground(folder: Path, items, backend, prompt="preference", tag="run", **kwarg
     with DescriptionStore(folder / "descriptions" / f"{tag}.sqlite") as store:
         output = folder / "descriptions" / f"{tag}.jsonl"
         summary = run_grounding(items, load_prompt(prompt), backend, store, output, progress=False, **kwargs)
-    return summary, {row["item_id"]: row for row in read_descriptions(output)}
+    return summary, {row["item_id"]: row for row in description_rows(output)}
 
 
 def test_every_bad_input_is_recorded_and_the_run_goes_on(shop):
@@ -143,7 +140,7 @@ def test_a_broken_backend_aborts_with_finished_rows_saved(shop):
     with pytest.raises(GroundingAborted, match="CUDA out of memory") as error:
         ground(folder, items, Broken(batch_size=3))
     assert error.value.summary.described == 3
-    rows = read_descriptions(folder / "descriptions" / "run.jsonl")
+    rows = description_rows(folder / "descriptions" / "run.jsonl")
     assert sum(row["status"] == "ok" for row in rows) == 3
 
 

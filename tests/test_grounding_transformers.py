@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from grounding_fakes import bad_and_good_images, make_project_home
+from grounding_fakes import bad_and_good_images, description_rows, make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.transformers_vlm import TransformersBackend
-from recbole_vlm4rec.grounding.store import read_descriptions
 from tiny_vlms import (
     WORDS,
     build_tiny_idefics3,
@@ -65,7 +64,7 @@ def test_ground_command_with_a_local_model_folder(tiny_model: Path, home: Path, 
     argv = ["ground", "shop", "--backend", "transformers", "--model", str(tiny_model), "--prompt", str(prompt),
             "--batch-size", "4", "--max-new-tokens", "6", "--device", "cpu", "--no-progress"]
     assert cli.main(argv) == 0
-    rows = {r["item_id"]: r for r in read_descriptions(home / "dataset/shop/descriptions/transformers-short.jsonl")}
+    rows = {r["item_id"]: r for r in description_rows(home / "dataset/shop/descriptions/transformers-short.jsonl")}
     ok = [r for r in rows.values() if r["status"] == "ok"]
     assert len(rows) == len(bad_and_good_images()) and len(ok) == N_OK
     assert all(len(r["text"].split()) == 6 and r["model"].startswith(str(tiny_model)) for r in ok)
@@ -79,7 +78,7 @@ def test_structured_prompt_output_is_validated(tiny_model: Path, home: Path):
     argv = ["ground", "shop", "--backend", "transformers", "--model", str(tiny_model), "--prompt", "structured",
             "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
     assert cli.main(argv) == 0
-    rows = read_descriptions(home / "dataset/shop/descriptions/transformers-structured.jsonl")
+    rows = description_rows(home / "dataset/shop/descriptions/transformers-structured.jsonl")
     assert [(r["status"], r["reason"]) for r in rows] == [("failed", "invalid_json")] * 3  # words, not JSON
 
 

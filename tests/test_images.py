@@ -1,4 +1,4 @@
-"""data/images.py: every kind of bad or unusual image gives an RGB image or a named reason."""
+"""formats/images.py: every kind of bad or unusual image gives an RGB image or a named reason."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from recbole_vlm4rec.data.images import (
+from recbole_vlm4rec.formats.images import (
     ImageError,
     load_image,
     resolve_image_reference,

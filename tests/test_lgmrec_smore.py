@@ -11,7 +11,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_vlm4rec.data.dataset import MissingFeatureError
-from recbole_vlm4rec.data.features import save_feature
+from recbole_vlm4rec.formats.features import save_feature
 from recbole_vlm4rec.models._graph import elementwise_max_union, knn_item_graph
 
 MODELS = ["LGMRec", "SMORE"]
@@ -132,7 +132,7 @@ def test_three_modalities_run(two_features, build_pipeline, tiny_dataset):
 
 @pytest.mark.parametrize("model_name", MODELS)
 def test_runs_through_the_runner(two_features, model_name):
-    from recbole_vlm4rec.runner import run
+    from recbole_vlm4rec.run.runner import run
 
     name, overrides = two_features
     result = run(model_name, name, overrides={**overrides, "epochs": 1}, write_results=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recbole_vlm4rec.data.masking import apply_eval_history_mask
+from recbole_vlm4rec.run.masking import apply_eval_history_mask
 
 
 def items_by_user(split):
@@ -43,7 +43,7 @@ def test_default_is_recboles_rule_and_unknown_rule_is_an_error(tiny_dataset, bui
 
 
 def test_runner_applies_the_configured_mask(tiny_dataset):
-    from recbole_vlm4rec.runner import run
+    from recbole_vlm4rec.run.runner import run
 
     _, name, overrides = tiny_dataset
     recalls = {mask: run("Pop", name, overrides={**overrides, "eval_history_mask": mask},

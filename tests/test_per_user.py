@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from recbole_vlm4rec.runner import run
+from recbole_vlm4rec.run.runner import run
 
 
 @pytest.mark.parametrize("model", ["VLM4Rec", "BPR"])

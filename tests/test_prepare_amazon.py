@@ -11,7 +11,7 @@ import pytest
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.data.prepare.amazon import parse_record, prepare_amazon
 from recbole_vlm4rec.data.prepare.output import PrepareError
-from recbole_vlm4rec.encoding.item_text import read_atomic_item_file
+from recbole_vlm4rec.formats.items import read_atomic_item_file
 
 
 def write_dumps(folder: Path, n_users: int = 12, n_items: int = 6) -> dict[str, Path]:

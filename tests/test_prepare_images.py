@@ -13,7 +13,7 @@ from PIL import Image
 
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.data.prepare.images import check_image, download_images, file_stem
-from recbole_vlm4rec.encoding.item_text import read_atomic_item_file
+from recbole_vlm4rec.formats.items import read_atomic_item_file
 
 
 def image_bytes(fmt: str) -> bytes:

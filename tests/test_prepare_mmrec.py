@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from recbole_vlm4rec import cli
-from recbole_vlm4rec.data.features import load_feature
+from recbole_vlm4rec.formats.features import load_feature
 from recbole_vlm4rec.data.prepare.mmrec import prepare_mmrec_folder
 from recbole_vlm4rec.data.prepare.output import PrepareError
-from recbole_vlm4rec.encoding.item_text import read_atomic_item_file
+from recbole_vlm4rec.formats.items import read_atomic_item_file
 
 
 def write_mmrec_folder(folder: Path, n_users: int = 12, n_items: int = 9) -> dict:
@@ -111,7 +111,7 @@ def test_mmrec_ids_and_missing_files(tmp_path):
 
 
 def test_predefined_split_trains_through_recbole(tmp_path, monkeypatch):
-    from recbole_vlm4rec.runner import run
+    from recbole_vlm4rec.run.runner import run
 
     monkeypatch.chdir(tmp_path)
     write_mmrec_folder(tmp_path / "toy", n_users=30, n_items=20)
@@ -143,7 +143,7 @@ def test_meta_file_adds_item_text(tmp_path):
 
 
 def test_reprepare_keeps_later_features_drops_vanished_imports(tmp_path):
-    from recbole_vlm4rec.data.features import save_feature
+    from recbole_vlm4rec.formats.features import save_feature
 
     write_mmrec_folder(tmp_path / "toy")
     root = tmp_path / "datasets"

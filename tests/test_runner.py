@@ -10,7 +10,8 @@ import yaml
 import run_recbole
 from recbole_vlm4rec.data.registry import UnknownDatasetError
 from recbole_vlm4rec.models import UnknownModelError
-from recbole_vlm4rec.runner import build_config, format_metrics_table, run
+from recbole_vlm4rec.run.protocol import build_config
+from recbole_vlm4rec.run.runner import format_metrics_table, run
 
 METRICS = {f"{m}@{k}" for m in ("recall", "ndcg", "hit", "mrr") for k in (10, 20)}
 
@@ -68,3 +69,82 @@ def test_run_recbole_cli(tiny_dataset, capsys):
     assert "declares no item feature 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_recbole.main(["--model=BPR", "positional"])
+
+
+def test_results_record_each_config_layer_and_feature(tiny_dataset):
+    _, name, overrides = tiny_dataset
+    result = run("VLM4Rec", name, overrides=overrides)
+    roles = [layer["role"] for layer in result.config_layers]
+    assert roles[:2] == ["overall", "model"] and all(len(l["sha256"]) == 64 for l in result.config_layers)
+    assert result.features["emb"]["items_covered"] == 40 and len(result.features["emb"]["sha256"]) == 64
+
+
+def test_a_missing_protocol_layer_is_an_error_not_a_fallback(tiny_dataset, tmp_path, monkeypatch):
+    from recbole_vlm4rec.formats import paths
+
+    _, name, overrides = tiny_dataset
+    monkeypatch.setattr(paths, "PACKAGE_DIR", tmp_path / "broken-install")
+    with pytest.raises(paths.ProtocolMissingError, match="shipped protocol is missing"):
+        build_config("BPR", name, overrides=overrides)
+
+
+def test_feature_written_by_encode_is_what_the_next_run_uses(tiny_dataset, monkeypatch):
+    """A declared item-text feature that `vlm4rec encode` wrote is used as written, not rebuilt."""
+    import hashlib
+
+    from recbole_vlm4rec import cli
+    from recbole_vlm4rec.encoding import encode
+
+    root, name, overrides = tiny_dataset
+    (root / name / f"{name}.item").write_text(
+        "item_id:token\ttitle:token_seq\n" + "".join(f"i{i}\tthing {i}\n" for i in range(40)))
+
+    class HashEncoder:
+        def __init__(self, spec, device=None, batch_size=64):
+            pass
+
+        def encode(self, texts, show_progress=True):
+            import numpy as np
+            return np.stack([np.frombuffer(hashlib.sha256(t.encode()).digest()[:8], np.uint8)
+                             for t in texts]).astype("float32") + 1
+
+    monkeypatch.setattr(encode, "TextEncoder", HashEncoder)
+    features = root / name / "features"
+    assert cli.main(["encode", name, "--data-path", str(root), "--template", "my own {title}",
+                     "--feature", "txt", "--quiet"]) == 0
+    written = hashlib.sha256((features / "txt.npy").read_bytes()).hexdigest()
+    declared = {"emb": None, "txt": {"build": "item_text", "template": "{title}"}}
+    result = run("VLM4Rec", name, overrides={**overrides, "item_features": declared,
+                                             "item_feature": "txt"})
+    assert result.features["txt"]["sha256"] == written
+    assert result.features["txt"]["origin"] == "vlm4rec encode"
+
+
+CONFIGURATIONS = [
+    ("VLM4Rec", {}),
+    ("VLM4Rec", {"item_feature": "nope"}),
+    ("VBPR", {"content_features": "emb,txt"}),  # a string list: once skipped by bench only
+    ("VBPR", {"content_features": ["emb"]}),
+    ("VBPR", {"content_features": "[emb]"}),
+    ("FREEDOM", {"content_features": ["txt"]}),
+    ("NoSuchModel", {}),
+    ("BPR", {"dataset": "tinny"}),
+]
+
+
+@pytest.mark.parametrize("model, extra", CONFIGURATIONS)
+def test_bench_precheck_and_run_accept_and_refuse_the_same(tiny_dataset, model, extra):
+    from recbole_vlm4rec.benchmark.grid import precheck
+    from recbole_vlm4rec.benchmark.spec import Cell
+
+    _, name, overrides = tiny_dataset
+    extra = dict(extra)
+    dataset = extra.pop("dataset", name)
+    settings = {**overrides, **extra, "epochs": 1}
+    refused_by_bench = precheck(Cell("x", model, dataset, 0, settings, ())) is not None
+    try:
+        run(model, dataset, overrides=settings, write_results=False)
+        refused_by_run = False
+    except (UnknownModelError, UnknownDatasetError, KeyError):
+        refused_by_run = True
+    assert refused_by_bench == refused_by_run

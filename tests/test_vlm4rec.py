@@ -8,7 +8,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from conftest import write_predefined_split
-from recbole_vlm4rec.data.features import save_feature
+from recbole_vlm4rec.formats.features import save_feature
 
 # Two taste clusters on a 3-d sphere: "a" items point along x, "b" items along y. a3 / b3 sit
 # exactly on their cluster's mean direction, so each user's top unseen item is known.

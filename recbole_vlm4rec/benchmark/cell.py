@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_vlm4rec.benchmark.spec import Cell
-from recbole_vlm4rec.files import atomic_write_text
+from recbole_vlm4rec.formats.files import atomic_write_text
 
 
 def make_record(cell: Cell, status: str, reason: str | None = None,
@@ -60,7 +60,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
 def classify_error(error: BaseException) -> tuple[str, str]:
     """``(status, reason)``: missing data -> skipped, everything else -> failed."""
     from recbole_vlm4rec.data.dataset import MissingFeatureError
-    from recbole_vlm4rec.data.features import FeatureFileError
+    from recbole_vlm4rec.formats.features import FeatureFileError
     from recbole_vlm4rec.data.registry import UnknownDatasetError
 
     message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
@@ -75,7 +75,7 @@ def classify_error(error: BaseException) -> tuple[str, str]:
 
 def run_cell(cell: Cell, checkpoint_dir: Path) -> dict[str, Any]:
     """Run the cell in this process and return its record (never raises, except Ctrl-C)."""
-    from recbole_vlm4rec.runner import run
+    from recbole_vlm4rec.run.runner import run
 
     started = time.perf_counter()
     overrides = {**cell.overrides, "checkpoint_dir": str(checkpoint_dir), "show_progress": False}

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from recbole_vlm4rec.benchmark.cell import make_record, read_record, run_cell, write_record
 from recbole_vlm4rec.benchmark.spec import BenchSpec, Cell
-from recbole_vlm4rec.files import atomic_write_text
+from recbole_vlm4rec.formats.files import atomic_write_text
 
 
 @dataclass
@@ -60,49 +60,24 @@ def is_finished(out_dir: Path, cell: Cell) -> bool:
 
 
 def precheck(cell: Cell) -> dict[str, Any] | None:
-    """A record for a cell that cannot start (unknown model or dataset, an undeclared feature),
-    made without starting it; None when the cell should run."""
+    """A record for a cell that cannot start (unknown model or dataset, an undeclared feature, a
+    missing protocol layer), made without starting it; None when the cell should run. It runs the
+    run layer's own checks (run/protocol.prepare_run), so a cell is refused here exactly when
+    ``vlm4rec run`` would refuse it."""
     from recbole_vlm4rec.benchmark.cell import classify_error
     from recbole_vlm4rec.data.dataset import MissingFeatureError
-    from recbole_vlm4rec.data.registry import UnknownDatasetError, check_dataset, is_embedded
-    from recbole_vlm4rec.models import UnknownModelError, get_model_class
+    from recbole_vlm4rec.data.registry import UnknownDatasetError
+    from recbole_vlm4rec.models import UnknownModelError
+    from recbole_vlm4rec.run.protocol import prepare_run
 
     try:
-        get_model_class(cell.model)
-        data_path = cell.overrides.get("data_path")
-        if not is_embedded(cell.dataset):
-            check_dataset(cell.dataset, Path(data_path) if data_path else None)
-        _check_declared_features(cell)
-    except (UnknownModelError, UnknownDatasetError, MissingFeatureError) as error:
+        prepare_run(cell.model, cell.dataset, cell.config_files,
+                    {**cell.overrides, "state": "WARNING"}, build_features=False)
+    except (UnknownModelError, UnknownDatasetError, MissingFeatureError,
+            FileNotFoundError) as error:
         status, reason = classify_error(error)
         return make_record(cell, status, reason)
     return None
-
-
-def _check_declared_features(cell: Cell) -> None:
-    """MissingFeatureError (worded as the dataset words it) when the cell's ``item_feature`` /
-    ``content_features`` name a feature its config layers do not declare. Only config files are
-    read; when the declarations cannot be found the cell runs and the dataset decides."""
-    from recbole_vlm4rec import paths
-    from recbole_vlm4rec.data.dataset import MissingFeatureError
-
-    wanted = [cell.overrides.get("item_feature")]
-    content = cell.overrides.get("content_features")
-    wanted += content if isinstance(content, list) else [content]
-    wanted = [str(name) for name in wanted if name]
-    declared = cell.overrides.get("item_features")
-    layers = [*reversed(cell.config_files), str(paths.configs_dir() / "dataset" / f"{cell.dataset}.yaml")]
-    for layer in layers:
-        if declared is not None:
-            break
-        path = Path(layer)
-        if path.is_file():
-            declared = (yaml.safe_load(path.read_text()) or {}).get("item_features")
-    if not wanted or not isinstance(declared, dict):
-        return
-    for name in wanted:
-        if name not in declared:
-            raise MissingFeatureError.undeclared(cell.dataset, name, declared)
 
 
 def run_in_subprocess(cell: Cell, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np
 from recbole_vlm4rec.benchmark.cell import read_record
 from recbole_vlm4rec.benchmark.spec import load_spec
 from recbole_vlm4rec.benchmark.stats import PairedTest, compare_to_reference
-from recbole_vlm4rec.files import atomic_write_text
+from recbole_vlm4rec.formats.files import atomic_write_text
 
 BETTER, WORSE = "▲", "▼"
 

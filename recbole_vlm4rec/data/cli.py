@@ -1,4 +1,4 @@
-"""``vlm4rec datasets`` and ``vlm4rec features``: what data exists and how well features cover it."""
+"""``vlm4rec datasets``: which datasets can run now and which need preparing."""
 
 from __future__ import annotations
 
@@ -11,16 +11,6 @@ def register(subparsers: Any) -> None:
         "datasets", help="list datasets that can run now and named ones that need preparing"
     )
     datasets.set_defaults(func=_datasets)
-
-    features = subparsers.add_parser(
-        "features",
-        help="load a dataset's declared item features and report coverage per feature",
-        description="Loads (and, for item-text features, builds) every feature declared under "
-        "`item_features` in configs/dataset/<dataset>.yaml, aligned to RecBole's item ids, and "
-        "prints how many items have each. Example: vlm4rec features ml-100k",
-    )
-    features.add_argument("dataset", help="dataset name, e.g. ml-100k")
-    features.set_defaults(func=_features)
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -36,18 +26,4 @@ def _datasets(args: argparse.Namespace) -> int:
         print("named, need preparing:")
         for info in missing:
             print(f"  {info.name:<20} {info.how_to_prepare}")
-    return 0
-
-
-def _features(args: argparse.Namespace) -> int:
-    from recbole_vlm4rec.runner import build_config, create_dataset
-
-    config = build_config("VLM4Rec", args.dataset, overrides={"state": "WARNING"})
-    dataset = create_dataset(config)
-    declared = dataset.declared_item_features()
-    if not declared:
-        print(f"dataset '{args.dataset}' declares no item features")
-        return 1
-    for name in declared:
-        print(dataset.item_feature(name).report())
     return 0

@@ -7,11 +7,11 @@ are never joined into training batches. Declaration::
     item_features:
       text:                       # feature name used by model configs
         file: text                # stem in features_dir (default: the feature name)
-        build: item_text          # optional: (re)build from the .item atomic file when stale
+        build: item_text          # optional: built by the run layer (encoding/declared.py)
         template: "{movie_title} ({release_year}). Genres: {class}."
     features_dir: ~               # default: <data_path>/<dataset>/features
     feature_unknown_tokens: error # or ignore: rows for items absent from the dataset
-    text_encoder: all-MiniLM-L6-v2
+    text_encoder: all-MiniLM-L6-v2  # encoder of declared text features
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from recbole.data.dataset import Dataset
 
-from recbole_vlm4rec import paths
-from recbole_vlm4rec.data.features import AlignedFeature, align_feature, load_feature
+from recbole_vlm4rec.formats import paths
+from recbole_vlm4rec.formats.features import AlignedFeature, align_feature, load_feature
 from recbole_vlm4rec.data.registry import is_embedded
 
 
@@ -43,8 +43,48 @@ class MissingFeatureError(KeyError):
         )
 
 
+def declared_item_features(config: Any) -> dict[str, dict[str, Any]]:
+    """Feature name -> declaration (``file`` filled in), from the ``item_features`` config key."""
+    declared = config["item_features"] or {}
+    if not isinstance(declared, dict):
+        raise ValueError(f"item_features must be a mapping of feature names, got {declared!r}")
+    normalised = {}
+    for name, spec in declared.items():
+        if spec is None or isinstance(spec, str):
+            spec = {"file": spec or name}
+        normalised[str(name)] = {"file": str(name), **spec}
+    return normalised
+
+
+def features_dir(config: Any) -> Path:
+    """``features_dir`` if set; else ``<data_path>/features`` beside the atomic files (for an
+    embedded dataset, whose files sit inside a package, ``<project home>/dataset/<name>/features``)."""
+    if config["features_dir"]:
+        return Path(config["features_dir"])
+    if is_embedded(config["dataset"]):
+        return paths.features_dir(config["dataset"])
+    return Path(config["data_path"]) / "features"
+
+
+def item_file(config: Any) -> Path:
+    """The dataset's ``.item`` atomic file (inside RecBole's package for an embedded dataset)."""
+    return Path(config["data_path"]) / f"{config['dataset']}.item"
+
+
+def check_features_declared(config: Any, names: list[str]) -> None:
+    """MissingFeatureError for the first of ``names`` the dataset does not declare."""
+    declared = declared_item_features(config)
+    for name in names:
+        if name not in declared:
+            raise MissingFeatureError.undeclared(config["dataset"], name, declared)
+
+
 class MultimodalDataset(Dataset):
-    """RecBole ``Dataset`` plus item feature matrices aligned to internal item ids."""
+    """RecBole ``Dataset`` plus item feature matrices aligned to internal item ids.
+
+    It only loads feature files: features declared with a ``build`` recipe are built by the run
+    layer (run/protocol.py, through the encode stage) before the dataset is created.
+    """
 
     def __init__(self, config: Any) -> None:
         # Set before super().__init__: RecBole's train/valid/test splits are shallow copies, so
@@ -52,30 +92,10 @@ class MultimodalDataset(Dataset):
         self._item_features: dict[str, AlignedFeature] = {}
         super().__init__(config)
 
-    def declared_item_features(self) -> dict[str, dict[str, Any]]:
-        """Feature name -> declaration, from the ``item_features`` config key."""
-        declared = self.config["item_features"] or {}
-        normalised = {}
-        for name, spec in declared.items():
-            if spec is None or isinstance(spec, str):
-                spec = {"file": spec or name}
-            normalised[name] = {"file": name, **spec}
-        return normalised
-
-    def features_dir(self) -> Path:
-        """``features_dir`` if set; else ``<data_path>/features`` beside the atomic files (for an
-        embedded dataset, whose files sit inside a package, ``dataset/<name>/features``)."""
-        configured = self.config["features_dir"]
-        if configured:
-            return Path(configured)
-        if is_embedded(self.dataset_name):
-            return paths.features_dir(self.dataset_name)
-        return Path(self.dataset_path) / "features"
-
     def item_feature(self, name: str) -> AlignedFeature:
         """The feature ``name`` as an ``(n_items, dim)`` matrix indexed by internal item id."""
         if name not in self._item_features:
-            declared = self.declared_item_features()
+            declared = declared_item_features(self.config)
             if name not in declared:
                 raise MissingFeatureError.undeclared(self.dataset_name, name, declared)
             aligned = self._load_item_feature(name, declared[name])
@@ -84,30 +104,14 @@ class MultimodalDataset(Dataset):
         return self._item_features[name]
 
     def _load_item_feature(self, name: str, spec: dict[str, Any]) -> AlignedFeature:
-        directory = self.features_dir()
+        directory = features_dir(self.config)
         file_name = str(spec["file"])
         if os.path.isabs(file_name):
             directory, file_name = Path(file_name).parent, Path(file_name).name
-        if spec.get("build") == "item_text":
-            from recbole_vlm4rec.encoding.item_text import build_item_text_feature
-
-            build_item_text_feature(
-                item_file=Path(self.dataset_path) / f"{self.dataset_name}.item",
-                template=spec["template"],
-                out_dir=directory,
-                name=file_name,
-                encoder_spec=self.config["text_encoder"] or "all-MiniLM-L6-v2",
-                item_field=self.iid_field,
-                device=str(self.config["device"]) if self.config["device"] else None,
-            )
-        elif spec.get("build"):
-            raise ValueError(
-                f"item feature '{name}': unknown build recipe {spec['build']!r} (known: item_text)"
-            )
         feature = load_feature(directory, file_name)
         feature.name = name
         return align_feature(
             feature,
             self.field2id_token[self.iid_field],
-            unknown_tokens=self.config["feature_unknown_tokens"] or "error",
+            unknown_tokens=self.config["feature_unknown_tokens"],
         )

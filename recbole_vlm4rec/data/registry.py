@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from recbole_vlm4rec import paths
+from recbole_vlm4rec.formats import paths
 
 DEFAULT_DATASET = "ml-100k"
 

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from recbole_vlm4rec.files import connect_sqlite_wal
+from recbole_vlm4rec.formats.files import connect_sqlite_wal
 
 CACHE_FILE_NAME = "encode_cache.sqlite"
 _SQLITE_VARIABLE_LIMIT = 500  # keys per SELECT ... IN (...), well under SQLite's limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def register(subparsers: Any) -> None:
 
 
 def dataset_folder(name: str, data_path: str | None) -> Path:
-    from recbole_vlm4rec import paths
+    from recbole_vlm4rec.formats import paths
 
     return (Path(data_path) if data_path else paths.dataset_root()) / name
 
@@ -132,12 +133,15 @@ def _run(args: argparse.Namespace):
         )
     from recbole_vlm4rec.encoding.text import DEFAULT_TEXT_ENCODER
 
+    extra_meta = {"command": shlex.join(["vlm4rec", "encode", *sys.argv[2:]])}
     if args.descriptions:
         path = descriptions_path(args.descriptions, folder)
         inputs, source, feature = encode.read_descriptions(path), str(path), "vlm"
+        extra_meta["descriptions"] = str(path)
     elif args.template:
         inputs = encode.texts_from_table(items, args.template, args.item_field)
         source, feature = f"{items} with template {args.template!r}", "text"
+        extra_meta.update(item_table=str(items), template=args.template)
     else:
         tags = sorted(p.stem for p in (folder / "descriptions").glob("*.jsonl"))
         raise ValueError(
@@ -147,5 +151,5 @@ def _run(args: argparse.Namespace):
     return encode.encode_text_feature(
         inputs, out_dir, args.feature or feature, args.encoder or DEFAULT_TEXT_ENCODER,
         source=source, use_cache=not args.no_cache, device=args.device,
-        batch_size=args.batch_size or 64, show_progress=show_progress,
+        batch_size=args.batch_size or 64, show_progress=show_progress, extra_meta=extra_meta,
     )

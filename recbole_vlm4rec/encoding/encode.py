@@ -3,12 +3,9 @@
 Inputs:
 
 descriptions file (``dataset/<name>/descriptions/<tag>.jsonl``, written by ``vlm4rec ground``)
-    One JSON object per line with at least ``item_id``, ``status`` (``"ok"`` or ``"failed"``) and
-    ``text``; ``failed`` rows name a ``reason`` (and ``detail``), kept in the skip record; other
-    keys (backend, model, prompt version, image hash) are provenance.
-    Only ``ok`` rows with non-empty text are encoded. When an item appears on several lines the
-    last line wins (the file is append-only: a rerun appends newer rows); superseded rows are
-    counted. Lines that are not JSON objects or lack ``item_id`` are counted with their line number.
+    Read by formats/descriptions.py: only ``ok`` rows with non-empty text are encoded; failed,
+    empty and malformed rows are kept as skip records (with their reason and line), and rows
+    superseded by a later row for the same item are counted.
 item table (``<name>.item`` atomic file, or any ``.csv`` / ``.tsv``)
     Texts are rendered per row from a ``{column}`` template; images come from an image column
     whose values are paths relative to the table's folder (or absolute). Item ids must be unique.
@@ -20,7 +17,6 @@ its reason. Items that are skipped get no row, so the dataset loader reports the
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,8 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from recbole_vlm4rec.data.features import save_feature
-from recbole_vlm4rec.data.images import (
+from recbole_vlm4rec.formats import descriptions
+from recbole_vlm4rec.formats.features import FEATURE_META_VERSION, save_feature
+from recbole_vlm4rec.formats.images import (
     ImageError,
     image_sha256,
     load_image,
@@ -39,9 +36,10 @@ from recbole_vlm4rec.data.images import (
     resolve_image_reference,
 )
 from recbole_vlm4rec.encoding.cache import CACHE_FILE_NAME, VectorCache, text_key
-from recbole_vlm4rec.encoding.image import ImageEncoder, l2_normalise
-from recbole_vlm4rec.encoding import item_text
-from recbole_vlm4rec.encoding.item_text import render_item_texts
+from recbole_vlm4rec.encoding.image import ImageEncoder
+from recbole_vlm4rec.formats.vectors import l2_normalise
+from recbole_vlm4rec.formats import items as item_tables
+from recbole_vlm4rec.formats.items import render_item_texts
 from recbole_vlm4rec.encoding.text import TextEncoder, encoder_fingerprint
 
 
@@ -102,49 +100,34 @@ class EncodeReport:
 # ---------------------------------------------------------------- reading inputs
 
 def read_descriptions(path: str | Path) -> TextInputs:
-    """Texts to encode from a descriptions JSONL file (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EncodeInputError(f"descriptions file not found: {path}")
-    latest: dict[str, tuple[int, dict[str, Any]]] = {}
-    skipped, superseded = [], 0
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                skipped.append(Skipped(f"{path.name}:{line_no}", "malformed_line", str(error)))
-                continue
-            item_id = row.get("item_id") if isinstance(row, dict) else None
-            if item_id is None or not str(item_id).strip():
-                skipped.append(Skipped(f"{path.name}:{line_no}", "malformed_line", "no item_id"))
-                continue
-            superseded += str(item_id) in latest
-            latest[str(item_id)] = (line_no, row)
-    tokens, texts = [], []
-    for item_id, (line_no, row) in latest.items():
-        status, text = row.get("status"), row.get("text")
-        where = f"{path.name}:{line_no}"
-        if status == "failed":
-            why = row.get("reason") or row.get("error") or "unknown"
+    """Texts to encode from a descriptions file (formats/descriptions.py): ``ok`` rows with text;
+    failed, empty and malformed rows become skip records with their reason."""
+    try:
+        parsed = descriptions.read_descriptions(path)
+    except descriptions.DescriptionsFileError as error:
+        raise EncodeInputError(str(error)) from error
+    skipped = [Skipped(f"{parsed.path.name}:{line}", "malformed_line", why)
+               for line, why in parsed.malformed]
+    texts = parsed.texts()
+    for item_id, row in parsed.rows.items():
+        if item_id in texts:
+            continue
+        if row["status"] == "failed":
+            why = row.get("reason") or "unknown"
             detail = f"{why}: {row['detail']}" if row.get("detail") else str(why)
             skipped.append(Skipped(item_id, "failed", detail))
-        elif status != "ok":
-            skipped.append(Skipped(item_id, "bad_status", f"{where}: status {status!r}"))
-        elif not isinstance(text, str) or not text.strip():
-            skipped.append(Skipped(item_id, "empty_text", where))
+        elif row["status"] != "ok":
+            skipped.append(Skipped(item_id, "bad_status",
+                                   f"{parsed.where(item_id)}: status {row['status']!r}"))
         else:
-            tokens.append(item_id)
-            texts.append(text.strip())
-    return TextInputs(tokens, texts, skipped, superseded)
+            skipped.append(Skipped(item_id, "empty_text", parsed.where(item_id)))
+    return TextInputs(list(texts), list(texts.values()), skipped, parsed.superseded)
 
 
 def read_item_table(path: str | Path) -> pd.DataFrame:
-    """``item_text.read_item_table``, failing as an input error of this stage."""
+    """``formats.items.read_item_table``, failing as an input error of this stage."""
     try:
-        return item_text.read_item_table(path)
+        return item_tables.read_item_table(path)
     except FileNotFoundError as error:
         raise EncodeInputError(str(error)) from error
 
@@ -233,8 +216,10 @@ def encode_texts(inputs: TextInputs, encoder: TextEncoder, cache: VectorCache,
 def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
                         encoder_spec: str, source: str, use_cache: bool = True,
                         device: str | None = None, batch_size: int = 64,
-                        show_progress: bool = True) -> EncodeReport:
-    """Encode ``inputs`` with a sentence encoder and write feature ``feature`` into ``out_dir``."""
+                        show_progress: bool = True,
+                        extra_meta: dict[str, Any] | None = None) -> EncodeReport:
+    """Encode ``inputs`` with a sentence encoder and write feature ``feature`` into ``out_dir``;
+    ``extra_meta`` adds provenance keys (e.g. the template) to the feature's ``.json``."""
     started = time.perf_counter()
     fingerprint = encoder_fingerprint(encoder_spec)
     cache_path = Path(out_dir) / CACHE_FILE_NAME if use_cache else None
@@ -243,7 +228,7 @@ def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
         tokens, matrix, hits, bad = encode_texts(inputs, encoder, cache, show_progress)
     return _write(out_dir, feature, tokens, matrix, inputs.skipped + bad, hits, started,
                   encoder_spec, fingerprint, source, n_superseded=inputs.n_superseded,
-                  kind="text")
+                  kind="text", extra_meta=extra_meta)
 
 
 def encode_image_feature(refs: Sequence[tuple[str, str]], base_dir: str | Path,
@@ -331,7 +316,8 @@ def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
 
 def _write(out_dir: str | Path, feature: str, tokens: list[str], matrix: np.ndarray,
            skipped: list[Skipped], hits: int, started: float, encoder: str, fingerprint: str,
-           source: str, kind: str, n_superseded: int = 0) -> EncodeReport:
+           source: str, kind: str, n_superseded: int = 0,
+           extra_meta: dict[str, Any] | None = None) -> EncodeReport:
     if not tokens:
         reasons = Counter(s.reason for s in skipped)
         raise EncodeInputError(
@@ -339,6 +325,8 @@ def _write(out_dir: str | Path, feature: str, tokens: list[str], matrix: np.ndar
             f"{len(skipped)} items skipped ({dict(reasons) or 'no items'})"
         )
     meta = {
+        "format_version": FEATURE_META_VERSION,
+        "origin": "vlm4rec encode",
         "kind": kind,
         "source": source,
         "encoder": encoder,
@@ -351,6 +339,7 @@ def _write(out_dir: str | Path, feature: str, tokens: list[str], matrix: np.ndar
         "skipped": [{"item_id": s.item_id, "reason": s.reason, "detail": s.detail}
                     for s in skipped],
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra_meta or {}),
     }
     path = save_feature(out_dir, feature, matrix, tokens, meta=meta)
     return EncodeReport(feature, path, len(tokens), int(matrix.shape[1]), len(tokens) - hits,

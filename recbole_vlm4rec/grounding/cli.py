@@ -112,12 +112,12 @@ def backend_options(args: argparse.Namespace, backend_class: type) -> dict[str, 
 
 def _ground(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.grounding.backends import BackendUnavailableError, get_backend_class
-    from recbole_vlm4rec.encoding.item_text import read_item_table
+    from recbole_vlm4rec.formats.items import read_item_table
     from recbole_vlm4rec.grounding.items import items_from_dataset, items_from_table
     from recbole_vlm4rec.grounding.prompts import PromptError, load_prompt
     from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
     from recbole_vlm4rec.grounding.store import DescriptionStore
-    from recbole_vlm4rec.paths import dataset_root
+    from recbole_vlm4rec.formats.paths import dataset_root
 
     def fail(message: str, code: int = 2) -> int:
         print(f"vlm4rec ground: error: {message}", file=sys.stderr)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from recbole_vlm4rec.data.images import resolve_image_reference
-from recbole_vlm4rec.encoding.item_text import read_atomic_item_file
+from recbole_vlm4rec.formats.images import resolve_image_reference
+from recbole_vlm4rec.formats.items import read_atomic_item_file
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from recbole_vlm4rec.paths import configs_dir
+from recbole_vlm4rec.formats.paths import configs_dir
 
 FORMATS = ("text", "json")
 DEFAULT_DOMAIN = "default"

@@ -30,8 +30,8 @@ from typing import Sequence, TextIO
 
 from tqdm.auto import tqdm
 
-from recbole_vlm4rec.data.images import DEFAULT_MAX_SIDE, ImageError, image_sha256, load_image, read_image_bytes
-from recbole_vlm4rec.data.images import REASONS as IMAGE_REASONS
+from recbole_vlm4rec.formats.images import DEFAULT_MAX_SIDE, ImageError, image_sha256, load_image, read_image_bytes
+from recbole_vlm4rec.formats.images import REASONS as IMAGE_REASONS
 from recbole_vlm4rec.grounding.backends.base import GroundingBackend, GroundingRequest
 from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import OutputRejected, PromptSpec

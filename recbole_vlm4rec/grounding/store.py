@@ -43,12 +43,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from recbole_vlm4rec.files import atomic_write_text, connect_sqlite_wal
+from recbole_vlm4rec.formats.descriptions import DESCRIPTION_KEYS, write_descriptions
+from recbole_vlm4rec.formats.files import connect_sqlite_wal
 
-EXPORT_KEYS = (
-    "item_id", "status", "text", "reason", "detail", "backend", "model", "prompt",
-    "prompt_version", "image_sha256", "fields",
-)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS descriptions (
     item_id TEXT PRIMARY KEY,
@@ -93,7 +90,7 @@ class DescriptionRow:
 
     def export(self) -> dict[str, Any]:
         record = asdict(self)
-        return {key: record[key] for key in EXPORT_KEYS}
+        return {key: record[key] for key in DESCRIPTION_KEYS}
 
 
 _COLUMNS = [f.name for f in fields(DescriptionRow)]
@@ -170,26 +167,5 @@ class DescriptionStore:
 
 
 def export_jsonl(path: str | Path, rows: Iterable[DescriptionRow]) -> int:
-    """Write ``rows`` sorted by item_id to ``path`` atomically; returns the number of lines."""
-    ordered = sorted(rows, key=lambda row: row.item_id)
-    payload = "".join(json.dumps(row.export(), ensure_ascii=False) + "\n" for row in ordered)
-    atomic_write_text(path, payload)
-    return len(ordered)
-
-
-def read_descriptions(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a descriptions ``.jsonl``; ValueError naming the line when one is malformed."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from error
-            missing = [key for key in EXPORT_KEYS if key not in record]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing keys {missing}")
-            rows.append(record)
-    return rows
+    """Write ``rows`` in the descriptions format (formats/descriptions.py); returns the line count."""
+    return write_descriptions(path, (row.export() for row in rows))

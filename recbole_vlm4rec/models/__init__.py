@@ -1,7 +1,13 @@
-"""The model registry: this package's models plus RecBole's own, resolved by name.
+"""The model registry: this package's models (registered explicitly) plus RecBole's general models.
 
-Adding a model takes one module here (a ``GeneralRecommender`` subclass, any name) and one
-``configs/model/<ClassName>.yaml``: modules are discovered, nothing else needs editing.
+A model is one module here whose class is decorated with :func:`register_model`, plus one
+``configs/model/<ClassName>.yaml``. Only decorated classes are models: helpers and shared base
+classes in the same modules are not. A registered name that RecBole also uses is an error naming
+both classes (ours would silently shadow RecBole's otherwise).
+
+Only RecBole's *general* recommenders are offered: the run layer builds general-model datasets,
+splits and full-ranking evaluation; sequential, context-aware and knowledge-aware models need
+other data and would fail inside RecBole.
 """
 
 from __future__ import annotations
@@ -10,53 +16,55 @@ import difflib
 import importlib
 import pkgutil
 from functools import lru_cache
+from typing import TypeVar
 
-# Helper modules in this package that hold no model.
-_NOT_MODEL_MODULES = {"features", "cli"}
-_RECBOLE_MODEL_PACKAGES = (
-    "general_recommender",
-    "context_aware_recommender",
-    "sequential_recommender",
-    "knowledge_aware_recommender",
-)
+ModelClass = TypeVar("ModelClass", bound=type)
+
+_REGISTERED: dict[str, type] = {}
 
 
 class UnknownModelError(ValueError):
     pass
 
 
+class ModelRegistryError(RuntimeError):
+    """Two models claim one name."""
+
+
+def register_model(cls: ModelClass) -> ModelClass:
+    """Class decorator: make ``cls`` runnable under its class name."""
+    existing = _REGISTERED.get(cls.__name__)
+    if existing is not None and existing is not cls:
+        raise ModelRegistryError(
+            f"model name {cls.__name__!r} is registered twice: {existing.__module__}."
+            f"{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+    _REGISTERED[cls.__name__] = cls
+    return cls
+
+
 @lru_cache(maxsize=None)
 def project_models() -> dict[str, type]:
-    """Class name -> class for every model defined in this package."""
-    from recbole.model.abstract_recommender import AbstractRecommender
-
-    found: dict[str, type] = {}
+    """Class name -> class for every model registered in this package."""
     for module_info in pkgutil.iter_modules(__path__):
-        if module_info.name.startswith("_") or module_info.name in _NOT_MODEL_MODULES:
-            continue
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        for value in vars(module).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, AbstractRecommender)
-                and value.__module__ == module.__name__
-            ):
-                found[value.__name__] = value
-    return found
+        if not module_info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module_info.name}")
+    clashes = sorted(set(_REGISTERED) & set(recbole_models()))
+    if clashes:
+        theirs = recbole_models()
+        raise ModelRegistryError("; ".join(
+            f"model {name!r} of {_REGISTERED[name].__module__} has the name of RecBole's "
+            f"{theirs[name].__module__}.{name}: rename ours" for name in clashes))
+    return dict(_REGISTERED)
 
 
 @lru_cache(maxsize=None)
 def recbole_models() -> dict[str, type]:
-    """Class name -> class for RecBole's built-in models (imported only to list them)."""
+    """Class name -> class for RecBole's general recommenders."""
+    from recbole.model import general_recommender
     from recbole.model.abstract_recommender import AbstractRecommender
 
-    found: dict[str, type] = {}
-    for package in _RECBOLE_MODEL_PACKAGES:
-        module = importlib.import_module(f"recbole.model.{package}")
-        for name, value in vars(module).items():
-            if isinstance(value, type) and issubclass(value, AbstractRecommender):
-                found[name] = value
-    return found
+    return {name: value for name, value in vars(general_recommender).items()
+            if isinstance(value, type) and issubclass(value, AbstractRecommender)}
 
 
 def get_model_class(name: str) -> type:
@@ -72,5 +80,5 @@ def get_model_class(name: str) -> type:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise UnknownModelError(
         f"unknown model '{name}'.{hint}\n  this project: {', '.join(sorted(ours))}\n"
-        f"  RecBole: {', '.join(sorted(theirs))}"
+        f"  RecBole (general recommenders): {', '.join(sorted(theirs))}"
     )

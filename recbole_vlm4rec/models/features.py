@@ -1,13 +1,35 @@
-"""How models get item features: from the dataset, which loads them once (models never open files)."""
+"""How models get item features: from the dataset, which loads them once (models never open files).
+
+:func:`features_read_by` is the one statement of which dataset features a run reads: the models
+load exactly those, and the run layer, the benchmark precheck and serving all ask it. A model says
+which config key names its features with the class attribute ``feature_key``
+(``item_feature``: one feature; ``content_features``: a list); models without it read none.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from recbole_vlm4rec.data.features import AlignedFeature
+from recbole_vlm4rec.formats.features import AlignedFeature
 
 
-def resolve_feature_name(config: Any, name: str | None, key: str = "item_feature") -> str:
+ITEM_FEATURE_KEY = "item_feature"
+# Multi-feature models (VBPR, MMGCN, FREEDOM, LGMRec, SMORE, VLM4RecFusion) read one list-valued key, so a single
+# command line switches every one of them between representations.
+CONTENT_FEATURES_KEY = "content_features"
+
+
+def features_read_by(model_class: type, config: Any) -> list[str]:
+    """Names of the dataset features ``model_class`` reads under ``config`` (empty: none)."""
+    key = getattr(model_class, "feature_key", None)
+    if key == CONTENT_FEATURES_KEY:
+        return content_feature_names(config)
+    if key is not None:
+        return [resolve_feature_name(config, config[key], key)]
+    return []
+
+
+def resolve_feature_name(config: Any, name: str | None, key: str = ITEM_FEATURE_KEY) -> str:
     """``name``, or the dataset's ``default_item_feature`` when ``name`` is empty."""
     resolved = name or config["default_item_feature"]
     if not resolved:
@@ -28,11 +50,6 @@ def require_item_feature(config: Any, dataset: Any, name: str | None) -> Aligned
             "(run_recbole.py does)"
         )
     return dataset.item_feature(resolved)
-
-
-# Multi-feature models (VBPR, MMGCN, FREEDOM, VLM4RecFusion) read one list-valued key, so a single
-# command line switches every one of them between representations.
-CONTENT_FEATURES_KEY = "content_features"
 
 
 def content_feature_names(config: Any) -> list[str]:

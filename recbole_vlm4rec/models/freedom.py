@@ -33,13 +33,16 @@ from torch import nn
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, degree_sensitive_edge_sample,
                                            knn_item_graph, register_feature_buffers,
                                            to_torch_sparse, user_item_adjacency)
-from recbole_vlm4rec.models.features import feature_weights, require_content_features
+from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, feature_weights, require_content_features
 
 
+@register_model
 class FREEDOM(CachedDotProductScores, GeneralRecommender):
     r"""Frozen kNN item graph + degree-sensitively pruned LightGCN (Zhou & Shen, MM'23)."""
 
     input_type = InputType.PAIRWISE
+    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)

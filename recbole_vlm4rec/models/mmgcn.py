@@ -32,7 +32,8 @@ from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, register_feature_buffers,
                                            to_torch_sparse, user_item_adjacency)
-from recbole_vlm4rec.models.features import require_content_features
+from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
 
 
 class ModalityGCN(nn.Module):
@@ -63,15 +64,17 @@ class ModalityGCN(nn.Module):
         return x
 
 
+@register_model
 class MMGCN(CachedDotProductScores, GeneralRecommender):
     r"""Per-modality graph convolution, modality-specific user preferences (Wei et al., MM'19)."""
 
     input_type = InputType.PAIRWISE
+    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
         self.embedding_size = int(config["embedding_size"])
-        self.latent_dim = int(config["latent_dim"] or 256)
+        self.latent_dim = int(config["latent_dim"])
         self.n_layers = int(config["n_layers"])
         self.reg_weight = float(config["reg_weight"])
         features = require_content_features(config, dataset)

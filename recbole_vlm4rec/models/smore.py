@@ -55,13 +55,16 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_m
                                            knn_item_graph, lightgcn_mean,
                                            register_feature_buffers, sparse_matmul,
                                            to_torch_sparse, user_item_adjacency)
-from recbole_vlm4rec.models.features import require_content_features
+from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
 
 
+@register_model
 class SMORE(CachedDotProductScores, GeneralRecommender):
     r"""Spectrum-based modality fusion graph network (Ong & Khong, WSDM'25)."""
 
     input_type = InputType.PAIRWISE
+    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)

@@ -25,13 +25,16 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import EvaluationCache
-from recbole_vlm4rec.models.features import require_content_features
+from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
 
 
+@register_model
 class VBPR(EvaluationCache, GeneralRecommender):
     r"""BPR-MF with a content-based item factor (He & McAuley, AAAI'16)."""
 
     input_type = InputType.PAIRWISE
+    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_vlm4rec.data.features import AlignedFeature
+from recbole_vlm4rec.formats.features import AlignedFeature
 from recbole_vlm4rec.models._graph import to_torch_sparse
-from recbole_vlm4rec.models.features import require_item_feature
+from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models.features import ITEM_FEATURE_KEY, require_item_feature
 
 AGGREGATIONS = ("mean", "max")
 SCORINGS = ("auto", "profiles", "item_similarity")
@@ -50,6 +51,7 @@ class EmbeddingBlock:
         return cls(feature.name, embeddings, feature.has_vector, weight)
 
 
+@register_model
 class VLM4Rec(GeneralRecommender):
     r"""Cosine matching between a user profile and item embeddings.
 
@@ -61,17 +63,17 @@ class VLM4Rec(GeneralRecommender):
     """
 
     input_type = InputType.POINTWISE
+    feature_key = ITEM_FEATURE_KEY  # the config key naming the dataset features it reads
     type = ModelType.TRADITIONAL
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
-        self.aggregation = config["profile_aggregation"] or "mean"
+        self.aggregation = config["profile_aggregation"]
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"profile_aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
             )
-        self.eval_user_batch = int(config["profile_user_batch"] or 1024)
-        scoring = config["profile_scoring"] or "auto"
+        scoring = config["profile_scoring"]
         if scoring not in SCORINGS:
             raise ValueError(f"profile_scoring must be one of {SCORINGS}, got {scoring!r}")
         blocks = self._embedding_blocks(config, dataset)
@@ -81,6 +83,7 @@ class VLM4Rec(GeneralRecommender):
                 f"{len(blocks)} scored separately (use fusion=concat or profile_aggregation=mean)"
             )
         self.feature_name = "+".join(block.name for block in blocks)
+        self.blocks = blocks  # what serving needs to build a profile for a new item list
 
         # `dataset` is the training split (RecBole builds models on train_data.dataset), so
         # validation and test interactions cannot enter a profile.

@@ -26,17 +26,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_vlm4rec.models.features import feature_weights, require_content_features
+from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, feature_weights, require_content_features
 from recbole_vlm4rec.models.vlm4rec import VLM4Rec, EmbeddingBlock
 
 FUSIONS = ("concat", "weighted")
 
 
+@register_model
 class VLM4RecFusion(VLM4Rec):
     r"""Profile matching on a concatenation or a weighted average of several item features."""
 
+    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+
     def _embedding_blocks(self, config: Any, dataset: Any) -> list[EmbeddingBlock]:
-        fusion = config["fusion"] or "concat"
+        fusion = config["fusion"]
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         features = require_content_features(config, dataset)

@@ -1,20 +1,23 @@
-"""Serving bundles: everything online recommendation needs, exported once from a dataset feature.
+"""Serving bundles: everything online recommendation needs, exported once from a model.
 
-VLM4Rec's expensive work (grounding, encoding) is offline; online it only averages a few vectors
-and searches a nearest-neighbour index. A bundle is a folder::
+A bundle is a folder; ``bundle.json`` (written last, so a folder with it is complete) holds
+``format_version``, ``kind``, ``model``, ``dataset``, ``features``, the masking rule, counts and
+provenance. Row ``r`` of every item file is the item on line ``r`` of ``items.tokens``; row ``u``
+of every user file the user on line ``u`` of ``users.tokens``.
 
-    bundle.json          format_version, model (VLM4Rec), dataset, item_feature,
-                         profile_aggregation, dim, counts, index kind, the feature's provenance
-                         (encoder name + fingerprint when it was encoded from text), created_at
-    items.tokens         one item token per line; line i is row i of the embeddings and the index
-    item_embeddings.npy  (n_items, dim) float32, L2-normalised; only items that have a vector
-    index.faiss          FAISS inner-product index over item_embeddings (flat: exact; hnsw: approx.,
-                         searched with efSearch = bundle.json's hnsw_ef_search)
-    users.tokens         one user token per line
-    histories.npz        CSR of each user's interacted items (rows of items.tokens): indptr, indices
-    descriptions.tsv     optional: item_token<TAB>description (one line each, tabs/newlines folded)
-
-Every file is written atomically; ``bundle.json`` last, so a folder with it is complete.
+``kind: profile`` (VLM4Rec, VLM4RecFusion: profile matching on item features)
+    ``item_embeddings.npy`` the model's item vectors (unit blocks, each scaled by the square root
+    of its fusion weight; zero rows for items without a vector), ``has_vector.npy``,
+    ``index.faiss`` (inner product over item_embeddings; flat: exact, hnsw: approximate, searched
+    with efSearch = ``hnsw_ef_search``), ``user_profiles.npy`` (mean aggregation: the model's
+    profile of each user), ``profile_histories.npz`` (CSR: the training items a profile is made
+    of), ``masked.npz`` (CSR: the items the evaluation masks per user), ``blocks`` in bundle.json
+    (name, dim, weight of each feature block: how to build a profile for a new item list),
+    ``profile_aggregation``.
+``kind: topn`` (any model)
+    ``topn_items.npy`` / ``topn_scores.npy``: ``(n_users, top_n)`` best unmasked items of the
+    model's ``full_sort_predict`` (rows of items.tokens) and their scores.
+Both may hold ``descriptions.tsv`` (item_token<TAB>description) for explanations.
 """
 
 from __future__ import annotations
@@ -23,14 +26,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from recbole_vlm4rec.encoding.image import l2_normalise
-from recbole_vlm4rec.files import atomic_write, atomic_write_bytes, atomic_write_text
+from recbole_vlm4rec.formats.files import atomic_write, atomic_write_bytes, atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_KINDS = ("flat", "hnsw")
 
 
@@ -43,15 +45,28 @@ class Bundle:
     folder: Path
     meta: dict[str, Any]
     item_tokens: list[str]
-    embeddings: np.ndarray
-    index: Any
     user_tokens: list[str]
-    history_indptr: np.ndarray
-    history_indices: np.ndarray
     descriptions: dict[str, str] = field(default_factory=dict)
+    # kind: profile
+    embeddings: np.ndarray | None = None
+    has_vector: np.ndarray | None = None
+    index: Any = None
+    user_profiles: np.ndarray | None = None
+    profile_indptr: np.ndarray | None = None
+    profile_indices: np.ndarray | None = None
+    masked_indptr: np.ndarray | None = None
+    masked_indices: np.ndarray | None = None
+    # kind: topn
+    topn_items: np.ndarray | None = None
+    topn_scores: np.ndarray | None = None
 
-    def history_rows(self, user_row: int) -> np.ndarray:
-        return self.history_indices[self.history_indptr[user_row]:self.history_indptr[user_row + 1]]
+    def profile_rows(self, user_row: int) -> np.ndarray:
+        """Item rows a known user's profile is made of (training items with a vector)."""
+        return self.profile_indices[self.profile_indptr[user_row]:self.profile_indptr[user_row + 1]]
+
+    def masked_rows(self, user_row: int) -> np.ndarray:
+        """Item rows never recommended to a known user (the evaluation's masked items)."""
+        return self.masked_indices[self.masked_indptr[user_row]:self.masked_indptr[user_row + 1]]
 
 
 HNSW_EF_SEARCH = 1024  # measured on 100k x 384 (bench_serving.py): recall@10 ~0.9 at ~3 ms/query
@@ -73,63 +88,140 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", hnsw_m: int = 32) ->
     return index
 
 
-def write_bundle(
+def _write_lines(folder: Path, name: str, lines: Sequence[str]) -> None:
+    atomic_write_text(folder / name, "".join(f"{line}\n" for line in lines))
+
+
+def _write_npy(folder: Path, name: str, array: np.ndarray) -> None:
+    atomic_write(folder / name, lambda h: np.save(h, array))
+
+
+def _write_csr(folder: Path, name: str, rows: Sequence[np.ndarray]) -> None:
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(r) for r in rows])
+    indices = np.concatenate(rows).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+    atomic_write(folder / name, lambda h: np.savez(h, indptr=indptr, indices=indices))
+
+
+def _finish(folder: Path, meta: dict[str, Any], descriptions: dict[str, str] | None) -> Path:
+    if descriptions:
+        _write_lines(folder, "descriptions.tsv",
+                     [f"{t}\t{' '.join(str(d).split())}" for t, d in descriptions.items()])
+    else:
+        (folder / "descriptions.tsv").unlink(missing_ok=True)
+    full_meta = {"format_version": FORMAT_VERSION, **meta,
+                 "n_descriptions": len(descriptions or {}),
+                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(folder / "bundle.json", json.dumps(full_meta, indent=2, default=str))
+    return folder
+
+
+def _start(folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bundle.json").unlink(missing_ok=True)  # incomplete until rewritten last
+    return folder
+
+
+def write_profile_arrays(
     folder: str | Path,
     item_tokens: list[str],
     embeddings: np.ndarray,
+    has_vector: np.ndarray,
     user_tokens: list[str],
-    histories: list[np.ndarray],
+    profile_histories: Sequence[np.ndarray],
+    masked: Sequence[np.ndarray],
     meta: dict[str, Any],
     descriptions: dict[str, str] | None = None,
     index_kind: str = "flat",
+    user_profiles: np.ndarray | None = None,
 ) -> Path:
-    """Normalise, index and write a bundle; ``histories[u]`` are rows of ``item_tokens``."""
+    """Write a ``profile`` bundle from arrays (rows of ``item_tokens`` / ``user_tokens``)."""
     import faiss
 
-    folder = Path(folder)
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    if embeddings.ndim != 2 or len(embeddings) != len(item_tokens) or not (norms > 0).all():
-        raise BundleError("embeddings must be one non-zero row per item token")
-    embeddings = l2_normalise(embeddings)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or len(embeddings) != len(item_tokens) != len(has_vector):
+        raise BundleError("embeddings and has_vector must have one row per item token")
+    if not (len(profile_histories) == len(masked) == len(user_tokens)):
+        raise BundleError("profile_histories and masked must have one row per user token")
+    folder = _start(folder)
+    _write_lines(folder, "items.tokens", item_tokens)
+    _write_lines(folder, "users.tokens", user_tokens)
+    _write_npy(folder, "item_embeddings.npy", embeddings)
+    _write_npy(folder, "has_vector.npy", np.asarray(has_vector, dtype=bool))
+    if user_profiles is not None:
+        _write_npy(folder, "user_profiles.npy", np.asarray(user_profiles, dtype=np.float32))
+    _write_csr(folder, "profile_histories.npz", profile_histories)
+    _write_csr(folder, "masked.npz", masked)
     index = build_index(embeddings, index_kind)
-    indptr = np.zeros(len(histories) + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum([len(h) for h in histories])
-    indices = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
-    (folder / "bundle.json").unlink(missing_ok=True)  # incomplete until rewritten last
-
-    def write_lines(name: str, lines: list[str]) -> None:
-        atomic_write_text(folder / name, "".join(f"{line}\n" for line in lines))
-
-    write_lines("items.tokens", item_tokens)
-    write_lines("users.tokens", user_tokens)
-    atomic_write(folder / "item_embeddings.npy", lambda h: np.save(h, embeddings))
-    atomic_write(folder / "histories.npz", lambda h: np.savez(h, indptr=indptr, indices=indices))
     atomic_write_bytes(folder / "index.faiss", faiss.serialize_index(index).tobytes())
-    if descriptions:
-        rows = [f"{t}\t{' '.join(str(d).split())}" for t, d in descriptions.items()]
-        write_lines("descriptions.tsv", rows)
-    else:
-        (folder / "descriptions.tsv").unlink(missing_ok=True)
-    full_meta = {
-        "format_version": FORMAT_VERSION, **meta, "dim": int(embeddings.shape[1]),
-        "n_items": len(item_tokens), "n_users": len(user_tokens), "index": index_kind,
-        "hnsw_ef_search": HNSW_EF_SEARCH if index_kind == "hnsw" else None,
-        "n_descriptions": len(descriptions or {}),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_text(folder / "bundle.json", json.dumps(full_meta, indent=2, default=str))
-    return folder
+    meta = {"kind": "profile", "profile_aggregation": "mean", **meta,
+            "dim": int(embeddings.shape[1]), "n_items": len(item_tokens),
+            "n_users": len(user_tokens), "index": index_kind,
+            "hnsw_ef_search": HNSW_EF_SEARCH if index_kind == "hnsw" else None}
+    meta.setdefault("blocks", [{"name": meta.get("item_feature"), "dim": meta["dim"], "weight": 1.0}])
+    return _finish(folder, meta, descriptions)
+
+
+def write_profile_bundle(folder: str | Path, model: Any, train: Any, item_tokens: list[str],
+                         user_tokens: list[str], masked: list[np.ndarray], meta: dict[str, Any],
+                         descriptions: dict[str, str] | None, index_kind: str) -> Path:
+    """A ``profile`` bundle of a VLM4Rec-family model: its own item vectors and profiles."""
+    # Row 0 of RecBole's token lists is [PAD]: no user, no item; bundle rows are ids - 1.
+    embeddings = model.item_embeddings.detach().cpu().numpy()[1:]
+    has_vector = np.abs(embeddings).sum(axis=1) > 0
+    history = train.inter_matrix(form="csr")  # the training split: what profiles are made of
+    profile_histories = [np.asarray(history[u].indices, np.int64) - 1
+                         for u in range(1, len(user_tokens))]
+    profile_histories = [h[has_vector[h]] for h in profile_histories]
+    profiles = (model.user_profiles.detach().cpu().numpy()[1:]
+                if model.aggregation == "mean" else None)
+    blocks = [{"name": b.name, "dim": int(b.embeddings.shape[1]), "weight": float(b.weight)}
+              for b in model.blocks]
+    encoder = {}
+    if len(meta["features"]) == 1:  # text queries need the one encoder the items were made with
+        feature_meta = train.item_feature(meta["features"][0]).meta
+        encoder = {"name": feature_meta.get("encoder"),
+                   "fingerprint": feature_meta.get("encoder_fingerprint")}
+    meta = {**meta, "profile_aggregation": model.aggregation, "blocks": blocks, "encoder": encoder}
+    return write_profile_arrays(
+        folder, item_tokens[1:], embeddings, has_vector, user_tokens[1:], profile_histories,
+        [m[m > 0] - 1 for m in masked[1:]], meta, descriptions, index_kind, profiles)
+
+
+def write_topn_bundle(folder: str | Path, top: tuple[np.ndarray, np.ndarray],
+                      item_tokens: list[str], user_tokens: list[str], meta: dict[str, Any],
+                      descriptions: dict[str, str] | None) -> Path:
+    """A ``topn`` bundle: each user's precomputed best items (internal ids -> rows - 1)."""
+    items, scores = top
+    folder = _start(folder)
+    _write_lines(folder, "items.tokens", item_tokens[1:])
+    _write_lines(folder, "users.tokens", user_tokens[1:])
+    _write_npy(folder, "topn_items.npy", (items[1:] - 1).astype(np.int64))
+    _write_npy(folder, "topn_scores.npy", scores[1:].astype(np.float32))
+    meta = {"kind": "topn", **meta, "top_n": int(items.shape[1]),
+            "n_items": len(item_tokens) - 1, "n_users": len(user_tokens) - 1}
+    return _finish(folder, meta, descriptions)
 
 
 def _read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+def _load_csr(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    stored = np.load(path, allow_pickle=False)
+    return stored["indptr"], stored["indices"]
+
+
+NEEDED = {
+    "profile": ["items.tokens", "users.tokens", "item_embeddings.npy", "has_vector.npy",
+                "index.faiss", "profile_histories.npz", "masked.npz"],
+    "topn": ["items.tokens", "users.tokens", "topn_items.npy", "topn_scores.npy"],
+}
+
+
 def load_bundle(folder: str | Path) -> Bundle:
     """Read a bundle; BundleError names the file at fault."""
-    import faiss
-
     folder = Path(folder)
     meta_path = folder / "bundle.json"
     if not meta_path.is_file():
@@ -141,27 +233,41 @@ def load_bundle(folder: str | Path) -> Bundle:
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{meta_path}: format_version {meta.get('format_version')!r}, this "
                           f"code reads {FORMAT_VERSION}: export the bundle again")
-    needed = ["items.tokens", "item_embeddings.npy", "index.faiss", "users.tokens",
-              "histories.npz"]
-    missing = [name for name in needed if not (folder / name).is_file()]
+    kind = meta.get("kind")
+    if kind not in NEEDED:
+        raise BundleError(f"{meta_path}: unknown bundle kind {kind!r} (known: {sorted(NEEDED)})")
+    missing = [name for name in NEEDED[kind] if not (folder / name).is_file()]
     if missing:
         raise BundleError(f"{folder}: missing {missing}: export the bundle again")
-    item_tokens = _read_lines(folder / "items.tokens")
-    embeddings = np.load(folder / "item_embeddings.npy", allow_pickle=False)
-    index = faiss.deserialize_index(np.fromfile(folder / "index.faiss", dtype=np.uint8))
-    if not (len(item_tokens) == len(embeddings) == index.ntotal == meta["n_items"]):
-        raise BundleError(f"{folder}: items.tokens ({len(item_tokens)}), item_embeddings.npy "
-                          f"({len(embeddings)}) and index.faiss ({index.ntotal}) disagree")
-    if meta.get("hnsw_ef_search") and hasattr(index, "hnsw"):
-        index.hnsw.efSearch = int(meta["hnsw_ef_search"])  # search depth: recall vs latency
-    histories = np.load(folder / "histories.npz", allow_pickle=False)
-    user_tokens = _read_lines(folder / "users.tokens")
-    if len(histories["indptr"]) != len(user_tokens) + 1:
-        raise BundleError(f"{folder}: histories.npz does not have one row per line of users.tokens")
-    descriptions = {}
+    bundle = Bundle(folder, meta, _read_lines(folder / "items.tokens"),
+                    _read_lines(folder / "users.tokens"))
     if (folder / "descriptions.tsv").is_file():
         for line in _read_lines(folder / "descriptions.tsv"):
             token, _, text = line.partition("\t")
-            descriptions[token] = text
-    return Bundle(folder, meta, item_tokens, embeddings, index, user_tokens,
-                  histories["indptr"], histories["indices"], descriptions)
+            bundle.descriptions[token] = text
+    if kind == "topn":
+        bundle.topn_items = np.load(folder / "topn_items.npy", allow_pickle=False)
+        bundle.topn_scores = np.load(folder / "topn_scores.npy", allow_pickle=False)
+        if len(bundle.topn_items) != len(bundle.user_tokens):
+            raise BundleError(f"{folder}: topn_items.npy does not have one row per user")
+        return bundle
+    import faiss
+
+    bundle.embeddings = np.load(folder / "item_embeddings.npy", allow_pickle=False)
+    bundle.has_vector = np.load(folder / "has_vector.npy", allow_pickle=False)
+    bundle.index = faiss.deserialize_index(np.fromfile(folder / "index.faiss", dtype=np.uint8))
+    if not (len(bundle.item_tokens) == len(bundle.embeddings) == bundle.index.ntotal
+            == meta["n_items"]):
+        raise BundleError(f"{folder}: items.tokens ({len(bundle.item_tokens)}), "
+                          f"item_embeddings.npy ({len(bundle.embeddings)}) and index.faiss "
+                          f"({bundle.index.ntotal}) disagree")
+    if meta.get("hnsw_ef_search") and hasattr(bundle.index, "hnsw"):
+        bundle.index.hnsw.efSearch = int(meta["hnsw_ef_search"])  # search depth: recall vs latency
+    if (folder / "user_profiles.npy").is_file():
+        bundle.user_profiles = np.load(folder / "user_profiles.npy", allow_pickle=False)
+    bundle.profile_indptr, bundle.profile_indices = _load_csr(folder / "profile_histories.npz")
+    bundle.masked_indptr, bundle.masked_indices = _load_csr(folder / "masked.npz")
+    if not (len(bundle.profile_indptr) == len(bundle.masked_indptr) == len(bundle.user_tokens) + 1):
+        raise BundleError(f"{folder}: profile_histories.npz / masked.npz do not have one row per "
+                          "line of users.tokens")
+    return bundle

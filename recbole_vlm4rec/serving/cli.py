@@ -11,12 +11,18 @@ from typing import Any
 
 EXPORT_EPILOG = """\
 examples:
-  vlm4rec export ml-100k                                # the default feature (text) -> bundles/ml-100k-text
-  vlm4rec export amazon-baby --feature vlm --descriptions dataset/amazon-baby/descriptions.tsv
+  vlm4rec export ml-100k                                # VLM4Rec on the default feature (text)
+  vlm4rec export ml-100k-posters --feature vlm --descriptions tagger-preference
+  vlm4rec export ml-100k-posters --model VLM4RecFusion --content_features=[visual,text]
   vlm4rec export amazon-baby --feature vlm --index hnsw --out bundles/baby-vlm-hnsw
+  vlm4rec export --checkpoint saved/LightGCN-Dec-01-2026_10-00-00.pth --top-n 100
 
-The bundle holds item embeddings + tokens, a FAISS index, users' histories, the model config and
-the encoder fingerprint; `vlm4rec recommend` needs nothing else (no RecBole, no dataset).
+Feature-based models (VLM4Rec, VLM4RecFusion) are built from the dataset's features exactly as a
+run builds them (same split, masking, --key=value overrides) and exported as a `profile` bundle:
+item vectors + FAISS index + profiles; it also answers new item lists and text queries. Any other
+model is exported from its checkpoint (written by `vlm4rec run` / run_recbole.py under ./saved)
+as a `topn` bundle: each known user's best items of its full_sort_predict under the run's masking.
+`vlm4rec recommend` then needs nothing else (no RecBole, no dataset).
 """
 
 RECOMMEND_EPILOG = """\
@@ -33,21 +39,30 @@ encoder other than the bundle's.
 
 def register(subparsers: Any) -> None:
     export = subparsers.add_parser(
-        "export", help="write a serving bundle (embeddings, FAISS index, histories) for VLM4Rec",
+        "export", help="write a serving bundle of a model (feature-based, or from a checkpoint)",
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export VLM4Rec on a dataset feature as a self-contained serving bundle.",
+        description="Export a model as a self-contained serving bundle.",
     )
-    export.add_argument("dataset", help="dataset name, e.g. ml-100k")
-    export.add_argument("--feature", help="item feature (default: the dataset's default feature)")
-    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<feature>)")
-    export.add_argument("--aggregation", choices=("mean", "max"), default="mean",
-                        help="profile aggregation served (as VLM4Rec's profile_aggregation)")
-    export.add_argument("--descriptions", help="item descriptions for explanations: TSV with an "
-                        "item_id and a description column, or JSON lines")
+    export.add_argument("dataset", nargs="?", help="dataset name, e.g. ml-100k (not with "
+                        "--checkpoint: the checkpoint names its dataset)")
+    export.add_argument("--model", default="VLM4Rec", choices=("VLM4Rec", "VLM4RecFusion"),
+                        help="feature-based model to export (default VLM4Rec)")
+    export.add_argument("--checkpoint", help="a RecBole checkpoint (.pth) of any model: export "
+                        "its top-n per known user")
+    export.add_argument("--top-n", type=int, default=100,
+                        help="with --checkpoint: best items kept per user (default 100)")
+    export.add_argument("--feature", help="VLM4Rec's item feature (default: the dataset's "
+                        "default feature); same as --item_feature=...")
+    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<model>-<feature>)")
+    export.add_argument("--aggregation", choices=("mean", "max"),
+                        help="profile aggregation (as --profile_aggregation=...)")
+    export.add_argument("--descriptions", help="item descriptions for explanations: a tag of "
+                        "dataset/<name>/descriptions/<tag>.jsonl, a .jsonl path, or a TSV with "
+                        "an item_id and a description column")
     export.add_argument("--index", choices=("flat", "hnsw"), default="flat",
                         help="flat: exact search (default); hnsw: approximate, faster on large "
                         "catalogues")
-    export.set_defaults(func=_export)
+    export.set_defaults(func=_export, accepts_overrides=True)
 
     recommend = subparsers.add_parser(
         "recommend", help="top-k recommendations with explanations from a serving bundle",
@@ -69,24 +84,47 @@ def register(subparsers: Any) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from recbole_vlm4rec.data.dataset import MissingFeatureError
-    from recbole_vlm4rec.data.features import FeatureFileError
-    from recbole_vlm4rec.data.registry import UnknownDatasetError
-    from recbole_vlm4rec.serving.export import export_dataset_bundle
+    from pathlib import Path
 
-    out = args.out or f"bundles/{args.dataset}-{args.feature or 'default'}"
+    from recbole_vlm4rec.data.dataset import MissingFeatureError
+    from recbole_vlm4rec.data.registry import UnknownDatasetError
+    from recbole_vlm4rec.formats import paths
+    from recbole_vlm4rec.formats.descriptions import DescriptionsFileError
+    from recbole_vlm4rec.formats.features import FeatureFileError
+    from recbole_vlm4rec.run.cli import split_overrides
+    from recbole_vlm4rec.serving.export import export_bundle, export_checkpoint_bundle
+
+    overrides: dict[str, Any] = split_overrides(argparse.ArgumentParser(prog="vlm4rec export"),
+                                                args.overrides)
+    if args.feature:
+        overrides["item_feature"] = args.feature
+    if args.aggregation:
+        overrides["profile_aggregation"] = args.aggregation
+    descriptions = args.descriptions
+    if descriptions and args.dataset and not Path(descriptions).exists():
+        descriptions = str(paths.descriptions_dir(args.dataset) / f"{descriptions}.jsonl")
     try:
         started = time.perf_counter()
-        folder = export_dataset_bundle(args.dataset, out, args.feature, args.aggregation,
-                                       args.descriptions, args.index)
+        if args.checkpoint:
+            if args.dataset or overrides:
+                raise ValueError("--checkpoint exports the checkpoint's own model, dataset and "
+                                 "config: give no dataset and no --key=value")
+            out = args.out or f"bundles/{Path(args.checkpoint).stem}"
+            folder = export_checkpoint_bundle(args.checkpoint, out, descriptions, args.top_n)
+        else:
+            if not args.dataset:
+                raise ValueError("name a dataset (vlm4rec export ml-100k) or give --checkpoint")
+            out = args.out or f"bundles/{args.dataset}-{args.model}-{args.feature or 'default'}"
+            folder = export_bundle(args.model, args.dataset, out, overrides=overrides,
+                                   descriptions_file=descriptions, index_kind=args.index)
     except (MissingFeatureError, FeatureFileError, UnknownDatasetError, FileNotFoundError,
-            ValueError) as error:
+            DescriptionsFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     meta = json.loads((folder / "bundle.json").read_text())
-    print(f"bundle written to {folder} in {time.perf_counter() - started:.1f} s: "
-          f"{meta['n_items']} items x {meta['dim']} ({meta['item_feature']}), "
-          f"{meta['n_users']} users, {meta['index']} index, {meta['n_descriptions']} descriptions")
+    print(f"{meta['kind']} bundle of {meta['model']} written to {folder} in "
+          f"{time.perf_counter() - started:.1f} s: {meta['n_items']} items, {meta['n_users']} "
+          f"users, {meta['n_descriptions']} descriptions")
     return 0
 
 
@@ -117,8 +155,10 @@ def _recommend(args: argparse.Namespace) -> int:
                           "recommendations": [asdict(r) for r in found]}, indent=2))
         return 0
     meta = recommender.bundle.meta
-    print(f"top {len(found)} for {what} (VLM4Rec on '{meta['item_feature']}', "
-          f"{meta['profile_aggregation']} profile; {elapsed_ms:.1f} ms)")
+    how = (f"{meta['profile_aggregation']} profile" if meta["kind"] == "profile"
+           else f"precomputed top-{meta['top_n']}")
+    print(f"top {len(found)} for {what} ({meta['model']} on '{meta['item_feature']}', "
+          f"{how}; {elapsed_ms:.1f} ms)")
     for rank, rec in enumerate(found, start=1):
         print(f"{rank:>3}. {rec.item}  {rec.score:.4f}  {rec.description or ''}".rstrip())
         for because in rec.because:

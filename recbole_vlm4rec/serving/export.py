@@ -1,126 +1,169 @@
-"""``vlm4rec export``: a dataset's item feature + its interactions -> a serving bundle (bundle.py).
+"""``vlm4rec export``: a model, built exactly as a run builds it, -> a serving bundle (bundle.py).
 
-The bundle serves VLM4Rec (profile matching on a feature, nothing trained): the item embeddings
-are the dataset's feature rows, aligned by token exactly as training sees them; users' histories
-are all their interactions in the dataset (serving knows everything the logs know).
+Two kinds of bundle, both answering "the top-k of this model's ``full_sort_predict`` for a known
+user, with the items the evaluation masks left out":
 
-Descriptions shown in explanations come from ``--descriptions`` (a TSV with a header naming an
-item column and a description column, or JSON lines with ``item_id``/``item`` and
-``description``/``text``; rows of ``vlm4rec ground`` output whose ``status`` is not ``ok`` are
-left out), else, for a feature built from item text, the rendered item texts.
+``profile`` (feature-based models: VLM4Rec, VLM4RecFusion; built from features, nothing trained)
+    The model's own item embeddings (for fusion, each feature block scaled by its weight) in a
+    FAISS index, each user's profile history (the training interactions the model's profiles use)
+    and masked items. It also answers queries the model never saw: a new user's item list, or a
+    text encoded with the bundle's encoder.
+``topn`` (any model, e.g. from a trained model's checkpoint)
+    The model's ``full_sort_predict`` run once for every user under the run's masking, keeping
+    each user's best ``top_n`` items with their scores. Known users only.
+
+The bundle is made from the same split, masking and cold-start protocol as the run
+(run/runner.build_run), so a bundle of a run's model serves what that run evaluated.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from recbole_vlm4rec.serving.bundle import write_bundle
+from recbole_vlm4rec.formats import descriptions
+from recbole_vlm4rec.models.features import features_read_by
+from recbole_vlm4rec.serving.bundle import write_profile_bundle, write_topn_bundle
 
-ITEM_KEYS = ("item_id", "item", "token", "asin")
-TEXT_KEYS = ("description", "text", "desc")
+PROFILE_MODELS = ("VLM4Rec", "VLM4RecFusion")
 
 
 def read_descriptions(path: str | Path) -> dict[str, str]:
-    """``item token -> description`` from a TSV (with header) or a JSON-lines file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"descriptions file not found: {path}")
-    found: dict[str, str] = {}
-    if path.suffix in (".jsonl", ".json"):
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise ValueError(f"{path}:{line_no}: not JSON: {error}") from error
-            item = next((row[k] for k in ITEM_KEYS if k in row), None)
-            has_text_key = any(k in row for k in TEXT_KEYS)
-            if item is None or not has_text_key:
-                raise ValueError(f"{path}:{line_no}: needs one of {ITEM_KEYS} and of {TEXT_KEYS}")
-            if row.get("status", "ok") != "ok":
-                continue  # `vlm4rec ground` failed for this item: nothing to explain with
-            text = next(row[k] for k in TEXT_KEYS if k in row)
-            if text:
-                found[str(item)] = str(text)
-        return found
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        columns = {c.split(":")[0]: c for c in reader.fieldnames or []}
-        item_col = next((columns[k] for k in ITEM_KEYS if k in columns), None)
-        text_col = next((columns[k] for k in TEXT_KEYS if k in columns), None)
-        if item_col is None or text_col is None:
-            raise ValueError(f"{path}: header needs an item column {ITEM_KEYS} and a description "
-                             f"column {TEXT_KEYS}; got {reader.fieldnames}")
-        for row in reader:
-            found[str(row[item_col])] = str(row[text_col] or "")
-    return found
+    """``item token -> description`` from a ``vlm4rec ground`` JSONL file or a TSV with a header
+    (formats/descriptions.py); failed rows are left out, malformed lines reported."""
+    if Path(path).suffix not in (".jsonl", ".json"):
+        return descriptions.read_description_table(path)
+    parsed = descriptions.read_descriptions(path)
+    if parsed.malformed:
+        print(f"warning: {parsed.malformed_summary()}", file=sys.stderr)
+    return parsed.texts()
 
 
 def _item_text_descriptions(meta: dict[str, Any], item_field: str) -> dict[str, str]:
-    from recbole_vlm4rec.encoding.item_text import read_atomic_item_file, render_item_texts
+    """For a feature encoded from item text: the rendered texts, as explanations."""
+    from recbole_vlm4rec.formats.items import read_item_table, render_item_texts
 
-    if meta.get("kind") != "item_text" or not meta.get("source") or not meta.get("template"):
+    table, template = meta.get("item_table"), meta.get("template")
+    if not table or not template or not Path(table).is_file():
         return {}
-    items = read_atomic_item_file(meta["source"])
-    tokens, texts, _ = render_item_texts(items, meta["template"], item_field, meta["source"])
+    tokens, texts, _ = render_item_texts(read_item_table(table), template, item_field, table)
     return dict(zip(tokens, texts))
 
 
-def export_dataset_bundle(
+def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
+    """Per internal user id, the items the test evaluation masks (the run's eval_history_mask)."""
+    history = getattr(test_data, "uid2history_item", None)
+    out = []
+    for uid in range(n_users):
+        items = history[uid] if history is not None and uid < len(history) else None
+        out.append(np.zeros(0, np.int64) if items is None else np.asarray(items, np.int64))
+    return out
+
+
+def export_bundle(
+    model: str,
     dataset: str,
     out: str | Path,
-    item_feature: str | None = None,
-    profile_aggregation: str = "mean",
+    config_files: Sequence[str] = (),
+    overrides: dict[str, Any] | None = None,
     descriptions_file: str | Path | None = None,
     index_kind: str = "flat",
-    overrides: dict[str, Any] | None = None,
+    top_n: int = 100,
 ) -> Path:
-    """Write the bundle of VLM4Rec on ``dataset``'s feature ``item_feature`` (default feature)."""
-    from recbole_vlm4rec.models.features import resolve_feature_name
-    from recbole_vlm4rec.runner import build_config, create_dataset
+    """Build ``model`` on ``dataset`` as a run would (no training) and write its bundle."""
+    from recbole_vlm4rec.run.protocol import prepare_run
+    from recbole_vlm4rec.run.runner import build_run
 
-    config = build_config("VLM4Rec", dataset, overrides={"state": "WARNING", **(overrides or {})})
-    name = resolve_feature_name(config, item_feature or config["item_feature"])
-    data = create_dataset(config)
-    feature = data.item_feature(name)
-    item_ids = np.flatnonzero(feature.has_vector)
-    id_tokens = data.field2id_token[data.iid_field]
-    row_of_item = np.full(len(id_tokens), -1, dtype=np.int64)
-    row_of_item[item_ids] = np.arange(len(item_ids))
+    prepared = prepare_run(model, dataset, config_files, {"state": "WARNING", **(overrides or {})})
+    built = build_run(prepared.config, prepared.model_class)
+    return _write(built, model, dataset, out, descriptions_file, index_kind, top_n)
 
-    users = np.asarray(data.inter_feat[data.uid_field])
-    items = row_of_item[np.asarray(data.inter_feat[data.iid_field])]
-    keep = items >= 0  # interactions with items that have no vector cannot enter a profile
-    order = np.argsort(users[keep], kind="stable")
-    users_kept, items_kept = users[keep][order], items[keep][order]
-    user_tokens = data.field2id_token[data.uid_field]
-    bounds = np.searchsorted(users_kept, np.arange(len(user_tokens) + 1))
-    histories = [np.unique(items_kept[bounds[u]:bounds[u + 1]]) for u in range(len(user_tokens))]
+
+def export_checkpoint_bundle(checkpoint: str | Path, out: str | Path,
+                             descriptions_file: str | Path | None = None,
+                             top_n: int = 100) -> Path:
+    """A ``topn`` bundle of a trained model from its RecBole checkpoint (``saved/*.pth``).
+
+    The checkpoint pickles its config, so it is unpickled in full: export only checkpoints you
+    (or this project's runs) wrote. The dataset and split are rebuilt from that config.
+    """
+    from recbole_vlm4rec import compat, speedups
+    from recbole_vlm4rec.models import get_model_class
+    from recbole_vlm4rec.run.runner import build_run
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    compat.apply()
+    speedups.install()
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = state["config"]  # the run's own config: same data, split, masking and seed
+    model, dataset = config["model"], config["dataset"]
+    if not torch.cuda.is_available():
+        config["device"] = torch.device("cpu")
+    built = build_run(config, get_model_class(model))
+    built.model.load_state_dict(state["state_dict"])
+    built.model.load_other_parameter(state.get("other_parameter"))
+    return _write(built, model, dataset, out, descriptions_file, "flat", top_n, profile=False,
+                  source={"checkpoint": str(path.resolve())})
+
+
+def _write(built: Any, model: str, dataset: str, out: str | Path,
+           descriptions_file: str | Path | None, index_kind: str, top_n: int,
+           profile: bool | None = None, source: dict[str, Any] | None = None) -> Path:
+    data, instance = built.dataset, built.model.eval()
+    item_tokens = [str(t) for t in data.field2id_token[data.iid_field]]
+    user_tokens = [str(t) for t in data.field2id_token[data.uid_field]]
+    masked = masked_items(built.test_data, len(user_tokens))
+    features = features_read_by(type(instance), built.config)
+    texts: dict[str, str] = {}
     if descriptions_file:
-        descriptions = read_descriptions(descriptions_file)
-    else:
-        descriptions = _item_text_descriptions(feature.meta, data.iid_field)
-    item_tokens = [str(id_tokens[i]) for i in item_ids]
-    descriptions = {t: descriptions[t] for t in item_tokens if t in descriptions}
+        texts = read_descriptions(descriptions_file)
+    elif len(features) == 1:
+        texts = _item_text_descriptions(data.item_feature(features[0]).meta, data.iid_field)
     meta = {
-        "model": "VLM4Rec", "dataset": dataset, "item_feature": name,
-        "profile_aggregation": profile_aggregation,
-        "encoder": {"name": feature.meta.get("encoder"),
-                    "fingerprint": feature.meta.get("encoder_fingerprint")},
-        "feature": {"path": str(feature.path), "meta": feature.meta,
-                    "items_without_vector": feature.n_items - feature.n_covered,
-                    # so recommend can tell "no vector" from "not in the catalogue"
-                    "items_without_vector_tokens": sorted(
-                        str(id_tokens[i]) for i in np.flatnonzero(~feature.has_vector)[1:])},
-        "interactions": int(keep.sum()), "interactions_without_vector": int((~keep).sum()),
+        "model": model, "dataset": dataset, "features": features,
+        "item_feature": "+".join(features) or None,
+        "eval_history_mask": built.config["eval_history_mask"],
+        **(source or {}),
     }
-    # row 0 of RecBole's token lists is [PAD]: no user, no item.
-    return write_bundle(out, item_tokens, feature.matrix[item_ids],
-                        [str(t) for t in user_tokens[1:]], histories[1:], meta, descriptions,
-                        index_kind)
+    if profile is None:
+        profile = model in PROFILE_MODELS
+    if profile:
+        if type(instance).__name__ not in PROFILE_MODELS:
+            raise ValueError(f"profile bundles serve {', '.join(PROFILE_MODELS)}; {model} is "
+                             "served as a top-n bundle (vlm4rec export --checkpoint)")
+        return write_profile_bundle(out, instance, built.train_data.dataset, item_tokens,
+                                    user_tokens, masked, meta, texts, index_kind)
+    return write_topn_bundle(out, _top_n_scores(instance, built.test_data, masked, top_n),
+                             item_tokens, user_tokens, meta, texts)
+
+
+@torch.no_grad()
+def _top_n_scores(model: Any, test_data: Any, masked: list[np.ndarray],
+                  top_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(items, scores)`` ``(n_users, top_n)``: every user's best items under the run's masking,
+    ordered as the evaluator orders them (torch.topk over the masked score row)."""
+    from recbole.data.interaction import Interaction
+
+    n_users = len(masked)
+    n_items = model.n_items
+    top_n = min(top_n, n_items - 1)
+    items = np.zeros((n_users, top_n), np.int64)
+    scores = np.full((n_users, top_n), -np.inf, np.float32)
+    batch = max(1, 2**22 // n_items)
+    for start in range(1, n_users, batch):
+        users = torch.arange(start, min(start + batch, n_users), device=model.device)
+        row_scores = model.full_sort_predict(Interaction({model.USER_ID: users}))
+        row_scores = row_scores.view(len(users), n_items).float().clone()
+        row_scores[:, 0] = -np.inf  # the padding item
+        for offset, uid in enumerate(users.tolist()):
+            row_scores[offset, torch.from_numpy(masked[uid])] = -np.inf
+        best, best_items = torch.topk(row_scores, top_n, dim=1)
+        items[start:start + len(users)] = best_items.cpu().numpy()
+        scores[start:start + len(users)] = best.cpu().numpy()
+    return items, scores

@@ -1,13 +1,16 @@
 """Online top-k from a bundle: a known user, an ad-hoc item history (a new user) or a text.
 
-Scoring is VLM4Rec's: ``mean`` profile = normalised mean of the history's (normalised) item
-vectors, score = cosine; ``max`` = best cosine to any history item. Seen items are never returned.
-The index is searched for ``k + len(history)`` neighbours, which provably contains the top-k unseen
-items for both aggregations (an item above a top-k item in a history item's list also scores
-above it), so with the flat index the answer equals a brute-force scan.
+``profile`` bundles score as the exported model does: a known user's score is its profile (``mean``)
+or its best cosine to a profile item (``max``) against every item vector, with the items the
+evaluation masks left out, so the answer equals the model's ``full_sort_predict`` top-k. A new
+user's profile is built block by block as the model builds it (each feature block's mean,
+normalised, scaled by the square root of its weight). The index is searched for
+``k + len(excluded)`` neighbours, which provably contains the top-k unexcluded items for both
+aggregations (an item above a top-k item in a history item's list also scores above it), so with
+the flat index the answer equals a brute-force scan. Each recommendation is explained by the
+history items most similar to it, with their descriptions when the bundle has them.
 
-Each recommendation is explained by the history items most similar to it (cosine), with their
-descriptions when the bundle has them.
+``topn`` bundles answer known users from the precomputed list (k <= the bundle's top_n).
 """
 
 from __future__ import annotations
@@ -70,56 +73,79 @@ class Recommender:
 
     def __init__(self, bundle: Bundle | str | Path) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.kind = self.bundle.meta["kind"]
         self.item_row = {token: row for row, token in enumerate(self.bundle.item_tokens)}
         self.user_row = {token: row for row, token in enumerate(self.bundle.user_tokens)}
         self.aggregation = self.bundle.meta.get("profile_aggregation", "mean")
-        feature = self.bundle.meta.get("feature") or {}
-        # dataset items the feature does not cover: "no vector", not "not in the catalogue"
-        self.items_without_vector = set(feature.get("items_without_vector_tokens") or ())
+        self.feature = self.bundle.meta.get("item_feature")
         self._encoder = None
         self.ignored_items: list[str] = []  # last for_items() query's items without a vector
 
     # --- queries ---------------------------------------------------------------------------
     def for_user(self, user: str, k: int = 10, explain: int = 2) -> list[Recommendation]:
-        """Top-k unseen items for a user of the bundle."""
+        """Top-k for a user of the bundle, the evaluation's masked items left out."""
         row = self.user_row.get(str(user))
         if row is None:
             raise UnknownUserError(_unknown("user", [str(user)], self.bundle.user_tokens))
-        history = self.bundle.history_rows(row)
+        if self.kind == "topn":
+            return self._from_top_n(row, k)
+        history = self.bundle.profile_rows(row)
+        if self.aggregation == "mean":
+            profile = self.bundle.user_profiles[row]
+        else:
+            profile = None
         if len(history) == 0:
             raise EmptyHistoryError(
-                f"user {user!r} has no interacted item with a "
-                f"'{self.bundle.meta.get('item_feature')}' vector: nothing to build a profile "
-                "from. Query with --items to give a history."
-            )
-        return self._rank(history, k, explain)
+                f"user {user!r} has no training item with a '{self.feature}' vector: the model "
+                "scores every item 0 for them. Query with --items to give a history.")
+        return self._rank(history, self.bundle.masked_rows(row), k, explain, profile)
 
     def for_items(self, items: Sequence[str], k: int = 10, explain: int = 2) -> list[Recommendation]:
         """Top-k for a new user given the item tokens they interacted with."""
+        self._require_profile("an ad-hoc history")
         items = [str(i).strip() for i in items if str(i).strip()]
         if not items:
             raise EmptyHistoryError("empty history: give at least one item token")
-        unknown = [i for i in items if i not in self.item_row and i not in self.items_without_vector]
+        unknown = [i for i in items if i not in self.item_row]
         if unknown:
             raise UnknownItemError(_unknown("item", unknown, self.bundle.item_tokens))
-        # Like VLM4Rec's profiles: items the feature does not cover cannot enter one.
-        self.ignored_items = [i for i in items if i not in self.item_row]
-        usable = [self.item_row[i] for i in items if i in self.item_row]
-        if not usable:
+        rows = np.unique([self.item_row[i] for i in items])
+        # Like the model's profiles: items the feature does not cover cannot enter one.
+        usable = rows[self.bundle.has_vector[rows]]
+        self.ignored_items = [self.bundle.item_tokens[r] for r in rows
+                              if not self.bundle.has_vector[r]]
+        if not len(usable):
             raise EmptyHistoryError(
-                f"none of the history items has a '{self.bundle.meta.get('item_feature')}' vector "
-                f"({', '.join(self.ignored_items[:5])}): nothing to build a profile from"
-            )
-        return self._rank(np.unique(usable), k, explain)
+                f"none of the history items has a '{self.feature}' vector "
+                f"({', '.join(self.ignored_items[:5])}): nothing to build a profile from")
+        profile = self._profile(usable) if self.aggregation == "mean" else None
+        return self._rank(usable, rows, k, explain, profile)
 
     def for_text(self, text: str, k: int = 10, encoder: str | None = None) -> list[Recommendation]:
         """Top-k items for a free-text wish, encoded with the bundle's own text encoder."""
+        self._require_profile("a text query")
         if not text.strip():
             raise EmptyHistoryError("empty text query")
         query = self.encode_query(text, encoder)
         rows, scores = self._search(query[None, :], k)
         return [Recommendation(self.bundle.item_tokens[r], float(s), self._describe(r))
                 for r, s in zip(rows[0], scores[0]) if r >= 0][:k]
+
+    def _require_profile(self, what: str) -> None:
+        if self.kind != "profile":
+            raise ServingError(
+                f"this bundle serves {self.bundle.meta.get('model')}'s precomputed top-"
+                f"{self.bundle.meta.get('top_n')} for known users; {what} needs a feature-based "
+                "bundle (vlm4rec export <dataset> --model VLM4Rec)")
+
+    def _from_top_n(self, row: int, k: int) -> list[Recommendation]:
+        top_n = self.bundle.topn_items.shape[1]
+        if k > top_n:
+            raise ServingError(f"k={k} but the bundle keeps each user's best {top_n}: export it "
+                               f"again with --top-n {k} or more")
+        return [Recommendation(self.bundle.item_tokens[i], float(s), self._describe(int(i)))
+                for i, s in zip(self.bundle.topn_items[row, :k], self.bundle.topn_scores[row, :k])
+                if np.isfinite(s)]
 
     def check_encoder(self, encoder: str | None = None) -> str:
         """The encoder to embed queries with; EncoderMismatchError if its weights differ from the
@@ -129,8 +155,8 @@ class Recommender:
         built = self.bundle.meta.get("encoder") or {}
         if not built.get("name"):
             raise EncoderMismatchError(
-                f"bundle feature '{self.bundle.meta.get('item_feature')}' was not made by a text "
-                "encoder (no encoder recorded): it cannot answer text queries"
+                f"bundle feature '{self.feature}' was not made by one text encoder (no encoder "
+                "recorded): it cannot answer text queries"
             )
         name = encoder or built["name"]
         fingerprint = encoder_fingerprint(name)
@@ -156,15 +182,28 @@ class Recommender:
         return vector
 
     # --- ranking ---------------------------------------------------------------------------
+    def _profile(self, rows: np.ndarray) -> np.ndarray:
+        """The model's mean profile of ``rows``: per feature block, the normalised sum of the
+        items' (unit) block vectors, scaled by the square root of the block's weight."""
+        summed = self.bundle.embeddings[rows].sum(axis=0)
+        parts, start = [], 0
+        for block in self.bundle.meta["blocks"]:
+            part = summed[start:start + block["dim"]]
+            norm = float(np.linalg.norm(part))
+            parts.append(part / norm * np.sqrt(block["weight"]) if norm > 0 else part)
+            start += block["dim"]
+        return np.concatenate(parts).astype(np.float32)
+
     def _search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         n = min(n, len(self.bundle.item_tokens))
         scores, rows = self.bundle.index.search(np.ascontiguousarray(queries, np.float32), n)
         return rows, scores
 
-    def _rank(self, history: np.ndarray, k: int, explain: int) -> list[Recommendation]:
+    def _rank(self, history: np.ndarray, excluded: np.ndarray, k: int, explain: int,
+              profile: np.ndarray | None) -> list[Recommendation]:
         vectors = self.bundle.embeddings[history]
-        depth = k + len(history)
-        if self.aggregation == "max":
+        depth = k + len(excluded)
+        if profile is None:  # max aggregation: best similarity to any history item
             rows, scores = self._search(vectors, depth)
             best: dict[int, float] = {}
             for row, score in zip(rows.ravel(), scores.ravel()):
@@ -172,14 +211,11 @@ class Recommender:
                     best[int(row)] = float(score)
             candidates = sorted(best.items(), key=lambda kv: -kv[1])
         else:
-            profile = vectors.mean(axis=0)
-            profile /= max(float(np.linalg.norm(profile)), 1e-12)
             rows, scores = self._search(profile[None, :], depth)
             candidates = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
-        seen = set(history.tolist())
-        top = [(row, score) for row, score in candidates if row not in seen][:k]
+        skip = set(np.asarray(excluded).tolist())
+        top = [(row, score) for row, score in candidates if row not in skip][:k]
         return [self._recommendation(row, score, history, vectors, explain) for row, score in top]
-
     def _describe(self, row: int) -> str | None:
         return self.bundle.descriptions.get(self.bundle.item_tokens[row])
 

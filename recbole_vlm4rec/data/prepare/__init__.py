@@ -13,10 +13,10 @@ it atomically. The output, ``dataset/<name>/``:
     RecBole atomic item metadata: ``item_id:token``, sanitised text columns (no tabs/newlines;
     ``token_seq``; ``price:float``) and ``image:token``: a path relative to ``dataset/<name>/``, an
     absolute path, an http(s) URL, or empty when the item has no image. Read it with
-    ``recbole_vlm4rec.encoding.item_text.read_atomic_item_file``. The dataset yamls load only the
+    ``recbole_vlm4rec.formats.items.read_atomic_item_file``. The dataset yamls load only the
     interaction columns (``load_col``), so this text is never joined into training batches.
 ``features/<feature>.npy|.tokens|.json``
-    imported item features in the format of ``recbole_vlm4rec/data/features.py`` (``visual``: raw
+    imported item features in the format of ``recbole_vlm4rec/formats/features.py`` (``visual``: raw
     CNN features, ``text``: item-text embeddings). Other files under ``features/`` (e.g. ``vlm``
     written by the grounding stage) and ``images/`` survive a re-prepare.
 ``card.json`` / ``CARD.md``

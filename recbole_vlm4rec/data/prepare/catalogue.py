@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recbole_vlm4rec.data.images import is_url
+from recbole_vlm4rec.formats.images import is_url
 from recbole_vlm4rec.data.prepare.output import (
     PrepareError,
     PreparedDataset,

@@ -19,7 +19,7 @@ examples:
   vlm4rec prepare ml-100k-posters --posters ../shared/data/movielens-posters
 
 Writes dataset/<name>/ atomically (atomic files, <name>.item with an image column, features/,
-card.json + CARD.md) and configs/dataset/<name>.yaml when none exists. Then:
+card.json + CARD.md) and, for a dataset with no shipped yaml, dataset/<name>/<name>.yaml. Then:
   python run_recbole.py --model=LightGCN --dataset=<name>
 """
 
@@ -127,7 +127,9 @@ def _source_parser(sources: Any, name: str, help_text: str, example: str,
                         help="text encoding of the input files (default utf-8)")
     parser.add_argument("--root", default=None, help="dataset root (default: the project's dataset/)")
     parser.add_argument("--config-dir", default=None,
-                        help="where to write <name>.yaml if missing (default: configs/dataset/)")
+                        help="where to write <name>.yaml if missing (default: the dataset folder, "
+                        "dataset/<name>/, which the run layer reads after the shipped "
+                        "configs/dataset/<name>.yaml; named datasets use the shipped one)")
     return parser
 
 
@@ -161,7 +163,7 @@ _PATH_OPTIONS = {"inter", "interactions", "items", "images", "posters", "reviews
 def _run(build: Callable[[argparse.Namespace], Any],
          positional: tuple[str, ...] = ()) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from recbole_vlm4rec import paths
+        from recbole_vlm4rec.formats import paths
         from recbole_vlm4rec.data.prepare.card import read_card
         from recbole_vlm4rec.data.prepare.config import write_dataset_config
         from recbole_vlm4rec.data.prepare.output import PrepareError, write_dataset
@@ -183,8 +185,12 @@ def _run(build: Callable[[argparse.Namespace], Any],
             print(f"images: {len(report.saved):,} local ({report.reused:,} from an earlier run), "
                   f"{len(report.failures):,} failed")
         folder = write_dataset(prepared, root)
-        config_dir = Path(args.config_dir) if args.config_dir else paths.configs_dir() / "dataset"
-        config_path, written = write_dataset_config(prepared, config_dir)
+        shipped = paths.configs_dir() / "dataset" / f"{prepared.name}.yaml"
+        if args.config_dir is None and shipped.is_file():
+            config_path, written = shipped, False  # a named dataset: the shipped protocol layer
+        else:
+            config_path, written = write_dataset_config(
+                prepared, Path(args.config_dir) if args.config_dir else folder)
         card = read_card(folder) or {}
         _print_summary(folder, card, time.perf_counter() - started)
         _compare_with_published(prepared.name, card)

@@ -1,4 +1,4 @@
-"""The dataset yaml (``configs/dataset/<name>.yaml``) for a freshly prepared dataset.
+"""The dataset yaml (``dataset/<name>/<name>.yaml``) for a freshly prepared dataset.
 
 Written only when none exists, so hand-tuned and shipped yamls (amazon-baby, ml-100k-posters...)
 are never overwritten; an existing yaml whose split mode contradicts the prepared files is
@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from recbole_vlm4rec.data.prepare.output import PreparedDataset
-from recbole_vlm4rec.files import atomic_write_text
+from recbole_vlm4rec.formats.files import atomic_write_text
 
 FEATURE_ORDER = ("vlm", "visual", "text")
 

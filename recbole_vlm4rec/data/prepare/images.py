@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from recbole_vlm4rec.files import atomic_write_bytes
+from recbole_vlm4rec.formats.files import atomic_write_bytes
 
 FORMATS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -57,12 +57,12 @@ def existing_image(folder: Path, token: str) -> Path | None:
 def check_image(body: bytes, max_pixels: int = 50_000_000) -> str:
     """The file extension for a valid image body; raises ValueError naming what is wrong.
 
-    Validation is the one every pixel stage uses (``recbole_vlm4rec.data.images.load_image``:
+    Validation is the one every pixel stage uses (``recbole_vlm4rec.formats.images.load_image``:
     a full decode, so truncated files fail here), plus a format this project saves.
     """
     from PIL import Image
 
-    from recbole_vlm4rec.data.images import REASONS, ImageError, load_image
+    from recbole_vlm4rec.formats.images import REASONS, ImageError, load_image
 
     try:
         load_image(body, max_side=None, max_pixels=max_pixels)

@@ -221,8 +221,8 @@ def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dic
     return ImportedFeature(
         matrix=matrix[item_ids].astype(np.float32),
         tokens=[item_tokens[i] for i in item_ids],
-        meta={"kind": "imported", "source": str(path), "format": "MMRec (row i = itemID i)",
-              "rows_in_source": int(matrix.shape[0])},
+        meta={"format_version": 2, "origin": "imported", "kind": "imported", "source": str(path),
+              "format": "MMRec (row i = itemID i)", "rows_in_source": int(matrix.shape[0])},
     )
 
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recbole_vlm4rec.data.features import save_feature
+from recbole_vlm4rec.formats.features import save_feature
 
 SPLIT_NAMES = ("train", "valid", "test")
-# Files under features/ written by later stages (e.g. vlm.npy from grounding) and downloaded
+# Files written by later stages (features/, descriptions/ and the grounding cache) and downloaded
 # images survive a re-prepare: they are carried into the new folder unless prepare rewrites them.
-CARRIED_OVER = ("features", "images")
+CARRIED_OVER = ("features", "images", "descriptions")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -200,8 +200,12 @@ def _carry_over(old: Path, new: Path) -> None:
     Features an earlier prepare imported (meta ``kind: imported``) are not carried: when the
     source no longer has them, they must disappear rather than go stale.
     """
-    from recbole_vlm4rec.data.features import read_meta
+    from recbole_vlm4rec.formats.features import read_meta
 
+    # the dataset's own yaml (config.py): user edits survive a re-prepare
+    own_yaml = old / f"{old.name}.yaml"
+    if own_yaml.is_file() and not (new / own_yaml.name).exists():
+        shutil.copy2(own_yaml, new / own_yaml.name)
     for sub in CARRIED_OVER:
         source = old / sub
         if not source.is_dir():

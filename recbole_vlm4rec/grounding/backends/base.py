@@ -1,7 +1,7 @@
 """The interface every grounding backend implements.
 
 The pipeline (``grounding/run.py``) owns everything around a backend: reading items, loading and
-validating images (``recbole_vlm4rec.data.images``), rendering prompts, caching, concurrency across
+validating images (``recbole_vlm4rec.formats.images``), rendering prompts, caching, concurrency across
 batches, progress and the summary. A backend only turns a batch of (image, prompt) requests into
 texts, and reports per-item failures as values instead of raising, so one bad item never stops a
 run. An exception from ``describe`` means the whole backend is unusable (e.g. weights not found).

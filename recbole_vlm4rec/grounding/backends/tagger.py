@@ -153,13 +153,13 @@ class TaggerBackend(GroundingBackend):
     @property
     def network(self):
         if self._network is None:
-            from recbole_vlm4rec.encoding.image import shared_efficientnet
+            from recbole_vlm4rec.formats.cnn import shared_efficientnet
 
             self._network = shared_efficientnet(self.device)
         return self._network
 
     def model_id(self) -> str:
-        from recbole_vlm4rec.encoding.image import (
+        from recbole_vlm4rec.formats.cnn import (
             EFFICIENTNET_PREPROCESS_VERSION,
             efficientnet_weights_sha256,
         )
@@ -176,7 +176,7 @@ class TaggerBackend(GroundingBackend):
         )
 
     def describe(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
-        from recbole_vlm4rec.encoding.image import efficientnet_preprocess
+        from recbole_vlm4rec.formats.cnn import efficientnet_preprocess
 
         if not requests:
             return []

@@ -114,7 +114,7 @@ class TransformersBackend(GroundingBackend):
             import torch
             from transformers import AutoModelForImageTextToText
 
-            from recbole_vlm4rec.encoding.image import default_device
+            from recbole_vlm4rec.formats.vectors import default_device
 
             self._device = torch.device(default_device(self.requested_device))
             dtype = _torch_dtype(self.dtype_name, self._device)

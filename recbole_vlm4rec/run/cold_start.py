@@ -46,7 +46,7 @@ def cold_start_settings(config: Any) -> dict[str, Any] | None:
         raise ColdStartConfigError(f"cold_start_items must be a share in (0, 1), got {share!r}")
     if not 0.0 < share < 1.0:
         raise ColdStartConfigError(f"cold_start_items must be a share in (0, 1), got {share}")
-    targets = config["cold_start_targets"] or "cold"
+    targets = config["cold_start_targets"]
     if targets not in TARGETS:
         raise ColdStartConfigError(f"cold_start_targets must be one of {TARGETS}, got {targets!r}")
     seed = config["cold_start_seed"]

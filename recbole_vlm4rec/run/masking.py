@@ -26,7 +26,7 @@ MASKS = ("train_valid", "train")
 
 def apply_eval_history_mask(config: Any, train_data: Any, test_data: Any) -> None:
     """Set the test dataloader's masked history to the configured rule (no-op for the default)."""
-    mode = config["eval_history_mask"] or "train_valid"
+    mode = config["eval_history_mask"]
     if mode not in MASKS:
         raise ValueError(f"eval_history_mask must be one of {MASKS}, got {mode!r}")
     if mode == "train_valid" or not hasattr(test_data, "uid2history_item"):

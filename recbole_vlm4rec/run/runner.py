@@ -3,9 +3,9 @@
 This is RecBole's quick-start pipeline rebuilt without ``recbole.quick_start`` (see compat.py), so
 every model, ours or RecBole's, goes through the same trainer, splits and full-ranking evaluator.
 
-Config layers, later wins: RecBole's defaults (and its own model yaml for RecBole models) <
-``configs/overall.yaml`` < ``configs/model/<Model>.yaml`` < ``configs/dataset/<dataset>.yaml`` <
-user ``config_files`` < ``overrides`` (the command line's ``--key=value``).
+The protocol (config layers, feature checks, declared features built through the encode stage)
+is decided by run/protocol.py before anything is loaded; the results JSON records every layer
+(path + sha256).
 """
 
 from __future__ import annotations
@@ -22,21 +22,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
+from recbole.config import Config
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+from recbole.utils import ModelType, get_trainer, init_logger, init_seed
 
-from recbole_vlm4rec import compat, paths
-from recbole_vlm4rec.benchmark.per_user import record_per_user
-from recbole_vlm4rec.data.cold_start import apply_cold_start
-from recbole_vlm4rec.data.masking import apply_eval_history_mask
-from recbole_vlm4rec.data.registry import DEFAULT_DATASET, check_dataset, is_embedded
-from recbole_vlm4rec.models import get_model_class, project_models
-
-compat.apply()
-
-from recbole.config import Config  # noqa: E402
-from recbole.data import create_dataset as recbole_create_dataset  # noqa: E402
-from recbole.data import data_preparation  # noqa: E402
-from recbole.utils import ModelType, get_trainer, init_logger, init_seed  # noqa: E402
+from recbole_vlm4rec import compat
+from recbole_vlm4rec.data.registry import DEFAULT_DATASET
+from recbole_vlm4rec.formats import paths
+from recbole_vlm4rec.run.cold_start import apply_cold_start
+from recbole_vlm4rec.run.masking import apply_eval_history_mask
+from recbole_vlm4rec.run.per_user import record_per_user
+from recbole_vlm4rec.run.protocol import prepare_run
 
 logger = logging.getLogger(__name__)
 
@@ -59,46 +56,10 @@ class RunResult:
     # {"users": [raw user tokens], "metrics": {"recall@20": [one value per user]}}: the values
     # RecBole averaged into test_result, for paired significance tests.
     per_user_test: dict[str, Any] = field(default_factory=dict)
-    cold_start: dict[str, Any] | None = None  # data/cold_start.py: what the protocol moved
-
-
-def config_files_for(model: str, dataset: str, extra: Sequence[str] = ()) -> list[str]:
-    """The yaml layers that exist for this model and dataset, in override order."""
-    configs = paths.configs_dir()
-    layers = [
-        configs / "overall.yaml",
-        configs / "model" / f"{model}.yaml",
-        configs / "dataset" / f"{dataset}.yaml",
-    ]
-    files = [str(p) for p in layers if p.is_file()]
-    for path in extra:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        files.append(str(path))
-    return files
-
-
-def build_config(
-    model: str,
-    dataset: str = DEFAULT_DATASET,
-    config_files: Sequence[str] = (),
-    overrides: dict[str, Any] | None = None,
-) -> Config:
-    """A RecBole Config for ``model`` on ``dataset`` with this project's yaml layers applied."""
-    model_class = get_model_class(model)
-    files = config_files_for(model, dataset, config_files)
-    set_in_files: set[str] = set()
-    for path in files:
-        set_in_files |= set(yaml.safe_load(Path(path).read_text()) or {})
-    # data_path defaults to this project's dataset/ folder, whatever the working directory.
-    defaults = {} if "data_path" in set_in_files else {"data_path": str(paths.dataset_root())}
-    config_dict = {**defaults, **(overrides or {})}
-    # RecBole loads its own model yaml only when given a name it knows; ours are passed as classes.
-    model_arg: Any = model_class if model in project_models() else model
-    config = Config(model=model_arg, dataset=dataset, config_file_list=files, config_dict=config_dict)
-    if not is_embedded(dataset):
-        check_dataset(dataset, root=Path(config["data_path"]).parent)
-    return config
+    cold_start: dict[str, Any] | None = None  # run/cold_start.py: what the protocol moved
+    config_layers: list[dict[str, str]] = field(default_factory=list)  # role, path, sha256
+    features: dict[str, Any] = field(default_factory=dict)  # name -> file, sha256, coverage
+    checkpoint: str | None = None  # the evaluated model (vlm4rec export --checkpoint serves it)
 
 
 def create_dataset(config: Config) -> Any:
@@ -110,6 +71,31 @@ def create_dataset(config: Config) -> Any:
     return recbole_create_dataset(config)
 
 
+@dataclass
+class BuiltRun:
+    """Everything a run evaluates, built exactly as :func:`run` builds it (serving reuses it)."""
+
+    config: Any
+    dataset: Any
+    train_data: Any
+    valid_data: Any
+    test_data: Any
+    model: Any
+
+
+def build_run(config: Any, model_class: type) -> BuiltRun:
+    """Dataset -> cold-start protocol -> splits -> masking -> model, seeded as RecBole seeds."""
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    logging.getLogger().info(data)
+    apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
+    train_data, valid_data, test_data = data_preparation(config, data)
+    apply_eval_history_mask(config, train_data, test_data)
+    init_seed(config["seed"] + (config["local_rank"] or 0), config["reproducibility"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    return BuiltRun(config, data, train_data, valid_data, test_data, model)
+
+
 def run(
     model: str,
     dataset: str = DEFAULT_DATASET,
@@ -119,21 +105,20 @@ def run(
 ) -> RunResult:
     """Train (if the model trains), pick the best epoch on validation, evaluate on test."""
     started = time.perf_counter()
-    config = build_config(model, dataset, config_files, overrides)
-    init_seed(config["seed"], config["reproducibility"])
+    prepared = prepare_run(model, dataset, config_files, overrides)
+    config = prepared.config
     init_logger(config)
     recbole_logger = logging.getLogger()
     recbole_logger.info(config)
+    for layer in prepared.layers:
+        recbole_logger.info(f"config layer ({layer.role}): {layer.path}")
+    for note in prepared.notes:
+        recbole_logger.info(note)
 
-    data = create_dataset(config)
-    recbole_logger.info(data)
-    apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
-    train_data, valid_data, test_data = data_preparation(config, data)
-    apply_eval_history_mask(config, train_data, test_data)
-    loaded = time.perf_counter()
-
-    init_seed(config["seed"] + (config["local_rank"] or 0), config["reproducibility"])
-    model_instance = get_model_class(model)(config, train_data._dataset).to(config["device"])
+    built = build_run(config, prepared.model_class)
+    data, model_instance = built.dataset, built.model
+    train_data, valid_data, test_data = built.train_data, built.valid_data, built.test_data
+    loaded = time.perf_counter()  # model construction counts as loading (VLM4Rec's profiles)
     recbole_logger.info(model_instance)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_instance)
     compat.trust_checkpoint_dir(config["checkpoint_dir"])
@@ -175,9 +160,12 @@ def run(
         dataset_card_sha256=dataset_card_checksum(config),
         per_user_test=per_user.to_json(data.field2id_token[config["USER_ID_FIELD"]]),
         cold_start=getattr(data, "cold_start_summary", None),
+        config_layers=[layer.to_json() for layer in prepared.layers],
+        features={name: feature_record(data.item_feature(name)) for name in prepared.features},
+        checkpoint=str(Path(trainer.saved_model_file).resolve()),
     )
     if write_results:
-        result.result_file = str(write_result(result, Path(config["results_dir"] or "results")))
+        result.result_file = str(write_result(result, Path(config["results_dir"])))
     return result
 
 
@@ -222,6 +210,17 @@ def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
         except TypeError:
             safe[key] = str(value)
     return safe
+
+
+def feature_record(feature: Any) -> dict[str, Any]:
+    """What a results JSON says about a feature a model read: file, sha256, coverage."""
+    path = Path(feature.path) if feature.path else None
+    return {
+        "path": str(path) if path else None,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None,
+        "items_covered": feature.n_covered, "items": feature.n_items, "dim": feature.dim,
+        "origin": feature.meta.get("origin"),
+    }
 
 
 def dataset_card_checksum(config: Config) -> str | None:

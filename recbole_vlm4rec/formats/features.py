@@ -8,8 +8,13 @@ A feature named ``<name>`` lives in a dataset's ``features/`` folder as three fi
 ``<name>.tokens``
     UTF-8 text, one raw item token per line (the item id as written in the atomic files);
     line ``i`` names the item of row ``i``. No blank lines, no duplicates.
-``<name>.json`` (optional)
-    Provenance: what produced the vectors (encoder, inputs, cache key, counts).
+``<name>.json`` (optional for hand-made files; always written by ``vlm4rec encode``)
+    Provenance, one schema (``format_version`` 2): ``origin`` (``vlm4rec encode``, or
+    ``declared`` for a feature the run layer built from a dataset yaml declaration, with the
+    ``recipe`` it used), ``kind`` (text / image), ``source``, ``encoder`` and
+    ``encoder_fingerprint``, ``n_items``, ``n_cache_hits``, ``skipped`` items with their reasons,
+    ``created_utc``, and where it applies ``template``, ``item_table``, ``descriptions``,
+    ``command``. ``vlm4rec prepare mmrec`` writes ``origin: imported``.
 
 Rows are matched to RecBole's internal item ids through the tokens, never by position, so a file
 written in any item order loads correctly.
@@ -25,7 +30,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recbole_vlm4rec.files import atomic_write
+from recbole_vlm4rec.formats.files import atomic_write
+
+
+FEATURE_META_VERSION = 2
 
 
 class FeatureFileError(ValueError):

@@ -1,0 +1,46 @@
+"""The protocol ships with the package: a wheel installed outside the checkout runs from an empty
+folder with the shipped configs (and says so in its results JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_runs_the_shipped_protocol_from_an_empty_folder(tmp_path):
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-w", str(wheels), str(REPO)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(wheels.glob("recbole_vlm4rec-*.whl"))
+    # A venv that sees the installed dependencies; the wheel's own copy of the package wins
+    # over the editable checkout because the venv's site-packages comes first.
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                                "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VLM4REC_HOME")}
+    done = subprocess.run(
+        [str(env_dir / "bin" / "vlm4rec"), "run", "--model=Pop", "--dataset=ml-100k",
+         "--show_progress=False", "--state=WARNING", "--gpu_id="],
+        cwd=empty, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recall@20" in done.stdout
+    result = json.loads(next((empty / "results" / "ml-100k").glob("Pop-*.json")).read_text())
+    layers = {layer["role"]: layer["path"] for layer in result["config_layers"]}
+    assert str(env_dir) in layers["overall"] and str(REPO) not in layers["overall"]
+    assert layers["dataset"].endswith("configs/dataset/ml-100k.yaml")
+    assert result["config"]["eval_history_mask"] == "train_valid"
+    assert result["config"]["topk"] == [10, 20] and result["valid_metric"] == "recall@20"
