@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a prepared dataset to MMRec's data layout, so MMRec and this project run on identical data.
+"""Export a prepared dataset to MMRec's data layout: MMRec and this project run on identical data.
 
     python benchmarks/export_mmrec.py dataset/ml-100k-posters OUT/posters \\
         --image-feature visual --text-feature text --missing drop-items --seed 999
@@ -153,7 +153,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset_dir", type=Path, help="a prepared dataset folder (dataset/<name>)")
-    parser.add_argument("out_dir", type=Path, help="output folder; its name is MMRec's dataset name")
+    parser.add_argument("out_dir", type=Path, help="output folder (its name = MMRec's dataset name)")
     parser.add_argument("--image-feature", default="visual",
                         help="feature written as image_feat.npy ('' = none; default visual)")
     parser.add_argument("--text-feature", default="text",

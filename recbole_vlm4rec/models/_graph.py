@@ -136,6 +136,18 @@ def lightgcn_mean(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: i
     return total / (n_layers + 1)
 
 
+def log_sum_exp_rows(cosines_over_temperature: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-wise log-sum-exp of cosine similarities divided by ``temperature``.
+
+    Cosines are in [-1, 1], so for temperatures >= 0.02 the plain exp cannot overflow float32 and
+    the max-shift of ``torch.logsumexp`` (two more passes over a batch x candidates matrix, and
+    its backward) is not needed.
+    """
+    if temperature >= 0.02:
+        return cosines_over_temperature.exp().sum(dim=1).log()
+    return torch.logsumexp(cosines_over_temperature, dim=1)
+
+
 class EvaluationCache:
     """Mixin: full-ranking evaluation reuses one forward pass until the model trains again.
 

@@ -53,8 +53,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean,
-                                           register_feature_buffers, sparse_matmul,
-                                           to_torch_sparse, user_item_adjacency)
+                                           log_sum_exp_rows, register_feature_buffers,
+                                           sparse_matmul, to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
 
@@ -130,8 +130,8 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
             item_values, item_logits = torch.split(
                 feature @ torch.cat([projection, hyperedges], dim=1),
                 [self.embedding_size, self.hyper_num], dim=1)
-            modality = torch.cat([
-                sparse_matmul(self.user_item_mean, item_values, self.user_item_mean_t), item_values])
+            user_values = sparse_matmul(self.user_item_mean, item_values, self.user_item_mean_t)
+            modality = torch.cat([user_values, item_values])
             for _ in range(self.n_mm_layers):
                 modality = sparse_matmul(self.adjacency, modality)
             local = local + F.normalize(modality)
@@ -181,7 +181,6 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
 def _info_nce_sum(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
                   temperature: float) -> torch.Tensor:
     """Sum over anchors of -log softmax of the positive's cosine among all candidates' cosines."""
-    anchors, positives = F.normalize(anchors), F.normalize(positives)
-    positive = (anchors * positives).sum(dim=1) / temperature
-    every = torch.logsumexp(anchors @ F.normalize(candidates).T / temperature, dim=1)
-    return (every - positive).sum()
+    anchors, positives = F.normalize(anchors) / temperature, F.normalize(positives)
+    positive = (anchors * positives).sum(dim=1)
+    return (log_sum_exp_rows(anchors @ F.normalize(candidates).T, temperature) - positive).sum()

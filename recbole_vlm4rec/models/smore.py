@@ -52,7 +52,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_max_union,
-                                           knn_item_graph, lightgcn_mean,
+                                           knn_item_graph, lightgcn_mean, log_sum_exp_rows,
                                            register_feature_buffers, sparse_matmul,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
@@ -78,7 +78,8 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         if len(features) < 2:
             raise ValueError(
                 f"SMORE fuses the spectra of two or more modalities: content_features names "
-                f"{len(features)} feature ({features[0].name}); give two or more, e.g. [visual, text]")
+                f"{len(features)} feature ({features[0].name}); give two or more, e.g. "
+                "[visual, text]")
         self.feature_names = [feature.name for feature in features]
         knn_k = _per_feature(config["knn_k"], len(features), "knn_k")
         register_feature_buffers(self, features)
@@ -184,6 +185,6 @@ def _per_feature(configured: Any, n_features: int, key: str) -> list[int]:
 def _in_batch_info_nce(view: torch.Tensor, other: torch.Tensor,
                        temperature: float) -> torch.Tensor:
     """Mean over rows of -log softmax of (view_r, other_r) among (view_r, other_s) in the batch."""
-    view, other = F.normalize(view, dim=1), F.normalize(other, dim=1)
-    logits = view @ other.T / temperature
-    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    view, other = F.normalize(view, dim=1) / temperature, F.normalize(other, dim=1)
+    positive = (view * other).sum(dim=1)
+    return (log_sum_exp_rows(view @ other.T, temperature) - positive).mean()
