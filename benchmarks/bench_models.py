@@ -3,6 +3,7 @@ Amazon-Baby scale, with each model's evaluation time as a ratio to LightGCN's.
 
     python benchmarks/bench_models.py                       # all models
     python benchmarks/bench_models.py --models BPR LightGCN VBPR --threads 1
+    python benchmarks/bench_models.py --inter /path/to/baby.inter   # data elsewhere (a worktree)
 
 Data: the real interactions and split of ../shared/data/amazon-baby/baby.inter (19,445 users,
 7,050 items; x_label 0/1/2 = train/valid/test) and random item features of the real shapes:
@@ -37,12 +38,12 @@ MODELS = ["Pop", "ItemKNN", "BPR", "LightGCN", "VBPR", "MMGCN", "FREEDOM", "LGMR
 FEATURE_DIMS = {"visual": 4096, "text": 384}
 
 
-def write_dataset(root: Path, name: str) -> None:
+def write_dataset(root: Path, name: str, inter_path: Path = BABY) -> None:
     import pandas as pd
 
     from recbole_vlm4rec.formats.features import save_feature
 
-    frame = pd.read_csv(BABY, sep="\t")
+    frame = pd.read_csv(inter_path, sep="\t")
     folder = root / name
     folder.mkdir(parents=True)
     for label, part in enumerate(["train", "valid", "test"]):
@@ -102,20 +103,23 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model")
+    parser.add_argument("--inter", type=Path, default=BABY,
+                        help="MMRec's baby.inter (default: ../shared/data/amazon-baby/baby.inter "
+                             "beside the checkout)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.data_root, args.threads)))
         return 0
-    if not BABY.is_file():
-        parser.error(f"needs the Amazon-Baby interactions at {BABY}")
+    if not args.inter.is_file():
+        parser.error(f"needs the Amazon-Baby interactions at {args.inter} (--inter)")
     models = args.models if "LightGCN" in args.models else ["LightGCN", *args.models]
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(REPO))
-        write_dataset(Path(tmp), "babyscale")
+        write_dataset(Path(tmp), "babyscale", args.inter)
         for name in models:
             done = subprocess.run(
                 [sys.executable, __file__, "--one", name, "--data-root", tmp,
