@@ -177,3 +177,17 @@ def test_sparse_matmul_gradient_uses_the_transpose_correctly():
         .backward()
     expected = torch.from_numpy(matrix.toarray()).T @ weights
     torch.testing.assert_close(dense.grad, expected)
+
+
+def test_smore_trains_a_copy_of_the_features_or_keeps_them_fixed(two_features, build_pipeline):
+    name, overrides = two_features
+    _, data, train, *_, model = build_pipeline("SMORE", name, overrides)
+    loaded = data.item_feature("emb").matrix.copy()
+    before = model.feature_tables[0].detach().clone()
+    train_steps(model, train, 2)
+    assert not torch.equal(model.feature_tables[0].detach(), before)  # fine-tuned (MMRec)
+    np.testing.assert_array_equal(data.item_feature("emb").matrix, loaded)  # dataset untouched
+    _, _, _, *_, fixed = build_pipeline("SMORE", name, {**overrides, "train_features": False})
+    assert not hasattr(fixed, "feature_tables")
+    assert not any(p.shape[0] == data.item_num for n, p in fixed.named_parameters()
+                   if not n.startswith("item_embedding"))

@@ -28,17 +28,18 @@ Defaults are the first value of each grid in MMRec's ``SMORE.yaml``. With
 product of all of them, the fused graph the maximum of all graphs). Deviations from MMRec's
 implementation, and why:
 
-* Raw features are frozen (MMRec wraps them in a trainable embedding, so Adam also updates the
-  n_items x d feature matrices every step): the project keeps dataset features fixed, as in
-  FREEDOM here; the kNN graphs are built from the raw features in both.
+* None in the maths. ``train_features`` (default True, as MMRec and the authors' code: the raw
+  feature matrices are trainable parameters initialised from the dataset, so Adam updates them
+  every step) can be set False to keep the dataset's features fixed (cheaper: no n_items x d
+  gradient and Adam state). The kNN graphs are built once from the raw features either way.
 * No learning-rate decay (MMRec: lr * 0.96^(epoch/50)); RecBole's trainer has no scheduler. At
   MMRec's typical stopping epochs (< 100) the lr differs by < 8%.
 * The L2 term divides by the batch's length (MMRec: by ``train_batch_size``, which overweights
   it in the last, shorter batch of an epoch).
 * ``knn_k`` is one value for every feature or one per feature (MMRec: image_knn_k, text_knn_k).
 
-Items without a vector for a feature have no neighbours in its graph and x_i^m = b_m
-(counted in the log).
+Items without a vector for a feature have no neighbours in its graph and start from a zero
+feature (x_i^m = b_m while features are fixed; counted in the log).
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
                 "[visual, text]")
         self.feature_names = [feature.name for feature in features]
         knn_k = _per_feature(config["knn_k"], len(features), "knn_k")
-        register_feature_buffers(self, features)
+        self.train_features = bool(config["train_features"])
+        if self.train_features:
+            # A trainable copy: the dataset's features stay as loaded.
+            self.feature_tables = nn.ParameterList(
+                nn.Parameter(torch.from_numpy(f.matrix.copy())) for f in features)
+        else:
+            register_feature_buffers(self, features)
 
         adjacency = user_item_adjacency(dataset.inter_matrix(form="csr"))
         self.register_buffer("adjacency", to_torch_sparse(adjacency), persistent=False)
@@ -118,9 +125,10 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
     def _propagate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(final embeddings, side embeddings, behavioural embeddings), users then items."""
         size = self.embedding_size
-        spectra = [torch.fft.rfft(projection(getattr(self, f"feature_{index}")), dim=1,
-                                  norm="ortho")
-                   for index, projection in enumerate(self.projections)]
+        tables = (list(self.feature_tables) if self.train_features else
+                  [getattr(self, f"feature_{index}") for index in range(len(self.projections))])
+        spectra = [torch.fft.rfft(projection(table), dim=1, norm="ortho")
+                   for table, projection in zip(tables, self.projections)]
         fused = spectra[0]
         for spectrum in spectra[1:]:
             fused = fused * spectrum
