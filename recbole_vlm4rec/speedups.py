@@ -33,6 +33,9 @@ def topk_hits(scores: Any, positive_u: Any, positive_i: Any, k: int) -> Any:
     import torch
 
     n_users, n_items = scores.shape
+    if k > n_items:  # torch's own error ("selected index k out of range") names neither
+        raise ValueError(f"top-{k} asked for, but the catalogue has only {n_items - 1} items "
+                         f"(+ padding): lower topk to at most {n_items - 1}")
     _, topk_idx = torch.topk(scores, k, dim=-1)
     positive_keys = torch.unique(positive_u.long() * n_items + positive_i.long())
     top_keys = torch.arange(n_users, device=scores.device)[:, None] * n_items + topk_idx

@@ -66,9 +66,18 @@ def test_run_recbole_cli(tiny_dataset, capsys):
     out = capsys.readouterr().out
     assert "VLM4Rec on tiny" in out and "results written to" in out
     assert run_recbole.main(["--model=VLM4Rec", *args, "--item_feature=nope"]) == 2
-    assert "declares no item feature 'nope'" in capsys.readouterr().err
+    assert "has no item feature 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_recbole.main(["--model=BPR", "positional"])
+
+
+def test_topk_over_the_catalogue_size_is_one_clear_line(tiny_dataset, capsys):
+    _, name, overrides = tiny_dataset
+    args = [f"--{key}={value}" for key, value in overrides.items() if key != "topk"]
+    assert run_recbole.main(["--model=Pop", f"--dataset={name}", *args, "--topk=[5,100000]"]) == 2
+    err = capsys.readouterr().err
+    assert "topk [5, 100000]: [100000] ask for more items than the catalogue of tiny has" in err
+    assert "--topk=\"[5]\"" in err and "Traceback" not in err
 
 
 def test_results_record_each_config_layer_and_feature(tiny_dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -29,6 +30,13 @@ def test_sparse_topk_hits_equal_recboles_dense_computation():
         results.append(collector.data_struct.get("rec.topk"))
     assert Collector.eval_batch_collect._vlm4rec_shim
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_topk_over_the_catalogue_is_a_clear_error():
+    scores = torch.randn(3, 11)  # 10 items + padding
+    assert speedups.topk_hits(scores, torch.tensor([0]), torch.tensor([1]), 11).shape == (3, 12)
+    with pytest.raises(ValueError, match="top-20 asked for, but the catalogue has only 10 items"):
+        speedups.topk_hits(scores, torch.tensor([0]), torch.tensor([1]), 20)
 
 
 def test_itemknn_scores_are_csr_and_full_ranking_matches_predict(tiny_dataset, build_pipeline):

@@ -1,9 +1,11 @@
 """A minimal OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks.
 
-It answers ``GET /v1/models`` and ``POST /v1/chat/completions`` (image parts as base64 data URLs
-are decoded, so a broken client payload fails loudly). What it answers is decided by ``policy``
-(default: a fixed description), after a fixed ``latency``. Not a model: it never looks at pixels
-beyond checking they decode.
+It answers ``GET /v1/models`` (404 when ``list_models`` is False, as some servers do) and
+``POST /v1/chat/completions`` (image parts as base64 data URLs are decoded, so a broken client
+payload fails loudly; a model not in ``models`` gets 404, as vLLM answers). What it answers is decided by ``policy`` (default: a
+fixed description), after a fixed ``latency``; a policy can add ``X-Stub-Delay`` (seconds more)
+or ``X-Stub-Trickle`` (seconds between body bytes) to its headers. Not a model: it never looks at
+pixels beyond checking they decode.
 
     with StubServer(latency=0.2) as server:
         backend = OpenAICompatibleBackend(model="stub", base_url=server.base_url)
@@ -52,14 +54,16 @@ class StubServer:
     """Serve in a background thread; ``requests`` counts completions by prompt text."""
 
     def __init__(self, latency: float = 0.0, policy: Policy = default_policy,
-                 models: tuple[str, ...] = ("stub",), api_key: str | None = None) -> None:
+                 models: tuple[str, ...] = ("stub",), api_key: str | None = None,
+                 list_models: bool = True) -> None:
         self.latency = latency
         self.policy = policy
         self.models = models
+        self.list_models = list_models
         self.api_key = api_key
         self.requests: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -76,6 +80,12 @@ class StubServer:
         self._server.server_close()
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a burst of new connections (hundreds in flight, or
+    # reconnects after timeouts) would have SYNs dropped and retried a second later.
+    request_queue_size = 1024
+
+
 def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
@@ -84,7 +94,8 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # quiet
             pass
 
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
+                  trickle: float = 0.0) -> None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -92,7 +103,14 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            if not trickle:
+                self.wfile.write(data)
+                return
+            self.wfile.flush()
+            for index in range(len(data)):  # one byte at a time: every read is "on time"
+                self.wfile.write(data[index:index + 1])
+                self.wfile.flush()
+                time.sleep(trickle)
 
         def _authorised(self) -> bool:
             if stub.api_key and self.headers.get("Authorization") != f"Bearer {stub.api_key}":
@@ -103,7 +121,7 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if not self._authorised():
                 return
-            if self.path.rstrip("/").endswith("/models"):
+            if self.path.rstrip("/").endswith("/models") and stub.list_models:
                 self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in stub.models]})
             else:
                 self._send(404, {"error": {"message": "not found"}})
@@ -121,15 +139,20 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
                     header, encoded = part["image_url"]["url"].split(",", 1)
                     assert header.startswith("data:image/")
                     Image.open(io.BytesIO(base64.b64decode(encoded))).verify()
+            if payload.get("model") not in stub.models:
+                self._send(404, {"error": {"message": f"The model `{payload.get('model')}` does not exist."}})
+                return
             prompt = request_prompt(payload)
             with stub.lock:
                 stub.requests[prompt] += 1
                 seen = stub.requests[prompt]
             status, headers, reply = stub.policy(payload, seen)
-            delay = float(headers.pop("X-Stub-Delay", 0) or 0) if headers else 0.0
+            headers = dict(headers or {})
+            delay = float(headers.pop("X-Stub-Delay", 0) or 0)
+            trickle = float(headers.pop("X-Stub-Trickle", 0) or 0)
             time.sleep(stub.latency + delay)
             try:
-                self._send(status, reply, headers)
+                self._send(status, reply, headers, trickle)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                 pass
 
