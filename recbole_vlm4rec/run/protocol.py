@@ -37,6 +37,7 @@ from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.formats.paths import ProtocolMissingError
 from recbole_vlm4rec.models import get_model_class, project_models
 from recbole_vlm4rec.models.features import features_read_by
+from recbole_vlm4rec.run import ranking
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def build_config(model: str, dataset: str = DEFAULT_DATASET, config_files: Seque
     """A RecBole Config for ``model`` on ``dataset`` with the protocol's layers applied."""
     compat.apply()
     speedups.install()
+    ranking.install()
     Config = compat.config_class()
     data_path, layers = resolve_layers(model, dataset, config_files, overrides)
     # RecBole loads its own model yaml only when given a name it knows; ours are passed as classes.

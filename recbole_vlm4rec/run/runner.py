@@ -33,6 +33,7 @@ from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.run.cold_start import apply_cold_start
 from recbole_vlm4rec.run.masking import apply_eval_history_mask
 from recbole_vlm4rec.run.per_user import record_per_user
+from recbole_vlm4rec.run.ranking import count_ties
 from recbole_vlm4rec.run.protocol import prepare_run
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class RunResult:
     config_layers: list[dict[str, str]] = field(default_factory=list)  # role, path, sha256
     features: dict[str, Any] = field(default_factory=dict)  # name -> file, sha256, coverage
     checkpoint: str | None = None  # the evaluated model (vlm4rec export --checkpoint serves it)
+    # run/ranking.py: tie-break seed, test users with all-equal scores / a tie at the cut-off
+    ranking: dict[str, Any] = field(default_factory=dict)
+    code: dict[str, Any] = field(default_factory=dict)  # git commit + dirty flag of this package
 
 
 def create_dataset(config: Config) -> Any:
@@ -136,8 +140,10 @@ def run(
         )
         raise
     trained = time.perf_counter()
-    with record_per_user(trainer, config["USER_ID_FIELD"], config["topk"]) as per_user:
+    with count_ties(trainer) as ties, \
+            record_per_user(trainer, config["USER_ID_FIELD"], config["topk"]) as per_user:
         test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
+    (recbole_logger.warning if ties.users_all_equal else recbole_logger.info)(f"test {ties.line()}")
     finished = time.perf_counter()
 
     result = RunResult(
@@ -163,6 +169,8 @@ def run(
         config_layers=[layer.to_json() for layer in prepared.layers],
         features={name: feature_record(data.item_feature(name)) for name in prepared.features},
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
+        ranking=ties.to_json(seed=int(config["seed"])),
+        code=code_version(),
     )
     if write_results:
         result.result_file = str(write_result(result, Path(config["results_dir"])))
@@ -213,14 +221,51 @@ def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def feature_record(feature: Any) -> dict[str, Any]:
-    """What a results JSON says about a feature a model read: file, sha256, coverage."""
+    """What a results JSON says about a feature a model read: its files and the file it was
+    encoded from (descriptions JSONL, item table), each with its sha256, and its coverage."""
     path = Path(feature.path) if feature.path else None
+    source = str(feature.meta.get("source") or "")
+    # an image feature names its column: "<item file>:image"
+    source_path = Path(source.rsplit(":", 1)[0] if source.endswith(":image") else source)
+    tokens = path.with_suffix(".tokens") if path else None
     return {
         "path": str(path) if path else None,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None,
-        "items_covered": feature.n_covered, "items": feature.n_items, "dim": feature.dim,
+        "sha256": file_sha256(path),
+        "tokens_sha256": file_sha256(tokens),
+        "source": source or None,
+        "source_sha256": file_sha256(source_path) if source else None,
+        "items_covered": feature.n_covered, "items": feature.n_items,
+        "coverage": round(feature.n_covered / max(feature.n_items, 1), 6), "dim": feature.dim,
         "origin": feature.meta.get("origin"),
     }
+
+
+def file_sha256(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of the checkout this package runs from, and whether it has uncommitted
+    changes (``dirty``); ``None`` values outside a git checkout (an installed wheel)."""
+    import subprocess
+
+    checkout = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain",
+                                 "--untracked-files=no"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def dataset_card_checksum(config: Config) -> str | None:
