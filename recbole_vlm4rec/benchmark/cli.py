@@ -16,7 +16,9 @@ examples:
 Each cell (model x dataset x seed) runs through the same code as run_recbole.py, by default in
 its own process (isolated peak memory; a crash fails only that cell). Finished cells are skipped
 on rerun (Ctrl-C is safe: rerun to resume); skipped/failed cells are retried. Cells that need a
-feature or dataset that is not there are recorded as skipped with the reason.
+feature or dataset that is not there are recorded as skipped with the reason. Every cell is
+checked before any runs: an unknown model, config key or value stops the grid at once (exit 2),
+listing each cell setting at fault.
 """
 
 
@@ -77,7 +79,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from recbole_vlm4rec.benchmark.grid import run_grid
+    from recbole_vlm4rec.benchmark.grid import GridConfigError, run_grid
     from recbole_vlm4rec.benchmark.report import write_report
     from recbole_vlm4rec.benchmark.spec import SpecError, load_spec
 
@@ -89,7 +91,14 @@ def _bench(args: argparse.Namespace) -> int:
     spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
     spec.models = _subset(spec.models, args.models, "models")
     spec.with_forced(_parse_set(args.set))
-    summary = run_grid(spec, args.out, rerun=args.rerun, isolation=args.isolation)
+    try:
+        summary = run_grid(spec, args.out, rerun=args.rerun, isolation=args.isolation)
+    except GridConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {len(error.problems)} cell setting(s) of {args.spec} cannot run; no cell "
+              "was started", file=sys.stderr)
+        return 2
     print(f"cells: {summary.line()}")
     try:
         written = write_report(summary.out_dir)

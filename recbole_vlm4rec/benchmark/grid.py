@@ -59,25 +59,62 @@ def is_finished(out_dir: Path, cell: Cell) -> bool:
     return bool(record and record["status"] == "ok" and record["cell"].get("key") == cell.key)
 
 
+class GridConfigError(ValueError):
+    """Cells of a spec that no run would accept (unknown model, config key or value): the grid
+    stops before it runs any cell. ``problems`` holds one line per distinct cell setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 def precheck(cell: Cell) -> dict[str, Any] | None:
-    """A record for a cell that cannot start (unknown model or dataset, an undeclared feature, a
-    missing protocol layer), made without starting it; None when the cell should run. It runs the
-    run layer's own checks (run/protocol.prepare_run), so a cell is refused here exactly when
-    ``vlm4rec run`` would refuse it."""
+    """A record for a cell that cannot start for lack of data (a feature not declared or not
+    built, a dataset not prepared), made without starting it; None when the cell should run.
+    It runs the run layer's own checks (run/protocol.prepare_run), so a cell is refused here
+    exactly when ``vlm4rec run`` would refuse it. A configuration no run accepts (unknown model,
+    config key or value) raises instead: see :func:`check_cells`."""
     from recbole_vlm4rec.benchmark.cell import classify_error
     from recbole_vlm4rec.data.dataset import MissingFeatureError
     from recbole_vlm4rec.data.registry import UnknownDatasetError
-    from recbole_vlm4rec.models import UnknownModelError
     from recbole_vlm4rec.run.protocol import prepare_run
 
     try:
         prepare_run(cell.model, cell.dataset, cell.config_files,
                     {**cell.overrides, "state": "WARNING"}, build_features=False)
-    except (UnknownModelError, UnknownDatasetError, MissingFeatureError,
-            FileNotFoundError) as error:
+    except (UnknownDatasetError, MissingFeatureError, FileNotFoundError) as error:
         status, reason = classify_error(error)
         return make_record(cell, status, reason)
     return None
+
+
+def check_cells(cells: list[Cell]) -> dict[str, dict[str, Any] | None]:
+    """Precheck every cell before any runs: ``cell.key -> precheck record``. Cells that differ
+    only in their seed are checked once. GridConfigError lists every cell setting no run would
+    accept (unknown model, config key or value, a feature name that cannot resolve)."""
+    from recbole_vlm4rec.models import UnknownModelError
+    from recbole_vlm4rec.run.accounting import ConfigError
+
+    outcome: dict[str, dict[str, Any] | None] = {}
+    seen: dict[str, Any] = {}
+    problems: list[str] = []
+    for cell in cells:
+        setting = json.dumps([cell.model, cell.dataset, list(cell.config_files),
+                              {k: v for k, v in cell.overrides.items() if k != "seed"}],
+                             sort_keys=True, default=str)
+        if setting not in seen:
+            try:
+                seen[setting] = ("record", precheck(cell))
+            except (UnknownModelError, ConfigError, ValueError) as error:
+                seen[setting] = ("error", error)
+                first_line = str(error).strip().splitlines()[0]
+                problems.append(f"{cell.label} on {cell.dataset}: {first_line}")
+        kind, value = seen[setting]
+        if kind == "record":
+            outcome[cell.key] = None if value is None else {**value, "cell": cell.to_json()}
+    if problems:
+        raise GridConfigError(problems)
+    return outcome
 
 
 def run_in_subprocess(cell: Cell, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
@@ -132,14 +169,16 @@ def run_grid(spec: BenchSpec, out_dir: Path | None = None, rerun: bool = False,
     summary = GridSummary(out_dir)
     cells = spec.cells()
     primary = spec.metrics[0] if spec.metrics else None
+    pending = [cell for cell in cells if rerun or not is_finished(out_dir, cell)]
+    prechecked = check_cells(pending)  # GridConfigError before any cell runs
     progress = tqdm(cells, desc=f"bench {spec.name}", unit="cell", dynamic_ncols=True)
     try:
         for number, cell in enumerate(progress, start=1):
             progress.set_postfix_str(cell.describe())
-            if not rerun and is_finished(out_dir, cell):
+            if cell.key not in prechecked:
                 summary.counts["resumed"] = summary.counts.get("resumed", 0) + 1
                 continue
-            record = precheck(cell)
+            record = prechecked[cell.key]
             if record is None and isolation == "subprocess":
                 record = run_in_subprocess(cell, out_dir, spec.timeout_s)
             elif record is None:

@@ -66,6 +66,7 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from recbole_vlm4rec.data.registry import DEFAULT_DATASET, UnknownDatasetError
     from recbole_vlm4rec.formats.features import FeatureFileError
     from recbole_vlm4rec.models import UnknownModelError
+    from recbole_vlm4rec.run.accounting import ConfigError
     from recbole_vlm4rec.run.cold_start import ColdStartConfigError
     from recbole_vlm4rec.run.runner import format_metrics_table, run
 
@@ -73,13 +74,15 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         result = run(model=args.model, dataset=args.dataset or DEFAULT_DATASET,
                      config_files=args.config_files.split(), overrides=overrides)
     except (UnknownModelError, UnknownDatasetError, FeatureFileError, MissingFeatureError,
-            FileNotFoundError, ColdStartConfigError) as error:
+            FileNotFoundError, ColdStartConfigError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     print()
+    for key, where in result.config_accounting.get("not_read", {}).items():
+        print(f"note: config key '{key}' ({where} layer) is not read by {result.model}")
     print(format_metrics_table(result))
     print(f"\nseconds: {result.seconds}")
     print(f"results written to {result.result_file}")

@@ -64,6 +64,8 @@ class RunResult:
     # run/ranking.py: tie-break seed, test users with all-equal scores / a tie at the cut-off
     ranking: dict[str, Any] = field(default_factory=dict)
     code: dict[str, Any] = field(default_factory=dict)  # git commit + dirty flag of this package
+    # run/accounting.py: keys a shared layer gave that this model does not read
+    config_accounting: dict[str, Any] = field(default_factory=dict)
 
 
 def create_dataset(config: Config) -> Any:
@@ -118,6 +120,8 @@ def run(
         recbole_logger.info(f"config layer ({layer.role}): {layer.path}")
     for note in prepared.notes:
         recbole_logger.info(note)
+    for line in prepared.accounting.lines():
+        recbole_logger.warning(line)
 
     built = build_run(config, prepared.model_class)
     data, model_instance = built.dataset, built.model
@@ -171,6 +175,7 @@ def run(
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
         ranking=ties.to_json(seed=int(config["seed"])),
         code=code_version(),
+        config_accounting=prepared.accounting.to_json(),
     )
     if write_results:
         result.result_file = str(write_result(result, Path(config["results_dir"])))
