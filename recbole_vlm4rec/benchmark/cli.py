@@ -44,6 +44,26 @@ def register(subparsers: Any) -> None:
                        "--set epochs=1; repeatable. Saved in <out>/spec.yaml; use another --out")
     bench.set_defaults(func=_bench)
 
+    tune = subparsers.add_parser(
+        "tune", help="choose each model's settings on validation, then run them on every seed",
+        description="For every model x dataset of a benchmark spec: run the grid of its search "
+        "space (the spec's `search.space`, else the model's `search_space` in its yaml) on one "
+        "seed, trained and validated only (no test evaluation), choose the best validation "
+        "metric, then run the choice on every seed of the spec and write the report (mean +- "
+        "std of the choices, plus every trial). Resumable; budgets in trials and minutes.",
+        epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_argument("spec", help="benchmark spec yaml with an optional `search:` block")
+    tune.add_argument("--out", help="output folder (default: results/tune/<spec name>)")
+    tune.add_argument("--max-trials", type=int, help="per model and dataset (beats the spec)")
+    tune.add_argument("--max-minutes", type=float,
+                      help="per model and dataset: no trial starts after this much trial time")
+    tune.add_argument("--isolation", choices=("subprocess", "inprocess"))
+    tune.add_argument("--datasets", action="append", help="subset of the spec's datasets")
+    tune.add_argument("--models", action="append", help="subset of the spec's model labels")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override for every cell and trial, above all spec layers")
+    tune.set_defaults(func=_tune)
+
     report = subparsers.add_parser(
         "report", help="rebuild a benchmark's tables, plots and tests from its run records",
         description="Reads <folder>/spec.yaml and <folder>/runs/**/*.json and rewrites report.md, "
@@ -52,6 +72,17 @@ def register(subparsers: Any) -> None:
     )
     report.add_argument("folder", help="a benchmark output folder")
     report.set_defaults(func=_report)
+
+
+TUNE_EPILOG = """\
+examples:
+  vlm4rec tune configs/benchmarks/tune-posters.yaml           # the README's tuning run
+  vlm4rec tune configs/benchmarks/paper.yaml --datasets ml-100k-posters --max-trials 4
+  vlm4rec report results/tune/tune-posters                   # tables again, no rerun
+
+Output: trials/ (validation only), runs/ (the choices on every seed), tuning.json / tuning.csv,
+report.md. docs/tuning.md describes the search block and the model search spaces.
+"""
 
 
 def _subset(entries: dict, wanted: list[str] | None, what: str) -> dict:
@@ -109,6 +140,43 @@ def _bench(args: argparse.Namespace) -> int:
     if summary.interrupted:
         return 130
     return 1 if summary.counts.get("failed") else 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from recbole_vlm4rec.benchmark.grid import GridConfigError
+    from recbole_vlm4rec.benchmark.report import write_report
+    from recbole_vlm4rec.benchmark.spec import SpecError, load_spec
+    from recbole_vlm4rec.benchmark.tune import default_out_dir, run_tune
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
+    spec.models = _subset(spec.models, args.models, "models")
+    spec.with_forced(_parse_set(args.set))
+    out = args.out or default_out_dir(spec)
+    try:
+        trials, finals = run_tune(spec, out, isolation=args.isolation,
+                                  max_trials=args.max_trials, max_minutes=args.max_minutes)
+    except GridConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {len(error.problems)} setting(s) of {args.spec} cannot run; nothing was "
+              "started", file=sys.stderr)
+        return 2
+    print(f"trials: {trials.line()}")
+    print(f"chosen settings on every seed: {finals.line()}")
+    try:
+        write_report(finals.out_dir)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {finals.out_dir / 'report.md'}")
+    if trials.interrupted or finals.interrupted:
+        return 130
+    return 1 if finals.counts.get("failed") else 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -102,6 +102,7 @@ READ_ONLY_TO_WARN = {("trainer.py", "reg_weight")}
 NOT_CONFIG = ("url.yaml", "kg_url.yaml", "hyper_tuning.py", "quick_start")
 
 
+@lru_cache(maxsize=1)
 def _yaml_loader() -> type:
     """RecBole's yaml reading (1e-4 is a float), on libyaml when it is there (fast)."""
     from recbole.config.configurator import Config
@@ -118,9 +119,14 @@ def _yaml_loader() -> type:
     return Loader
 
 
+def load_yaml(text: str) -> Any:
+    """A yaml document read with RecBole's number rules (``1e-4`` is a float, as in a layer)."""
+    return yaml.load(text, Loader=_yaml_loader())
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A yaml file's top-level mapping (RecBole's number rules)."""
-    values = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+    values = load_yaml(path.read_text(encoding="utf-8"))
     return values if isinstance(values, dict) else {}
 
 

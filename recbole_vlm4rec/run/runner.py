@@ -108,8 +108,12 @@ def run(
     config_files: Sequence[str] = (),
     overrides: dict[str, Any] | None = None,
     write_results: bool = True,
+    evaluate_test: bool = True,
 ) -> RunResult:
-    """Train (if the model trains), pick the best epoch on validation, evaluate on test."""
+    """Train (if the model trains), pick the best epoch on validation, evaluate on test.
+
+    ``evaluate_test=False`` (a tuning trial) stops after validation: the result has no test
+    metrics, so nothing chosen from it can have seen the test split."""
     started = time.perf_counter()
     prepared = prepare_run(model, dataset, config_files, overrides)
     config = prepared.config
@@ -146,8 +150,11 @@ def run(
     trained = time.perf_counter()
     with count_ties(trainer) as ties, \
             record_per_user(trainer, config["USER_ID_FIELD"], config["topk"]) as per_user:
-        test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
-    (recbole_logger.warning if ties.users_all_equal else recbole_logger.info)(f"test {ties.line()}")
+        test_result = (trainer.evaluate(test_data, load_best_model=True,
+                                        show_progress=show_progress) if evaluate_test else {})
+    if evaluate_test:
+        log = recbole_logger.warning if ties.users_all_equal else recbole_logger.info
+        log(f"test {ties.line()}")
     finished = time.perf_counter()
 
     result = RunResult(
@@ -168,12 +175,13 @@ def run(
         seed=int(config["seed"]),
         peak_memory_mb=_peak_memory_mb(),
         dataset_card_sha256=dataset_card_checksum(config),
-        per_user_test=per_user.to_json(data.field2id_token[config["USER_ID_FIELD"]]),
+        per_user_test=(per_user.to_json(data.field2id_token[config["USER_ID_FIELD"]])
+                       if evaluate_test else {}),
         cold_start=getattr(data, "cold_start_summary", None),
         config_layers=[layer.to_json() for layer in prepared.layers],
         features={name: feature_record(data.item_feature(name)) for name in prepared.features},
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
-        ranking=ties.to_json(seed=int(config["seed"])),
+        ranking=ties.to_json(seed=int(config["seed"])) if evaluate_test else {},
         code=code_version(),
         config_accounting=prepared.accounting.to_json(),
     )
