@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override for every cell, above all spec layers (yaml value), e.g. "
                        "--set epochs=1; repeatable. Saved in <out>/spec.yaml; use another --out")
+    bench.add_argument("--publish", metavar="DIR",
+                       help="copy the report to DIR (e.g. docs/results/<spec>) and refresh the "
+                       "README/docs tables citing DIR/summary.csv (docs/results.md)")
     bench.set_defaults(func=_bench)
 
     tune = subparsers.add_parser(
@@ -62,6 +65,7 @@ def register(subparsers: Any) -> None:
     tune.add_argument("--models", action="append", help="subset of the spec's model labels")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override for every cell and trial, above all spec layers")
+    tune.add_argument("--publish", metavar="DIR", help="as `vlm4rec bench --publish`")
     tune.set_defaults(func=_tune)
 
     report = subparsers.add_parser(
@@ -71,6 +75,7 @@ def register(subparsers: Any) -> None:
         "vlm4rec report results/benchmarks/paper",
     )
     report.add_argument("folder", help="a benchmark output folder")
+    report.add_argument("--publish", metavar="DIR", help="as `vlm4rec bench --publish`")
     report.set_defaults(func=_report)
 
 
@@ -137,6 +142,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"report: {summary.out_dir / 'report.md'} ({len(written)} files)")
+    _publish(summary.out_dir, args.publish)
     if summary.interrupted:
         return 130
     return 1 if summary.counts.get("failed") else 0
@@ -174,6 +180,7 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"report: {finals.out_dir / 'report.md'}")
+    _publish(finals.out_dir, args.publish)
     if trials.interrupted or finals.interrupted:
         return 130
     return 1 if finals.counts.get("failed") else 0
@@ -190,4 +197,14 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     for path in written:
         print(path)
+    _publish(args.folder, args.publish)
     return 0
+
+
+def _publish(folder: Any, destination: str | None) -> None:
+    if not destination:
+        return
+    from recbole_vlm4rec.benchmark.publish import publish
+
+    for path in publish(folder, destination):
+        print(f"published: {path}")
