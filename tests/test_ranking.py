@@ -37,9 +37,10 @@ def test_ties_follow_score_then_seeded_priority_exactly():
         assert top.indices[row].tolist() == expected
 
 
-@pytest.mark.parametrize("share_of_ones", [0.0, 0.002, 0.3])
+@pytest.mark.parametrize("share_of_ones", [0.0, 0.002, 0.02, 0.3, 0.97])
 def test_large_tie_groups_are_walked_in_priority_order(share_of_ones):
-    """Rows of 3,000 items: a large group of zeros (walked), a few ones, masked items."""
+    """Rows of 3,000 items: groups of zeros and ones of every size (walked once, walked deeper,
+    ranked directly), masked items."""
     rng = np.random.default_rng(4)
     scores = torch.from_numpy((rng.random((25, 3000)) < share_of_ones).astype(np.float32))
     scores[torch.from_numpy(rng.random((25, 3000)) < 0.05)] = -torch.inf

@@ -120,23 +120,31 @@ def _rank_tied_rows(rows: Any, values: Any, top: Any, k: int, users: Any,
     by_score = torch.gather(values, 1, order)
     order = torch.gather(order, 1, torch.sort(by_score, dim=1, descending=True, stable=True)[1])
     ranked = torch.gather(top, 1, order)  # columns < n_above are final
-    # 2. the tie group at the cut-off fills columns n_above .. k-1 in priority order: a short
-    # walk in priority order fills rows whose group is large; the rest rank their group directly
+    # 2. the tie group at the cut-off fills columns n_above .. k-1 in priority order. Every row
+    # walks a few times k items deep in priority order, which fills rows whose group is a large
+    # share of the row (a user without a profile); the rest have a smaller group, ranked directly
+    # (measured: a walk deep enough for a mid-size group costs more than sorting its members)
     needed = k - n_above
-    left = _fill_by_priority_walk(ranked, rows, cutoff, n_above, needed, permutation, offsets,
-                                  width=min(n_items, 8 * k + 64))
+    every = torch.arange(len(rows), device=device)
+    left, not_flat = _fill_by_priority_walk(ranked, rows, cutoff, every, n_above, needed,
+                                            permutation, offsets, min(n_items, 8 * k + 64))
     if len(left):
         _fill_from_groups(ranked, rows, cutoff, left, n_above, needed, permutation, offsets)
     # all-equal rows: the best score is the cut-off and no finite score is below it
-    flat = ((values[:, 0] == cutoff) & (cutoff > -torch.inf)).nonzero().flatten()
+    candidate = (values[:, 0] == cutoff) & (cutoff > -torch.inf)
+    candidate[not_flat] = False
+    flat = candidate.nonzero().flatten()
     lowest = torch.nan_to_num(_rows(rows, flat), neginf=torch.inf).amin(dim=1)  # masked: ignored
     all_equal = int((lowest == cutoff[flat]).sum())
     return ranked, all_equal
 
 
 def _rows(matrix: Any, which: Any) -> Any:
-    """``matrix[which]`` without copying the whole matrix when ``which`` is every row."""
-    return matrix if len(which) == len(matrix) else matrix[which]
+    """``matrix[which]`` without copying the whole matrix when ``which`` is every row in order
+    (``which`` holds distinct rows: sorted and as long as the matrix means every row)."""
+    if len(which) == len(matrix) and bool((which[1:] > which[:-1]).all()):
+        return matrix
+    return matrix[which]
 
 
 def _place(ranked: Any, row: Any, column: Any, item: Any) -> None:
@@ -160,22 +168,27 @@ def _fill_from_groups(ranked: Any, rows: Any, cutoff: Any, which: Any, n_above: 
     _place(ranked, row[keep], n_above[row[keep]] + rank[keep], item[keep])
 
 
-def _fill_by_priority_walk(ranked: Any, rows: Any, cutoff: Any, n_above: Any, needed: Any,
-                           permutation: Any, offsets: Any, width: int) -> Any:
-    """Walk each row's items in priority order (``inverse[(start - t) mod n]``, t < ``width``),
-    keeping the first tie-group members met; returns the rows the window did not fill."""
+def _fill_by_priority_walk(ranked: Any, rows: Any, cutoff: Any, which: Any, n_above: Any,
+                           needed: Any, permutation: Any, offsets: Any,
+                           width: int) -> tuple[Any, Any]:
+    """Walk rows ``which`` in priority order (items ``inverse[(start - t) mod n]``, t < ``width``),
+    keeping the first tie-group members met. Returns the rows the window did not fill and the
+    rows whose window met a finite score below the cut-off (so not all-equal)."""
     import torch
 
     n_items = rows.shape[1]
     inverse = torch.empty_like(permutation)
     inverse[permutation] = torch.arange(n_items, device=permutation.device)
     steps = torch.arange(width, device=rows.device)
-    position = (n_items - 1 - offsets)[:, None] - steps[None, :]  # in (-n, n)
+    position = (n_items - 1 - offsets[which])[:, None] - steps[None, :]  # in (-n, n)
     items = inverse[torch.where(position < 0, position + n_items, position)]
-    member = torch.gather(rows, 1, items) == cutoff[:, None]
+    met = torch.gather(_rows(rows, which), 1, items)
+    member = met == cutoff[which, None]
     count = member.cumsum(dim=1)
-    done = count[:, -1] >= needed
-    take = member & (count <= needed[:, None]) & done[:, None]
-    row, step = take.nonzero(as_tuple=True)
-    _place(ranked, row, n_above[row] + count[row, step] - 1, items[row, step])
-    return (~done).nonzero().flatten()
+    done = count[:, -1] >= needed[which]
+    take = member & (count <= needed[which, None]) & done[:, None]
+    local, step = take.nonzero(as_tuple=True)
+    row = which[local]
+    _place(ranked, row, n_above[row] + count[local, step] - 1, items[local, step])
+    lower = ((met < cutoff[which, None]) & (met > -torch.inf)).any(dim=1)
+    return which[~done], which[lower]

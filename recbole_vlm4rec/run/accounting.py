@@ -40,7 +40,6 @@ import yaml
 CONFIG_READ = re.compile(r"""config(?:_dict)?\[\s*["']([A-Za-z_]\w*)["']\s*\]""")
 DECLARED_TYPE = re.compile(r"#\s*\(([A-Za-z]+)[^)]*\)\s*(.*)$")
 LEARNER_BRANCH = re.compile(r"""learner\.lower\(\)\s*==\s*["'](\w+)["']""")
-USER_ORIGINS = ("command line", "user", "model")  # where another model's key is an error
 
 
 class ConfigError(ValueError):
@@ -285,6 +284,7 @@ def given_keys(layers: Sequence[Any], overrides: dict[str, Any]) -> dict[str, st
 
 
 def _origin_is_users(where: str) -> bool:
+    """Given for this run (another model's key is then an error), not by a shared layer."""
     return where == "command line" or where.startswith("user") or where == "model"
 
 

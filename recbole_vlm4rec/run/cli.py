@@ -22,7 +22,10 @@ examples:
 Any other --key=value is a RecBole/model config override (highest priority). Config layers, later
 wins: RecBole defaults < configs/overall.yaml < configs/model/<Model>.yaml <
 configs/dataset/<dataset>.yaml < dataset/<dataset>/<dataset>.yaml < --config_files < --key=value.
-The results JSON records each layer's path and sha256.
+The results JSON records each layer's path and sha256. Every key must be read by RecBole, the
+dataset or this model: an unknown key (a typo) fails with a did-you-mean, another model's key
+(--reg_weight for BPR) fails, a wrong value (--epochs=abc, --profile_aggregation=maxx) fails
+naming what the key takes; all before anything loads (docs/configuration.md).
 
 Prints a metrics table (best-valid and test) and writes the run as JSON to
 results/<dataset>/<Model>-<time>.json (set --results_dir=... to change). RecBole's own logs go to
