@@ -10,9 +10,9 @@ the two so both see the same machine load:
                 tie-safe ranking, which ordered ties by item index
   tie-safe      formats/ranking.tie_safe_topk + the same hit flags (run/ranking.py's step)
 
-for four score patterns: a trained model (no ties), a content model whose uncovered items score 0
-(ties below the top-k only), a user without a profile (every item ties) and Pop (integer counts:
-ties at the top). Prints the median and the best of --repeats per step and their ratio. No
+for five score patterns: a trained model (no ties), a content model whose uncovered items score
+0 (ties below the top-k only), a user without a profile (every item ties), Pop (integer counts
+5000 / rank: ties from rank ~70 down) and a worst case (128 items tie for the top). Prints the median and the best of --repeats per step and their ratio. No
 dataset needed.
 """
 
@@ -39,7 +39,8 @@ def batches() -> dict[str, object]:
     masked_cols = torch.from_numpy(rng.integers(1, N_ITEMS, N_USERS * 20))
     found = {}
     for kind in ("trained model (no ties)", "content model, 16% items at 0",
-                 "no profile (all items tie)", "Pop (integer counts)"):
+                 "no profile (all items tie)", "Pop (counts 5000/rank)",
+                 "128 items tie for the top"):
         if kind.startswith("trained"):
             scores = torch.randn(N_USERS, N_ITEMS)
         elif kind.startswith("content"):
@@ -47,9 +48,11 @@ def batches() -> dict[str, object]:
             scores[:, torch.from_numpy(rng.random(N_ITEMS) < 0.16)] = 0.0
         elif kind.startswith("no profile"):
             scores = torch.zeros(N_USERS, N_ITEMS)
-        else:
-            counts = rng.zipf(1.6, N_ITEMS).clip(max=500).astype(np.float32)
-            scores = torch.from_numpy(counts).expand(N_USERS, N_ITEMS).clone()
+        else:  # integer counts, the same for every user: ties from rank ~70 down, or at the top
+            counts = np.floor(5000 / rng.permutation(np.arange(1, N_ITEMS + 1)))
+            if kind.startswith("128"):
+                counts = np.minimum(counts, np.sort(counts)[-128])
+            scores = torch.from_numpy(counts.astype(np.float32)).expand(N_USERS, N_ITEMS).clone()
         scores[:, 0] = -torch.inf
         scores[masked_rows, masked_cols] = -torch.inf
         found[kind] = scores
@@ -75,6 +78,7 @@ def main() -> int:
     print(f"one batch of {N_USERS} users x {N_ITEMS:,} items, top-{K}, torch threads 1, "
           f"{args.repeats} alternating repeats: median (best) ms")
     print(f"{'scores':<32}{'index order':>18}{'tie-safe':>18}{'ratio':>8}")
+    print("-" * 76)
     for kind, scores in batches().items():
         steps = {
             "index": lambda: topk_hits(scores, positive_u, positive_i, K),

@@ -120,18 +120,21 @@ def _rank_tied_rows(rows: Any, values: Any, top: Any, k: int, users: Any,
     by_score = torch.gather(values, 1, order)
     order = torch.gather(order, 1, torch.sort(by_score, dim=1, descending=True, stable=True)[1])
     ranked = torch.gather(top, 1, order)  # columns < n_above are final
-    # 2. the tie group at the cut-off fills columns n_above .. k-1 in priority order. Every row
-    # walks a few times k items deep in priority order, which fills rows whose group is a large
-    # share of the row (a user without a profile); the rest have a smaller group, ranked directly
-    # (measured: a walk deep enough for a mid-size group costs more than sorting its members)
+    # 2. the tie group at the cut-off fills columns n_above .. k-1 in priority order. A row whose
+    # whole top-k ties (a user without a profile) likely has a group that is a large share of the
+    # row: it walks a few times k items deep in priority order, which fills it. Other rows (Pop:
+    # a few equal counts at the cut-off) and rows the walk left short have a smaller group,
+    # ranked directly (measured: a walk deep enough for a mid-size group costs more than sorting
+    # its members)
     needed = k - n_above
-    every = torch.arange(len(rows), device=device)
-    left, not_flat = _fill_by_priority_walk(ranked, rows, cutoff, every, n_above, needed,
+    walk = (n_above == 0).nonzero().flatten()
+    left, not_flat = _fill_by_priority_walk(ranked, rows, cutoff, walk, n_above, needed,
                                             permutation, offsets, min(n_items, 8 * k + 64))
+    left = torch.cat(((n_above > 0).nonzero().flatten(), left)).sort().values
     if len(left):
         _fill_from_groups(ranked, rows, cutoff, left, n_above, needed, permutation, offsets)
     # all-equal rows: the best score is the cut-off and no finite score is below it
-    candidate = (values[:, 0] == cutoff) & (cutoff > -torch.inf)
+    candidate = (values[:, 0] == cutoff) & (cutoff > -torch.inf)  # only walked rows (n_above 0)
     candidate[not_flat] = False
     flat = candidate.nonzero().flatten()
     lowest = torch.nan_to_num(_rows(rows, flat), neginf=torch.inf).amin(dim=1)  # masked: ignored
