@@ -153,7 +153,7 @@ def bench_texts(texts, repeats: int, work: Path) -> dict[str, float]:
     def pipeline(chunk):
         inputs = TextInputs([i for i, _ in chunk], [t for _, t in chunk])
         with VectorCache(work / "cache.sqlite", f"text:run{next(runs)}") as cache:
-            tokens, matrix, hits, skipped = encode_texts(inputs, encoder, cache, False)
+            tokens, matrix, hits, _, skipped = encode_texts(inputs, encoder, cache, False)
         assert len(tokens) == len(chunk) and hits == 0 and not skipped
 
     times = interleave({"st.encode": bare, "encode": pipeline}, [(c,) for c in chunks], repeats)

@@ -37,6 +37,9 @@ def topk_hits(scores: Any, positive_u: Any, positive_i: Any, k: int,
     import torch
 
     n_users, n_items = scores.shape
+    if k > n_items:  # torch's own error ("selected index k out of range") names neither
+        raise ValueError(f"top-{k} asked for, but the catalogue has only {n_items - 1} items "
+                         f"(+ padding): lower topk to at most {n_items - 1}")
     if topk_idx is None:
         _, topk_idx = torch.topk(scores, k, dim=-1)
     positive_keys = torch.unique(positive_u.long() * n_items + positive_i.long())

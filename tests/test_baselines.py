@@ -92,7 +92,7 @@ def test_deterministic_under_a_seed(two_features, build_pipeline, model_name):
 @pytest.mark.parametrize("model_name", TRAINED + ["VLM4RecFusion"])
 def test_undeclared_feature_is_a_clear_error(two_features, build_pipeline, model_name):
     name, overrides = two_features
-    with pytest.raises(MissingFeatureError, match="declares no item feature 'visual'"):
+    with pytest.raises(MissingFeatureError, match="has no item feature 'visual'"):
         build_pipeline(model_name, name, {**overrides, "content_features": ["emb", "visual"]})
 
 

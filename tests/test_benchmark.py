@@ -63,7 +63,7 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
     records = {c: json.loads(record_path(out, c).read_text()) for c in spec.cells()}
     by_label = {c.label: r for c, r in records.items()}
     assert by_label["VLM4Rec (vlm)"]["status"] == "skipped"
-    assert "declares no item feature 'vlm'" in by_label["VLM4Rec (vlm)"]["reason"]
+    assert "has no item feature 'vlm'" in by_label["VLM4Rec (vlm)"]["reason"]
     assert by_label["Crashes"]["status"] == "failed"
     assert "FeatureFileError" in by_label["Crashes"]["reason"]
     ok = by_label["BPR"]["result"]
@@ -75,7 +75,7 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
         assert (out / name).stat().st_size > 0, name
     report_text = (out / "report.md").read_text()
     assert "| VLM4Rec (ref) |" in report_text and "skipped" in report_text
-    assert "declares no item feature 'vlm'" in report_text and "| recall@10 | BPR | 30 |" in report_text
+    assert "has no item feature 'vlm'" in report_text and "| recall@10 | BPR | 30 |" in report_text
 
     rerun_cells = []
     second = run_grid(spec, out, on_record=lambda cell, record: rerun_cells.append(cell.label))
@@ -188,3 +188,53 @@ def test_shipped_specs_parse():
     for path in sorted(root.glob("*.yaml")):
         spec = load_spec(path)
         assert spec.cells(), path
+
+
+def test_seeds_and_epochs_cap_from_the_command_line_and_capped_runs_marked(tiny_dataset, tmp_path,
+                                                                            capsys):
+    _, _, overrides = tiny_dataset
+    models = {"VLM4Rec": {"model": "VLM4Rec"}, "BPR": {}, "BPR short": {"model": "BPR",
+                                                                       "epochs": 1}}
+    path = tiny_spec(tmp_path, {**overrides, "stopping_step": 50}, models)
+    spec = yaml.safe_load(path.read_text())
+    spec["overrides"].pop("epochs")  # the protocol's 300 epochs: the cap decides
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "bench"
+    assert cli.main(["bench", str(path), "--out", str(out), "--seeds", "7",
+                     "--max-epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: 3 cells, 2 of them train a model (up to 2 epochs each" in err
+    records = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").rglob("*.json")}
+    assert {p.name for p in (out / "runs").rglob("*.json")} == {"seed-7.json"}
+    assert records["BPR"]["cell"]["overrides"]["epochs"] == 2
+    assert records["BPR_short"]["cell"]["overrides"]["epochs"] == 1  # smaller: kept
+    training = records["BPR"]["result"]["training"]
+    assert (training["epochs"], training["epochs_run"], training["capped"]) == (2, 2, True)
+    assert records["VLM4Rec"]["result"]["training"]["capped"] is False  # nothing to train
+    report = (out / "report.md").read_text()
+    assert "| BPR † |" in report and "| VLM4Rec (ref) |" in report
+    assert "† epochs capped" in report and "BPR (1/1 runs, limit 2 epochs)" in report
+    assert "BPR short (1/1 runs, limit 1 epochs)" not in report  # limit 1: not a cap
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert runs[0].endswith("epochs_run,epochs,capped")
+    assert yaml.safe_load((out / "spec.yaml").read_text())["seeds"] == [7]
+    assert cli.main(["bench", str(path), "--out", str(out), "--seeds", "x"]) == 2
+    assert "--seeds takes comma-separated integers, got 'x'" in capsys.readouterr().err
+
+
+def test_cost_warning_on_a_cpu_names_the_cheaper_options(monkeypatch, tmp_path):
+    import torch
+
+    from recbole_vlm4rec.benchmark.cli import cost_note
+    from recbole_vlm4rec.benchmark.spec import load_spec
+    from recbole_vlm4rec.formats.paths import configs_dir
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))  # only the embedded ml-100k is prepared
+    paper = load_spec(configs_dir() / "benchmarks" / "paper.yaml")
+    note = cost_note(paper)
+    assert "warning: no GPU" in note and "--max-epochs" in note and "quick.yaml" in note
+    assert "plan: 108 cells, 15 of them train a model (up to 200 epochs" in note
+    assert "72 on datasets not prepared" in note
+    quick = load_spec(configs_dir() / "benchmarks" / "quick.yaml")
+    assert "warning" not in cost_note(quick)

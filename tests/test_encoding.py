@@ -103,7 +103,8 @@ def test_per_text_cache_encodes_only_changed_descriptions(tmp_path, fake_text_en
     fake_text_encoder.calls.clear()
     assert run_encode(tmp_path, "--descriptions", str(path), "--no-cache") == 0
     assert sum(len(c) for c in fake_text_encoder.calls) == 6  # i0 and i9 share one text
-    assert "encoded now: 7, from cache: 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "encoded now: 6, from cache: 0; 1 items reused the vector of an identical" in out
 
 
 def test_template_over_item_file_and_clear_input_errors(tmp_path, fake_text_encoder, capsys):
@@ -191,7 +192,51 @@ def test_image_features_failures_counted_cache_and_alignment(tmp_path, capsys):
     assert run_encode(tmp_path, "--modality", "image", "--feature", "visual2") == 0
     again = load_feature(folder / "features", "visual2")
     assert again.meta["n_cache_hits"] == 2  # p2, p3 reused; the changed image encoded once
-    assert "encoded now: 2, from cache: 2" in capsys.readouterr().out
+    assert again.meta["n_encoded"] == 1
+    assert "encoded now: 1, from cache: 2; 1 items reused" in capsys.readouterr().out
+
+
+class CountingImageEncoder:
+    """Stand-in image encoder: the mean colour as a 3-d vector; counts the images it encodes."""
+
+    batch_size = 2
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def fingerprint(self) -> str:
+        return "mean-colour"
+
+    def describe(self) -> str:
+        return "mean-colour"
+
+    def encode_batch(self, images) -> np.ndarray:
+        self.encoded += len(images)
+        return np.array([np.asarray(i.convert("RGB"), np.float32).mean(axis=(0, 1)) + 1
+                         for i in images])
+
+
+def test_image_rerun_counts_everything_from_cache_with_duplicates_across_chunks(tmp_path):
+    from recbole_vlm4rec.encoding.encode import encode_image_feature
+
+    colours = [(200, 30, 30), (10, 10, 200), (20, 160, 20)]
+    for n, colour in enumerate(colours):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / f"c{n}.png")
+    # 11 items over 3 distinct images, chunks of 4: duplicates within and across chunks
+    refs = [(f"i{n}", f"c{n % 3}.png") for n in range(11)]
+
+    def encode(encoder):
+        return encode_image_feature(refs, tmp_path, tmp_path / "features", "visual", encoder,
+                                    source="test", chunk_size=4, show_progress=False)
+
+    first_encoder, second_encoder = CountingImageEncoder(), CountingImageEncoder()
+    first = encode(first_encoder)
+    assert first_encoder.encoded == 3
+    assert (first.n_encoded, first.n_cache_hits, first.n_shared) == (3, 0, 8)
+    again = encode(second_encoder)
+    assert second_encoder.encoded == 0
+    assert (again.n_encoded, again.n_cache_hits, again.n_shared) == (0, 11, 0)
+    assert "encoded now: 0, from cache: 11" in again.summary()
 
 
 def test_transformers_clip_vision_encoder_from_a_local_folder(tmp_path):
@@ -251,7 +296,7 @@ def test_interrupted_text_encoding_keeps_finished_chunks(tmp_path, fake_text_enc
         encode_texts(inputs, Interrupting("x"), cache, show_progress=False, chunk_size=3)
     HashingEncoder.calls.clear()
     with VectorCache(tmp_path / "cache.sqlite", "text:x") as cache:
-        tokens, matrix, hits, skipped = encode_texts(inputs, HashingEncoder("x"), cache,
-                                                     show_progress=False, chunk_size=3)
-    assert hits == 6 and HashingEncoder.calls == [["text 6"]]
+        tokens, matrix, hits, n_encoded, skipped = encode_texts(
+            inputs, HashingEncoder("x"), cache, show_progress=False, chunk_size=3)
+    assert hits == 6 and n_encoded == 1 and HashingEncoder.calls == [["text 6"]]
     assert tokens == inputs.tokens and matrix.shape == (7, 8) and not skipped

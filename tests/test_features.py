@@ -9,6 +9,7 @@ from recbole_vlm4rec.formats.features import (
     FeatureFileError,
     align_feature,
     feature_paths,
+    load_array,
     load_feature,
     save_feature,
 )
@@ -91,8 +92,14 @@ def test_missing_files_and_corrupt_npy(tmp_path):
         load_feature(tmp_path, "g")
     (tmp_path / "h.npy").write_bytes(b"this is not numpy")
     (tmp_path / "h.tokens").write_text("a\n")
-    with pytest.raises(FeatureFileError, match=r"cannot read .*h\.npy"):
+    with pytest.raises(FeatureFileError, match=r"cannot read .*h\.npy") as error:
         load_feature(tmp_path, "h")
+    # our message, never numpy's advice to load the file with pickle (which runs code from it)
+    assert "not a NumPy .npy file (it starts with b'this i')" in str(error.value)
+    assert "pickle" not in str(error.value) and "unsafe" not in str(error.value)
+    (tmp_path / "archive.npz").write_text("neither")
+    with pytest.raises(ValueError, match=r"archive\.npz: not a NumPy \.npz archive"):
+        load_array(tmp_path / "archive.npz")
     np.save(tmp_path / "o.npy", np.array([[object()]]), allow_pickle=True)
     (tmp_path / "o.tokens").write_text("a\n")
     with pytest.raises(FeatureFileError, match=r"o\.npy"):

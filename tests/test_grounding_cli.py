@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_ground_on_a_csv_table_and_dry_run(home: Path, tmp_path: Path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["ground", "--backend", "fake"], "give a dataset name or --items"),
-    (["ground", "nope", "--backend", "fake"], "prepare the dataset first"),
+    (["ground", "nope", "--backend", "fake"], "unknown dataset 'nope'"),
     (["ground", "shop", "--backend", "fake", "--base-url", "http://x"], "does not take --base-url"),
     (["ground", "shop", "--backend", "fake", "--prompt", "nope"], "prompt 'nope' not found"),
     (["ground", "shop", "--backend", "fake", "--context", "{brand}"], "['brand'] not found"),
@@ -125,29 +126,61 @@ def test_ctrl_c_exits_130_with_finished_rows_exported(home: Path):
     assert sum(r["status"] == "ok" for r in rows) == N_OK and len(rows) == N_ITEMS
 
 
-def test_two_runs_on_the_same_output_do_not_corrupt_it(home: Path):
+def test_two_runs_on_the_same_tag_share_the_work(home: Path):
+    """Two runs at once on one tag: every item is described once, by one of them (claims in the
+    cache), and both exports list every item."""
     folder = home / "dataset" / "shop"
     items = items_from_dataset(folder)
     errors: list[BaseException] = []
+    backends = [ScriptedBackend(batch_size=1, delay=0.1) for _ in range(2)]
+    summaries = []
 
-    def one_run(tag_seed: int) -> None:
+    def one_run(backend: ScriptedBackend) -> None:
         try:
             with DescriptionStore(folder / "descriptions" / "both.sqlite", timeout_s=30) as store:
-                run_grounding(items, load_prompt("preference"), ScriptedBackend(batch_size=1, delay=0.01),
-                              store, folder / "descriptions" / "both.jsonl", progress=False)
+                summaries.append(run_grounding(items, load_prompt("preference"), backend, store,
+                                               folder / "descriptions" / "both.jsonl", progress=False))
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
-    threads = [threading.Thread(target=one_run, args=(seed,)) for seed in range(2)]
+    threads = [threading.Thread(target=one_run, args=(backend,)) for backend in backends]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not errors
+    first, second = (set(backend.seen) for backend in backends)
+    assert not first & second and len(first) + len(second) == N_OK  # nothing asked twice
+    assert first and second  # both did some of the work
+    assert all(summary.ok == N_OK for summary in summaries)
     with sqlite3.connect(folder / "descriptions" / "both.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0  # all released
     rows = description_rows(folder / "descriptions" / "both.jsonl")
     assert len(rows) == N_ITEMS and sum(r["status"] == "ok" for r in rows) == N_OK
+
+
+@pytest.mark.parametrize("owner, ttl", [("elsewhere:1:abc", 0.5), (f"{socket.gethostname()}:999999999:abc", 3600)])
+def test_claims_of_a_dead_run_are_taken_over(home: Path, owner: str, ttl: float):
+    """Claims left by a run that died: another host's expire after the TTL; a dead process on
+    this host's are taken at once (a TTL of an hour would otherwise hold the run)."""
+    folder = home / "dataset" / "shop"
+    items = items_from_dataset(folder)
+    with DescriptionStore(folder / "descriptions" / "dead.sqlite") as store:
+        assert store.claim([item.item_id for item in items], owner, ttl_s=ttl)
+    backend = ScriptedBackend(batch_size=1)
+    result: list = []
+
+    def run() -> None:
+        with DescriptionStore(folder / "descriptions" / "dead.sqlite") as store:
+            result.append(run_grounding(items, load_prompt("preference"), backend, store,
+                                        folder / "descriptions" / "dead.jsonl", progress=False,
+                                        claim_ttl_s=ttl))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and result[0].ok == N_OK and len(backend.seen) == N_OK
 
 
 def _count(store_path: Path, where: str) -> int:

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from recbole_vlm4rec.formats.images import (
     ImageError,
@@ -109,3 +109,61 @@ def test_references_resolve_relative_to_the_dataset_folder(tmp_path: Path) -> No
     assert resolve_image_reference("/abs/1.jpg", tmp_path) == "/abs/1.jpg"
     assert resolve_image_reference(" http://x/1.jpg ", tmp_path) == "http://x/1.jpg"
     assert resolve_image_reference("", tmp_path) == ""
+
+
+def test_exif_orientation_turns_the_photo_upright() -> None:
+    """A camera stores a portrait photo landscape with EXIF orientation 6 (turn 90 degrees
+    clockwise to view): it is described and encoded upright, and the fix is noted."""
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 20))  # red strip on the stored left = the top, upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", exif=exif, quality=95)
+    loaded = load_image(buffer.getvalue())
+    assert loaded.image.size == (20, 40) and loaded.original_size == (40, 20)
+    red, _, blue = loaded.image.getpixel((10, 2))
+    assert red > 200 and blue < 60  # the red strip is now on top
+    assert any("EXIF orientation 6" in note for note in loaded.notes)
+    assert load_image(encoded(stored, "JPEG")).notes == []  # no EXIF: nothing turned
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "JPEG2000"])
+def test_an_image_over_the_pixel_limit_is_decoded_downscaled_where_the_format_allows(fmt) -> None:
+    if fmt == "JPEG2000" and not features.check("jpg_2000"):
+        pytest.skip("Pillow built without OpenJPEG")
+    big = encoded(Image.new("RGB", (800, 600), (200, 30, 30)), fmt)
+    loaded = load_image(big, max_pixels=100_000, max_side=None)  # 480,000 pixels: 1/4 scale fits
+    assert loaded.image.size == (200, 150) and loaded.original_size == (800, 600)
+    assert any("1/4 scale" in note for note in loaded.notes), loaded.notes
+    assert loaded.image.getpixel((100, 75))[0] > 180
+    with pytest.raises(ImageError, match="even at 1/8 scale") as error:
+        load_image(big, max_pixels=1_000)
+    assert error.value.reason == "too_large"
+    with pytest.raises(ImageError, match="PNG cannot be decoded downscaled"):
+        load_image(encoded(Image.new("RGB", (800, 600)), "PNG"), max_pixels=100_000)
+
+
+def test_a_jpeg_over_pillows_bomb_limit_is_decoded_small_not_refused(monkeypatch) -> None:
+    """Pillow refuses to open images over its decompression-bomb limit (~179 million pixels by
+    default; lowered here so the test stays small): a JPEG that large still loads downscaled,
+    under our own max_pixels guard; a PNG that large is refused as too_large."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    jpeg = encoded(Image.new("RGB", (800, 600), (0, 128, 0)), "JPEG")
+    loaded = load_image(jpeg, max_pixels=100_000, max_side=None)
+    assert loaded.image.size == (200, 150)
+    with pytest.raises(ImageError) as error:
+        load_image(encoded(Image.new("RGB", (800, 600)), "PNG"), max_pixels=10_000_000)
+    assert error.value.reason == "too_large" and " at 0x" not in str(error.value)
+
+
+def test_failure_details_are_the_same_on_every_run() -> None:
+    details = set()
+    for _ in range(2):
+        with pytest.raises(ImageError) as error:
+            load_image(b"GIF89a not really", name="x.gif")
+        details.add(str(error.value))
+    assert len(details) == 1 and " at 0x" not in details.pop()
+    with pytest.raises(ImageError) as error:
+        load_image(b"plain text, not an image", name="t.jpg")
+    assert "BytesIO" not in str(error.value) and "b'plain text, '" in str(error.value)

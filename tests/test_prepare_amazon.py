@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recbole_vlm4rec import cli
@@ -64,14 +65,60 @@ def test_reviews_and_meta_become_items_with_counted_problems(tmp_path):
     assert inter.loc[(inter.user_id == "R0") & (inter.item_id == "B000"), "rating"].item() == 1.0
     counters = prepared.counters
     assert counters["duplicate_interactions"] == 1
-    assert counters["malformed_lines"] == 4  # 2 review lines + 2 meta lines
-    reasons = prepared.reasons["malformed_lines"]
-    assert "reviews_Toy_5.json.gz:4" in reasons and "meta_Toy.json.gz:3" in reasons
+    assert counters["malformed_review_lines"] == 2 and counters["malformed_meta_lines"] == 2
+    assert "reviews_Toy_5.json.gz:4" in prepared.reasons["malformed_review_lines"]
+    assert "meta_Toy.json.gz:3" in prepared.reasons["malformed_meta_lines"]
+    assert "reviews_Toy_5" not in prepared.reasons["malformed_meta_lines"]
     assert counters["items_without_metadata"] == 3  # B002 and B004 broken, B005 absent
     items = prepared.items.set_index("item_id")
     assert items.loc["B000", "title"] == "Soft blanket for babies"
     assert items.loc["B000", "categories"] == "Baby | Nursery | Bedding"
     assert items.loc["B003", "image"] == "" and items.loc["B001", "image"].startswith("http://")
+
+
+def test_hostile_lines_are_counted_per_file_and_skipped(tmp_path):
+    """A line nested 100,000 deep, NaN / infinite numbers, a review without asin, meta lines
+    without asin or repeating one: each skipped and counted with its file:line, none crashes."""
+    files = write_dumps(tmp_path)
+    with gzip.open(files["reviews"], "at") as handle:
+        handle.write("[" * 100_000 + "\n")
+        handle.write('{"reviewerID": "R1", "asin": "B001", "overall": NaN, "unixReviewTime": 1}\n')
+        handle.write('{"reviewerID": "R2", "asin": "B001", "overall": 4, "unixReviewTime": Infinity}\n')
+        handle.write('{"reviewerID": "R3", "asin": "B001", "overall": "nan", "unixReviewTime": 1}\n')
+        handle.write('{"reviewerID": "R3", "overall": 4, "unixReviewTime": 1}\n')
+        handle.write('{"reviewerID": "R3", "asin": " ", "overall": 4, "unixReviewTime": 1}\n')
+        handle.write('{"reviewerID": "R3", "asin": "B001", "overall": [4], "unixReviewTime": 1}\n')
+    with gzip.open(files["meta"], "at") as handle:
+        handle.write("{'a': " * 50_000 + "\n")
+        handle.write(repr({"asin": "B000", "title": "second line for B000"}) + "\n")
+        handle.write(repr({"title": "no asin at all"}) + "\n")
+    prepared = prepare_amazon(files["reviews"], files["meta"], "toy", split="recbole")
+    counters, reasons = prepared.counters, prepared.reasons
+    assert counters["malformed_review_lines"] == 2 + 4  # nested, no asin, blank asin, list rating
+    assert counters["non_finite_review_values"] == 3
+    assert counters["malformed_meta_lines"] == 2 + 2 and counters["duplicate_meta_lines"] == 1
+    review_reasons = reasons["malformed_review_lines"]
+    assert "meta_Toy.json.gz:7: " in reasons["malformed_meta_lines"]
+    assert "meta_Toy.json.gz:9: no asin" in reasons["malformed_meta_lines"]
+    assert "reviews_Toy_5.json.gz:62: nested too deeply" in review_reasons and "invalid id" not in review_reasons
+    assert "meta_Toy.json.gz:8: asin B000 already on line 1" in reasons["duplicate_meta_lines"]
+    assert prepared.items.set_index("item_id").loc["B000", "title"] == "Soft blanket for babies"
+    inter = prepared.inter
+    assert inter["rating"].notna().all() and np.isfinite(inter[["rating", "timestamp"]].to_numpy()).all()
+
+
+def test_review_line_problems_name_the_field(tmp_path):
+    reviews = tmp_path / "r.json"
+    lines = ['{"reviewerID": "R1", "overall": 4, "unixReviewTime": 1}',
+             '{"reviewerID": "R1", "asin": "", "overall": 4, "unixReviewTime": 1}',
+             '{"reviewerID": "R1", "asin": "B1", "overall": "four", "unixReviewTime": 1}',
+             "[" * 100_000,
+             '{"reviewerID": "R1", "asin": "B1", "overall": 4, "unixReviewTime": 1}']
+    reviews.write_text("\n".join(lines) + "\n")
+    prepared = prepare_amazon(reviews, None, "x", split="recbole")
+    examples = prepared.reasons["malformed_review_lines"]
+    assert "r.json:1: no asin" in examples and "r.json:2: empty asin" in examples
+    assert "r.json:3: overall 'four' is not a number" in examples and "r.json:4: nested too deeply" in examples
 
 
 def test_mmrec_split_cli_is_byte_identical_and_atomic(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def _bench_folder(tmp_path: Path, recall: dict[str, list[float]]) -> Path:
             cell = Cell(label, label, "tiny", seed, {"seed": seed})
             result = {"test_result": {"recall@10": value}, "seconds": {"fit": 1.0, "test": 0.5},
                       "peak_memory_mb": {"rss": 100.0}, "per_user_test": {},
-                      "code": {"commit": "abc123", "dirty": False}}
+                      "environment": {"commit": "abc123"}}
             write_record(record_path(folder, cell), make_record(cell, "ok", result=result))
     write_report(folder)
     return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -47,6 +48,13 @@ def test_topk_hits_of_given_indices_equal_dense_gather():
     expected = torch.cat((torch.gather(dense, 1, topk_idx), dense.sum(1, keepdim=True)), dim=1)
     torch.testing.assert_close(speedups.topk_hits(scores, positive_u, positive_i, 7, topk_idx),
                                expected)
+
+
+def test_topk_over_the_catalogue_is_a_clear_error():
+    scores = torch.randn(3, 11)  # 10 items + padding
+    assert speedups.topk_hits(scores, torch.tensor([0]), torch.tensor([1]), 11).shape == (3, 12)
+    with pytest.raises(ValueError, match="top-20 asked for, but the catalogue has only 10 items"):
+        speedups.topk_hits(scores, torch.tensor([0]), torch.tensor([1]), 20)
 
 
 def test_itemknn_scores_are_csr_and_full_ranking_matches_predict(tiny_dataset, build_pipeline):

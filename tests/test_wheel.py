@@ -14,24 +14,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_runs_the_shipped_protocol_from_an_empty_folder(tmp_path):
+    # nothing may point back at a checkout: no PYTHONPATH, no project home
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VLM4REC_HOME")}
     wheels = tmp_path / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                             "--no-build-isolation", "-w", str(wheels), str(REPO)],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=env)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(wheels.glob("recbole_vlm4rec-*.whl"))
     # A venv that sees the installed dependencies; the wheel's own copy of the package wins
-    # over the editable checkout because the venv's site-packages comes first.
+    # over the editable checkout because the venv's site-packages comes first (installed even
+    # though the checkout's editable install of the same version is visible there).
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
-                                "--no-deps", "--no-index", str(wheel)],
-                               capture_output=True, text=True, timeout=600)
+                                "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+                               capture_output=True, text=True, timeout=600, env=env)
     assert installed.returncode == 0, installed.stderr[-2000:]
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VLM4REC_HOME")}
     done = subprocess.run(
         [str(env_dir / "bin" / "vlm4rec"), "run", "--model=Pop", "--dataset=ml-100k",
          "--show_progress=False", "--state=WARNING", "--gpu_id="],

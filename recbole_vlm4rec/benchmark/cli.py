@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 BENCH_EPILOG = """\
 examples:
   vlm4rec bench configs/benchmarks/smoke.yaml           # a few minutes: checks the harness
-  vlm4rec bench configs/benchmarks/paper.yaml           # the VLM4Rec comparison
+  vlm4rec bench configs/benchmarks/quick.yaml           # the comparison on a CPU: ~20 min
+  vlm4rec bench configs/benchmarks/paper.yaml           # the VLM4Rec comparison: hours on a CPU
+  vlm4rec bench configs/benchmarks/paper.yaml --seeds 2020 --max-epochs 20   # cheaper, marked †
   vlm4rec bench configs/benchmarks/paper.yaml --out results/benchmarks/paper-v2 --rerun
   vlm4rec report results/benchmarks/paper              # tables/plots/tests again, no rerun
 
@@ -18,7 +21,8 @@ its own process (isolated peak memory; a crash fails only that cell). Finished c
 on rerun (Ctrl-C is safe: rerun to resume); skipped/failed cells are retried. Cells that need a
 feature or dataset that is not there are recorded as skipped with the reason. Every cell is
 checked before any runs: an unknown model, config key or value stops the grid at once (exit 2),
-listing each cell setting at fault.
+listing each cell setting at fault. --publish DIR copies the report under DIR and refreshes the
+docs tables citing it (docs/results.md).
 """
 
 
@@ -42,6 +46,12 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override for every cell, above all spec layers (yaml value), e.g. "
                        "--set epochs=1; repeatable. Saved in <out>/spec.yaml; use another --out")
+    bench.add_argument("--seeds", metavar="S1,S2",
+                       help="run these seeds instead of the spec's, e.g. --seeds 2020 (one seed: "
+                       "a third of a three-seed spec's cost, no spread in the tables)")
+    bench.add_argument("--max-epochs", type=int, metavar="N",
+                       help="cap every cell's epochs at N (smaller settings are kept); the report "
+                       "marks runs whose training ended at the cap instead of early stopping")
     bench.add_argument("--publish", metavar="DIR",
                        help="copy the report to DIR (e.g. docs/results/<spec>) and refresh the "
                        "README/docs tables citing DIR/summary.csv (docs/results.md)")
@@ -71,10 +81,17 @@ def register(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report", help="rebuild a benchmark's tables, plots and tests from its run records",
         description="Reads <folder>/spec.yaml and <folder>/runs/**/*.json and rewrites report.md, "
-        "summary.csv, runs.csv, significance.csv and plots/*.png. Example: "
-        "vlm4rec report results/benchmarks/paper",
+        "summary.csv, runs.csv, significance.csv, plots/*.png and report.html (one "
+        "self-contained page: table, plots, examples with thumbnails, how the run was made). "
+        "Example: vlm4rec report results/benchmarks/paper",
     )
     report.add_argument("folder", help="a benchmark output folder")
+    report.add_argument("--example-models", action="append", metavar="LABELS",
+                        help="models whose top-10 the page shows (comma-separated and/or "
+                        "repeated; default: the reference and the next models, 4 in all)")
+    report.add_argument("--example-users", type=int, metavar="N",
+                        help="test users shown in the examples (default 3; at most the 12 a "
+                        "run records)")
     report.add_argument("--publish", metavar="DIR", help="as `vlm4rec bench --publish`")
     report.set_defaults(func=_report)
 
@@ -114,6 +131,60 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return forced
 
 
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
+
+
+# Seconds per training epoch (with its validation) on ml-100k, this project's 2-core CPU,
+# OMP_NUM_THREADS=1: BPR 1.9, LightGCN 3.9, VBPR 2.4, MMGCN 10.2, FREEDOM 6.2; their mean.
+CPU_SECONDS_PER_EPOCH_ML100K = 4.9
+
+
+def cost_note(spec) -> str:
+    """Lines printed before a grid starts: how many cells train a model, for how many epochs at
+    most, and without a GPU a warning with the cheaper options when that adds up to hours."""
+    import torch
+
+    from recbole_vlm4rec.benchmark.spec import protocol_epochs
+    from recbole_vlm4rec.data.registry import available_datasets
+    from recbole_vlm4rec.models import UnknownModelError, get_model_class
+
+    available: dict[str | None, set[str]] = {}  # data_path -> datasets that can run there
+    for cell in (cells := spec.cells()):
+        root = cell.overrides.get("data_path")
+        if root not in available:
+            available[root] = set(available_datasets(Path(root) if root else None))
+    runnable = [c for c in cells if c.dataset in available[c.overrides.get("data_path")]]
+    trained_epochs = []
+    for cell in runnable:
+        try:
+            model_class = get_model_class(cell.model)
+        except UnknownModelError:
+            continue  # recorded as failed by the grid
+        if str(getattr(model_class, "type", "")).endswith("TRADITIONAL"):
+            continue  # one pass, nothing trained (VLM4Rec, Pop, ItemKNN)
+        trained_epochs.append(int(cell.overrides.get("epochs", protocol_epochs())))
+    note = (f"plan: {len(cells)} cells, {len(trained_epochs)} of them train a model (up to "
+            f"{max(trained_epochs, default=0)} epochs each; early stopping may end sooner)")
+    if len(runnable) < len(cells):
+        note += f"; {len(cells) - len(runnable)} on datasets not prepared (recorded as skipped)"
+    worst_hours = sum(trained_epochs) * CPU_SECONDS_PER_EPOCH_ML100K / 3600
+    if not torch.cuda.is_available() and worst_hours > 1:
+        note += (f"\nwarning: no GPU: at ml-100k's measured ~{CPU_SECONDS_PER_EPOCH_ML100K:g} s "
+                 f"per epoch on 2 CPU cores, the trained cells can take up to {worst_hours:.0f} h "
+                 "(more on larger datasets). Cheaper: --max-epochs 20 --seeds 2020, or "
+                 "configs/benchmarks/quick.yaml (docs/benchmarks.md: what a benchmark costs)")
+    return note
+
+
 def _bench(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.benchmark.grid import GridConfigError, run_grid
     from recbole_vlm4rec.benchmark.report import write_report
@@ -127,6 +198,15 @@ def _bench(args: argparse.Namespace) -> int:
     spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
     spec.models = _subset(spec.models, args.models, "models")
     spec.with_forced(_parse_set(args.set))
+    try:
+        spec.with_seeds(_parse_seeds(args.seeds))
+        if args.max_epochs is not None and args.max_epochs < 1:
+            raise ValueError(f"--max-epochs must be at least 1, got {args.max_epochs}")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    spec.with_max_epochs(args.max_epochs)
+    print(cost_note(spec), file=sys.stderr)
     try:
         summary = run_grid(spec, args.out, rerun=args.rerun, isolation=args.isolation)
     except GridConfigError as error:
@@ -190,9 +270,20 @@ def _report(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.benchmark.report import write_report
     from recbole_vlm4rec.benchmark.spec import SpecError
 
+    from recbole_vlm4rec.benchmark.html_examples import ExampleChoiceError
+
+    models = None
+    if args.example_models:
+        models = []
+        for value in args.example_models:  # a label with a comma may be passed whole
+            models += ([value] if "," not in value
+                       else [v.strip() for v in value.split(",") if v.strip()])
+    if args.example_users is not None and args.example_users < 1:
+        print("error: --example-users must be at least 1", file=sys.stderr)
+        return 2
     try:
-        written = write_report(args.folder)
-    except (FileNotFoundError, SpecError) as error:
+        written = write_report(args.folder, models, args.example_users)
+    except (FileNotFoundError, SpecError, ExampleChoiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path in written:

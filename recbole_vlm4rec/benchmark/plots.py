@@ -3,9 +3,13 @@
 Per dataset, in ``<folder>/plots/``:
 
 ``<dataset>-metrics.png``          grouped bars: one group per metric, one bar per model, error
-                                   bars = std over seeds
+                                   bars = std over seeds; models without results stay in the
+                                   legend, marked with their status
 ``<dataset>-quality-vs-time.png``  the first metric against mean test-evaluation seconds (log x),
                                    error bars = std over seeds, one labelled point per model
+``<dataset>-activity.png``         Recall@20 per user-activity bucket (breakdowns.py), when the
+                                   records hold training counts per user
+``<dataset>-cold-vs-warm.png``     the first metric of warm / cold-start label pairs, when run
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
+from recbole_vlm4rec.benchmark.breakdowns import (  # noqa: E402
+    Buckets,
+    ColdWarmPair,
+    activity_buckets,
+    cold_warm_pairs,
+)
 from recbole_vlm4rec.benchmark.spec import safe_name  # noqa: E402
 
 if TYPE_CHECKING:
@@ -35,48 +46,107 @@ def write_plots(report: "Report") -> list[Path]:
         if not ok or not report.metrics:
             continue
         stem = folder / safe_name(dataset)
-        written.append(_metric_bars(dataset, ok, report.metrics, Path(f"{stem}-metrics.png")))
+        written.append(_metric_bars(dataset, summaries, report.metrics,
+                                    Path(f"{stem}-metrics.png")))
         written.append(_quality_vs_time(dataset, ok, report.metrics[0],
                                         Path(f"{stem}-quality-vs-time.png")))
+        buckets = activity_buckets(ok, report.metrics)
+        if buckets is not None:
+            written.append(_activity_bars(dataset, buckets, Path(f"{stem}-activity.png")))
+        pairs = cold_warm_pairs(ok, report.metrics[0])
+        if pairs:
+            written.append(_cold_warm_bars(dataset, pairs, report.metrics[0],
+                                           Path(f"{stem}-cold-vs-warm.png")))
     return written
 
 
-def _metric_bars(dataset: str, summaries: dict, metrics: list[str], path: Path) -> Path:
-    labels = list(summaries)
-    width = 0.8 / len(labels)
-    positions = np.arange(len(metrics))
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(labels) / 3)), 4))
-    for index, label in enumerate(labels):
-        values = [summaries[label].metric(m) for m in metrics]
-        means = [0.0 if math.isnan(v[0]) else v[0] for v in values]
-        stds = [0.0 if math.isnan(v[1]) else v[1] for v in values]
-        axes.bar(positions + (index - (len(labels) - 1) / 2) * width, means, width, yerr=stds,
-                 capsize=2, label=label)
-    axes.set_xticks(positions, metrics)
-    axes.set_ylabel("test value (mean ± std over seeds)")
-    axes.set_title(f"{dataset}: test metrics")
-    axes.legend(fontsize="small", ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+def _spread(summary, metric: str) -> tuple[float, float]:
+    """Mean and std over seeds; std NaN (no error bar) from a single run, which has no spread."""
+    mean, std = summary.metric(metric)
+    return mean, std if len(summary.ok) > 1 else math.nan
+
+
+def _legend_below(axes, handles=None, n: int = 1) -> None:
+    axes.legend(handles=handles, fontsize="small", loc="upper center", frameon=False,
+                bbox_to_anchor=(0.5, -0.16), ncol=min(3, max(n, 1)))
+
+
+def _save(figure, path: Path) -> Path:
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend under the axes
     plt.close(figure)
     return path
 
 
+def _grouped_bars(axes, groups: list[str], series: dict[str, list[tuple[float, float]]]) -> None:
+    """One bar per series in each group; error bars only where the std is a number."""
+    width = 0.8 / max(len(series), 1)
+    positions = np.arange(len(groups))
+    for index, (label, values) in enumerate(series.items()):
+        x = positions + (index - (len(series) - 1) / 2) * width
+        means = np.array([0.0 if math.isnan(m) else m for m, _ in values])
+        stds = np.array([s for _, s in values], dtype=float)
+        axes.bar(x, means, width, label=label)
+        shown = ~np.isnan(stds)
+        if shown.any():
+            axes.errorbar(x[shown], means[shown], yerr=stds[shown], fmt="none", capsize=2,
+                          ecolor="black", elinewidth=1)
+    axes.set_xticks(positions, groups)
+
+
+def _metric_bars(dataset: str, all_summaries: dict, metrics: list[str], path: Path) -> Path:
+    summaries = {label: s for label, s in all_summaries.items() if s.ok}
+    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    _grouped_bars(axes, metrics, {label: [_spread(s, m) for m in metrics]
+                                  for label, s in summaries.items()})
+    handles, _ = axes.get_legend_handles_labels()
+    handles += [Patch(facecolor="white", edgecolor="grey", hatch="//",  # a missing bar says why
+                      label=f"{label}: {summary.status}, no result")
+                for label, summary in all_summaries.items() if not summary.ok]
+    axes.set_ylabel("test value (mean ± std over seeds)")
+    axes.set_title(f"{dataset}: test metrics")
+    _legend_below(axes, handles, len(handles))
+    return _save(figure, path)
+
+
 def _quality_vs_time(dataset: str, summaries: dict, metric: str, path: Path) -> Path:
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for label, summary in summaries.items():
+    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    markers = "osD^vP*X<>"
+    for index, (label, summary) in enumerate(summaries.items()):
         seconds = [r["result"]["seconds"]["test"] for r in summary.ok]
-        mean, std = summary.metric(metric)
+        mean, std = _spread(summary, metric)
         if math.isnan(mean):
             continue
-        x = max(float(np.mean(seconds)), 1e-3)
-        axes.errorbar([x], [mean], yerr=[std], xerr=[float(np.std(seconds))], fmt="o", capsize=3)
-        axes.annotate(label, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        spread = len(seconds) > 1
+        axes.errorbar([max(float(np.mean(seconds)), 1e-3)], [mean],
+                      yerr=[std] if spread else None,
+                      xerr=[float(np.std(seconds))] if spread else None,
+                      fmt=markers[index % len(markers)], capsize=3, label=label)
     axes.set_xscale("log")
     axes.set_xlabel("test evaluation seconds (full ranking, mean over seeds)")
     axes.set_ylabel(metric)
     axes.set_title(f"{dataset}: {metric} vs evaluation time")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    _legend_below(axes, n=len(summaries))
+    axes.legend_.set_bbox_to_anchor((0.5, -0.2))
+    return _save(figure, path)
+
+
+def _activity_bars(dataset: str, buckets: Buckets, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    groups = [f"{name}\n{n} test users" for name, n in zip(buckets.names, buckets.users)]
+    _grouped_bars(axes, groups, buckets.values)
+    axes.set_xlabel("training interactions per user (tertiles)")
+    axes.set_ylabel(f"{buckets.metric} (mean over users; ± std over seeds)")
+    axes.set_title(f"{dataset}: {buckets.metric} by user activity")
+    _legend_below(axes, n=len(buckets.values))
+    axes.legend_.set_bbox_to_anchor((0.5, -0.25))
+    return _save(figure, path)
+
+
+def _cold_warm_bars(dataset: str, pairs: list[ColdWarmPair], metric: str, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    _grouped_bars(axes, [p.label for p in pairs], {"warm (normal split)": [p.warm for p in pairs],
+                                                   "cold-start items": [p.cold for p in pairs]})
+    axes.set_ylabel(f"{metric} (mean ± std over seeds)")
+    axes.set_title(f"{dataset}: {metric}, warm vs item cold-start")
+    _legend_below(axes, n=2)
+    return _save(figure, path)

@@ -115,6 +115,16 @@ def stale_blocks(root: Path) -> list[str]:
     return stale
 
 
+def commit_of(result: dict[str, Any]) -> str:
+    """The commit a run recorded: ``environment.commit`` (``<sha>[+dirty]``); records of the
+    branch that introduced tie-safe ranking kept it as ``code: {commit, dirty}``."""
+    commit = (result.get("environment") or {}).get("commit")
+    if commit:
+        return str(commit)
+    code = result.get("code") or {}
+    return f"{code.get('commit')}{'+dirty' if code.get('dirty') else ''}"
+
+
 def provenance(folder: Path) -> dict[str, Any]:
     """The code and spec behind a benchmark folder's runs, from the run records themselves."""
     from recbole_vlm4rec.benchmark.grid import record_path
@@ -127,8 +137,7 @@ def provenance(folder: Path) -> dict[str, Any]:
                    for r in s.records):
         path = record_path(folder, Cell.from_json(record["cell"]))
         result = record.get("result") or {}
-        version = result.get("code") or {}
-        key = f"{version.get('commit')}{'+dirty' if version.get('dirty') else ''}"
+        key = commit_of(result)
         code[key] = code.get(key, 0) + 1
         runs.append({"record": str(path.relative_to(folder)), "status": record["status"],
                      "cell_key": record["cell"]["key"],

@@ -2,15 +2,21 @@
 
 Reads ``<folder>/spec.yaml`` and ``<folder>/runs/**/*.json`` (see grid.py, cell.py); writes:
 
-``summary.csv``       one row per (dataset, model): status, runs, mean and std per metric over
-                      seeds, train / eval seconds (means), peak RSS MB (max)
-``runs.csv``          one row per cell record: status, reason, seed, every test metric, timings
+``summary.csv``       one row per (dataset, model): status, runs, runs whose epochs were capped,
+                      mean and std per metric over seeds, train / eval seconds (means), peak RSS
+                      MB (max)
+``runs.csv``          one row per cell record: status, reason, seed, every test metric, timings,
+                      epochs run / epochs (the cap) and whether training was capped
 ``significance.csv``  per (dataset, metric, model): paired tests vs the reference on per-user
                       values, raw and Holm-corrected p-values
 ``report.md``         per dataset a table (mean ± std, best per column in bold, a marker where the
-                      difference to the reference is significant), the tests, skipped/failed cells
-                      with their reasons, and the plots
+                      difference to the reference is significant, † on models whose training ended
+                      at the epochs limit rather than by early stopping), the tests,
+                      skipped/failed cells with their reasons, and the plots
 ``plots/*.png``       see plots.py
+``report.html``       one self-contained page: the table, the plots, qualitative examples (a few
+                      test users' training items and each model's top-10 with thumbnails and
+                      descriptions) and how the run was made; see html_report.py
 ``tuning.csv``        (a ``vlm4rec tune`` folder) one row per trial: settings, validation metric;
                       report.md then also shows each model's search, trials and choice
 """
@@ -33,6 +39,7 @@ from recbole_vlm4rec.benchmark.tune import read_tuning, tuning_markdown, tuning_
 from recbole_vlm4rec.formats.files import atomic_write_text
 
 BETTER, WORSE = "▲", "▼"
+CAPPED = "†"
 
 
 @dataclass
@@ -63,6 +70,11 @@ class ModelSummary:
             return math.nan, math.nan
         return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
+    @property
+    def capped(self) -> list[dict[str, Any]]:
+        """Ok runs whose training ended at the epochs limit, not by early stopping."""
+        return [r for r in self.ok if (r["result"].get("training") or {}).get("capped")]
+
     def seconds(self, key: str) -> float:
         values = [r["result"]["seconds"][key] for r in self.ok]
         return float(np.mean(values)) if values else math.nan
@@ -70,6 +82,11 @@ class ModelSummary:
     def peak_rss_mb(self) -> float:
         values = [r["result"].get("peak_memory_mb", {}).get("rss", math.nan) for r in self.ok]
         return float(np.nanmax(values)) if values else math.nan
+
+    @property
+    def cold_start(self) -> bool:
+        """Whether the runs used the item cold-start protocol (their test sets differ)."""
+        return any(r["result"].get("cold_start") for r in self.ok)
 
     def per_user(self, metric: str) -> dict[int, dict[str, float]]:
         """``seed -> {user token: value}`` over ok runs."""
@@ -90,6 +107,7 @@ class Report:
     datasets: dict[str, dict[str, ModelSummary]]  # dataset -> label -> summary
     references: dict[str, str | None] = field(default_factory=dict)
     n_seeds: int | None = None  # seeds the spec asks for: "runs" = ok runs / this
+    seeds: list[int] | None = None  # the spec's seeds, in its order
     tests: dict[tuple[str, str], dict[str, PairedTest]] = field(default_factory=dict)
     tuning: dict[str, Any] | None = None  # tuning.json of `vlm4rec tune` (benchmark/tune.py)
 
@@ -123,7 +141,8 @@ def load_report(folder: str | Path) -> Report:
                                        key=lambda kv: dataset_order.get(kv[0], len(dataset_order)))}
     metrics = list(spec.metrics) if spec and spec.metrics else _all_metrics(records)
     report = Report(folder, metrics, spec.alpha if spec else 0.05, datasets,
-                    n_seeds=len(spec.seeds) if spec else None, tuning=tuning)
+                    n_seeds=len(spec.seeds) if spec else None,
+                    seeds=list(spec.seeds) if spec else None, tuning=tuning)
     candidates = list(spec.reference) if spec else []
     for dataset, summaries in datasets.items():
         usable = [label for label in candidates if label in summaries and summaries[label].ok]
@@ -131,8 +150,12 @@ def load_report(folder: str | Path) -> Report:
         report.references[dataset] = reference
         if reference is None:
             continue
+        # Paired tests need one test set: a cold-start label is compared only with a cold-start
+        # reference, a warm one only with a warm one.
+        protocol = summaries[reference].cold_start
         for metric in metrics:
-            per_model = {label: s.per_user(metric) for label, s in summaries.items() if s.ok}
+            per_model = {label: s.per_user(metric) for label, s in summaries.items()
+                         if s.ok and s.cold_start == protocol}
             report.tests[(dataset, metric)] = compare_to_reference(per_model, reference)
     return report
 
@@ -182,9 +205,12 @@ def markdown(report: Report) -> str:
                 if not math.isnan(mean) and math.isclose(mean, best[metric], abs_tol=1e-12):
                     text = f"**{text}**"
                 row.append(text + _significance_marker(report, dataset, metric, label))
+            if summary.capped:
+                row[0] += f" {CAPPED}"
             row += [f"{summary.seconds('fit'):.1f}", f"{summary.seconds('test'):.2f}",
                     f"{summary.peak_rss_mb():.0f}", runs]
             lines.append("| " + " | ".join(row) + " |")
+        lines += _capped_lines(summaries)
         lines += _significance_lines(report, dataset)
         problems = [(label, s) for label, s in summaries.items() if s.reasons]
         if problems:
@@ -194,7 +220,27 @@ def markdown(report: Report) -> str:
             lines += tuning_markdown(report.tuning, dataset)
         lines += ["", f"![metrics](plots/{_plot_stem(dataset)}-metrics.png)",
                   f"![quality vs eval time](plots/{_plot_stem(dataset)}-quality-vs-time.png)"]
+        for stem, alt in (("activity", "recall by user activity"),
+                          ("cold-vs-warm", "cold vs warm")):
+            if (report.folder / "plots" / f"{_plot_stem(dataset)}-{stem}.png").is_file():
+                lines.append(f"![{alt}](plots/{_plot_stem(dataset)}-{stem}.png)")
+    lines += ["", "Examples (training items and each model's top-10 for a few test users), "
+              "plots and how the run was made: [report.html](report.html)."]
     return "\n".join(lines) + "\n"
+
+
+def _capped_lines(summaries: dict[str, ModelSummary]) -> list[str]:
+    capped = [(label, s) for label, s in summaries.items() if s.capped]
+    if not capped:
+        return []
+    parts = []
+    for label, summary in capped:
+        limits = sorted({r["result"]["training"]["epochs"] for r in summary.capped})
+        parts.append(f"{label} ({len(summary.capped)}/{len(summary.ok)} runs, limit "
+                     f"{', '.join(map(str, limits))} epochs)")
+    return ["", f"{CAPPED} epochs capped: training ended at the epochs limit before early "
+            f"stopping, so these models may be under-trained: {'; '.join(parts)}. Rerun with "
+            "more epochs (no --max-epochs) for final numbers."]
 
 
 def _significance_lines(report: Report, dataset: str) -> list[str]:
@@ -237,7 +283,8 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
         for label, summary in summaries.items():
             row: dict[str, Any] = {"dataset": dataset, "model": label, "class": summary.model,
                                    "status": summary.status, "runs_ok": len(summary.ok),
-                                   "runs": len(summary.records)}
+                                   "runs": len(summary.records),
+                                   "runs_capped": len(summary.capped)}
             for metric in report.metrics:
                 mean, std = summary.metric(metric)
                 row[f"{metric}_mean"], row[f"{metric}_std"] = _num(mean), _num(std)
@@ -261,6 +308,10 @@ def run_rows(report: Report) -> list[dict[str, Any]]:
                 row.update({m: test.get(m, "") for m in report.metrics})
                 row["train_s"] = result.get("seconds", {}).get("fit", "")
                 row["eval_s"] = result.get("seconds", {}).get("test", "")
+                training = result.get("training") or {}
+                row["epochs_run"] = training.get("epochs_run", "")
+                row["epochs"] = training.get("epochs", "")
+                row["capped"] = training.get("capped", "")
                 rows.append(row)
     return rows
 
@@ -278,8 +329,11 @@ def _num(value: float) -> Any:
     return "" if math.isnan(value) else round(value, 6) if abs(value) >= 1e-6 else value
 
 
-def write_report(folder: str | Path) -> list[Path]:
+def write_report(folder: str | Path, example_models: list[str] | None = None,
+                 example_users: int | None = None) -> list[Path]:
     """Rebuild every report file in ``folder``; returns the paths written."""
+    from recbole_vlm4rec.benchmark.html_examples import DEFAULT_EXAMPLE_USERS
+    from recbole_vlm4rec.benchmark.html_report import html_page
     from recbole_vlm4rec.benchmark.plots import write_plots
 
     report = load_report(folder)
@@ -293,4 +347,8 @@ def write_report(folder: str | Path) -> list[Path]:
         atomic_write_text(path, text)
         written.append(path)
     written += write_plots(report)
+    page = html_page(report, report.seeds, example_models,
+                     DEFAULT_EXAMPLE_USERS if example_users is None else example_users)
+    atomic_write_text(report.folder / "report.html", page)
+    written.append(report.folder / "report.html")
     return written

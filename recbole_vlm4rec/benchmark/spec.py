@@ -15,6 +15,8 @@ Spec format (``configs/benchmarks/*.yaml``)::
     overrides: {epochs: 50}         # every cell; later layers win: overrides < dataset < model <
                                     # `set` < seed
     set: {}                         # above every layer; `vlm4rec bench --set key=value` adds here
+    max_epochs: ~                   # cap on every cell's epochs (keeps smaller ones); the report
+                                    # marks runs whose training ended at the cap
     search:                         # `vlm4rec tune` only (docs/tuning.md); `bench` ignores it
       method: grid                  # grid: every point in order; random: a seeded random order
       seed: 2020                    # trials run on this seed (default: the first of `seeds`)
@@ -43,9 +45,11 @@ from typing import Any
 import yaml
 
 KNOWN_KEYS = {"name", "models", "datasets", "seeds", "metrics", "reference", "overrides", "set",
-              "config_files", "isolation", "timeout_s", "alpha", "description", "search"}
+              "config_files", "isolation", "timeout_s", "alpha", "description", "max_epochs",
+              "search"}
 SEARCH_KEYS = {"method", "seed", "metric", "max_trials", "max_minutes", "space"}
 SEARCH_METHODS = ("grid", "random")
+
 ISOLATIONS = ("subprocess", "inprocess")
 
 
@@ -115,7 +119,22 @@ class BenchSpec:
     source: str = "<spec>"
     raw: dict[str, Any] = field(default_factory=dict)
     forced: dict[str, Any] = field(default_factory=dict)  # the `set` key: beats every layer
+    max_epochs: int | None = None
     search: "SearchSpec | None" = None  # `vlm4rec tune` (benchmark/tune.py)
+
+    def with_max_epochs(self, max_epochs: int | None) -> "BenchSpec":
+        """This spec with every cell's epochs capped at ``max_epochs`` (saved in ``raw``)."""
+        if max_epochs is not None:
+            self.max_epochs = max_epochs
+            self.raw = {**self.raw, "max_epochs": max_epochs}
+        return self
+
+    def with_seeds(self, seeds: list[int] | None) -> "BenchSpec":
+        """This spec with other seeds (saved in ``raw``, so the report counts runs against them)."""
+        if seeds:
+            self.seeds = list(seeds)
+            self.raw = {**self.raw, "seeds": list(seeds)}
+        return self
 
     def with_forced(self, forced: dict[str, Any]) -> "BenchSpec":
         """This spec with more `set` overrides (kept in ``raw`` so a saved spec reproduces it)."""
@@ -132,9 +151,20 @@ class BenchSpec:
                 for seed in self.seeds:
                     overrides = {**self.overrides, **dataset_overrides, **entry["overrides"],
                                  **self.forced, "seed": seed}
+                    if self.max_epochs is not None:
+                        epochs = int(overrides.get("epochs", protocol_epochs()))
+                        overrides["epochs"] = min(epochs, self.max_epochs)
                     cells.append(Cell(label, entry["model"], dataset, seed, overrides,
                                       tuple(self.config_files)))
         return cells
+
+
+def protocol_epochs() -> int:
+    """The shipped protocol's ``epochs`` (configs/overall.yaml): a cell that sets none trains
+    for at most this many."""
+    from recbole_vlm4rec.formats.paths import configs_dir
+
+    return int(yaml.safe_load((configs_dir() / "overall.yaml").read_text())["epochs"])
 
 
 @dataclass
@@ -259,6 +289,9 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "benchmark
     if not 0 < alpha < 1:
         raise SpecError(f"{source}: alpha must be in (0, 1), got {alpha}")
     timeout = data.get("timeout_s")
+    max_epochs = data.get("max_epochs")
+    if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 1):
+        raise SpecError(f"{source}: max_epochs must be a positive integer, got {max_epochs!r}")
     config_files = data.get("config_files") or []
     if not isinstance(config_files, list):
         raise SpecError(f"{source}: config_files must be a list of paths")
@@ -269,6 +302,7 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "benchmark
         forced=_mapping(data.get("set"), f"{source}: set"),
         config_files=[str(Path(p).resolve()) for p in config_files], isolation=isolation,
         timeout_s=float(timeout) if timeout else None, alpha=alpha, source=source, raw=data,
+        max_epochs=max_epochs,
         search=parse_search(data["search"], source, list(models)) if "search" in data else None,
     )
 

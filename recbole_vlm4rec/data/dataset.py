@@ -12,6 +12,10 @@ are never joined into training batches. Declaration::
     features_dir: ~               # default: <data_path>/<dataset>/features
     feature_unknown_tokens: error # or ignore: rows for items absent from the dataset
     text_encoder: all-MiniLM-L6-v2  # encoder of declared text features
+
+Feature files in ``features_dir`` that no declaration names are features too, under their file
+name (data/feature_status.py): ``vlm4rec encode --feature clip`` makes ``--item_feature=clip``
+usable at once.
 """
 
 from __future__ import annotations
@@ -22,30 +26,35 @@ from typing import Any
 
 from recbole.data.dataset import Dataset
 
+from recbole_vlm4rec.data.feature_status import discover_feature_files, how_to_make
+from recbole_vlm4rec.data.registry import is_embedded
 from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.formats.features import (AlignedFeature, FeatureFileError, align_feature,
-                                              load_feature)
-from recbole_vlm4rec.data.registry import is_embedded
+                                              feature_paths, load_feature)
 
 
 class MissingFeatureError(KeyError):
-    """A model asked for a feature the dataset does not declare."""
+    """A model asked for a feature the dataset neither declares nor has a file of."""
 
     def __str__(self) -> str:
         return str(self.args[0])
 
     @classmethod
-    def undeclared(cls, dataset: str, name: str, declared: Any) -> "MissingFeatureError":
-        """The error for a feature ``name`` missing from ``dataset``'s ``item_features``."""
+    def undeclared(cls, config: Any, name: str) -> "MissingFeatureError":
+        """The error for a feature ``name`` that ``config``'s dataset does not have."""
+        dataset = config["dataset"]
+        known = sorted(declared_item_features(config))
         return cls(
-            f"dataset '{dataset}' declares no item feature '{name}'; declared: "
-            f"{sorted(declared) or 'none'}. Declare it under `item_features` in "
-            f"configs/dataset/{dataset}.yaml."
+            f"dataset '{dataset}' has no item feature '{name}': no declaration under "
+            f"`item_features` and no {name}.npy in {features_dir(config)}; it has: "
+            f"{', '.join(known) or 'none'}. Make it: "
+            f"{how_to_make(dataset, name, {}, item_file(config), dataset_folder(config))}"
         )
 
 
 def declared_item_features(config: Any) -> dict[str, dict[str, Any]]:
-    """Feature name -> declaration (``file`` filled in), from the ``item_features`` config key."""
+    """Feature name -> declaration (``file`` filled in): the ``item_features`` config key, then
+    every feature file in :func:`features_dir` that no declaration names (``discovered: True``)."""
     declared = config["item_features"] or {}
     if not isinstance(declared, dict):
         raise ValueError(f"item_features must be a mapping of feature names, got {declared!r}")
@@ -54,6 +63,10 @@ def declared_item_features(config: Any) -> dict[str, dict[str, Any]]:
         if spec is None or isinstance(spec, str):
             spec = {"file": spec or name}
         normalised[str(name)] = {"file": str(name), **spec}
+    named_files = {str(spec["file"]) for spec in normalised.values()}
+    for stem in discover_feature_files(features_dir(config)):
+        if stem not in normalised and stem not in named_files:
+            normalised[stem] = {"file": stem, "discovered": True}
     return normalised
 
 
@@ -62,9 +75,15 @@ def features_dir(config: Any) -> Path:
     embedded dataset, whose files sit inside a package, ``<project home>/dataset/<name>/features``)."""
     if config["features_dir"]:
         return Path(config["features_dir"])
+    return dataset_folder(config) / "features"
+
+
+def dataset_folder(config: Any) -> Path:
+    """Where the dataset's own outputs live (features/, descriptions/): ``data_path``, or for an
+    embedded dataset ``<project home>/dataset/<name>``."""
     if is_embedded(config["dataset"]):
-        return paths.features_dir(config["dataset"])
-    return Path(config["data_path"]) / "features"
+        return paths.dataset_root() / config["dataset"]
+    return Path(config["data_path"])
 
 
 def item_file(config: Any) -> Path:
@@ -72,12 +91,28 @@ def item_file(config: Any) -> Path:
     return Path(config["data_path"]) / f"{config['dataset']}.item"
 
 
+def feature_file(config: Any, spec: dict[str, Any]) -> tuple[Path, str]:
+    """``(directory, file stem)`` of a declared feature (``file`` may be an absolute path)."""
+    directory, file_name = features_dir(config), str(spec["file"])
+    if os.path.isabs(file_name):
+        directory, file_name = Path(file_name).parent, Path(file_name).name
+    return directory, file_name
+
+
+def missing_feature_file_error(config: Any, name: str, spec: dict[str, Any]) -> FeatureFileError:
+    """A declared feature whose file does not exist: the error names the file and how to make it."""
+    directory, file_name = feature_file(config, spec)
+    hint = how_to_make(config["dataset"], name, spec, item_file(config), dataset_folder(config))
+    return FeatureFileError(f"feature '{name}': file not found: "
+                            f"{feature_paths(directory, file_name)[0]}. Make it: {hint}")
+
+
 def check_features_declared(config: Any, names: list[str]) -> None:
-    """MissingFeatureError for the first of ``names`` the dataset does not declare."""
+    """MissingFeatureError for the first of ``names`` the dataset does not have."""
     declared = declared_item_features(config)
     for name in names:
         if name not in declared:
-            raise MissingFeatureError.undeclared(config["dataset"], name, declared)
+            raise MissingFeatureError.undeclared(config, name)
 
 
 class MultimodalDataset(Dataset):
@@ -98,7 +133,7 @@ class MultimodalDataset(Dataset):
         if name not in self._item_features:
             declared = declared_item_features(self.config)
             if name not in declared:
-                raise MissingFeatureError.undeclared(self.dataset_name, name, declared)
+                raise MissingFeatureError.undeclared(self.config, name)
             aligned = self._load_item_feature(name, declared[name])
             if aligned.n_covered == 0:
                 # Every item would score alike: a run would only measure the tie-break.
@@ -113,10 +148,9 @@ class MultimodalDataset(Dataset):
         return self._item_features[name]
 
     def _load_item_feature(self, name: str, spec: dict[str, Any]) -> AlignedFeature:
-        directory = features_dir(self.config)
-        file_name = str(spec["file"])
-        if os.path.isabs(file_name):
-            directory, file_name = Path(file_name).parent, Path(file_name).name
+        directory, file_name = feature_file(self.config, spec)
+        if not feature_paths(directory, file_name)[0].is_file():
+            raise missing_feature_file_error(self.config, name, spec)
         feature = load_feature(directory, file_name)
         feature.name = name
         return align_feature(

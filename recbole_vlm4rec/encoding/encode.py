@@ -68,12 +68,13 @@ class EncodeReport:
     path: Path
     n_rows: int
     dim: int
-    n_encoded: int
-    n_cache_hits: int
+    n_encoded: int  # distinct inputs (texts / image files) that went through the encoder
+    n_cache_hits: int  # items whose vector came from the on-disk cache
     skipped: list[Skipped]
     seconds: float
     encoder: str
     n_superseded: int = 0
+    n_shared: int = 0  # items that reused the vector of an identical input encoded in this run
 
     def reasons(self) -> Counter:
         return Counter(s.reason for s in self.skipped)
@@ -82,7 +83,9 @@ class EncodeReport:
         lines = [
             f"feature '{self.feature}': {self.n_rows} items, {self.dim}-d, {self.encoder} "
             f"-> {self.path} ({self.seconds:.1f}s)",
-            f"  encoded now: {self.n_encoded}, from cache: {self.n_cache_hits}",
+            f"  encoded now: {self.n_encoded}, from cache: {self.n_cache_hits}"
+            + (f"; {self.n_shared} items reused the vector of an identical input encoded in "
+               "this run" if self.n_shared else ""),
         ]
         if self.skipped:
             counts = ", ".join(f"{r}: {n}" for r, n in self.reasons().most_common())
@@ -180,9 +183,10 @@ def _usable(matrix: np.ndarray) -> np.ndarray:
 
 def encode_texts(inputs: TextInputs, encoder: TextEncoder, cache: VectorCache,
                  show_progress: bool = True,
-                 chunk_size: int = 1024) -> tuple[list[str], np.ndarray, int, list[Skipped]]:
-    """``(tokens, vectors, n_cache_hits, skipped)``: only cache misses go through the encoder,
-    ``chunk_size`` texts at a time, each chunk cached as it ends (an interrupted run resumes)."""
+                 chunk_size: int = 1024) -> tuple[list[str], np.ndarray, int, int, list[Skipped]]:
+    """``(tokens, vectors, n_cache_hits, n_encoded, skipped)``: only cache misses go through the
+    encoder, once per distinct text, ``chunk_size`` texts at a time, each chunk cached as it ends
+    (an interrupted run resumes)."""
     from tqdm.auto import tqdm
 
     keys = [text_key(text) for text in inputs.texts]
@@ -210,7 +214,7 @@ def encode_texts(inputs: TextInputs, encoder: TextEncoder, cache: VectorCache,
         rows.append(vector)
     hits = sum(key in cached for key in keys)
     matrix = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
-    return tokens, matrix.astype(np.float32, copy=False), hits, skipped
+    return tokens, matrix.astype(np.float32, copy=False), hits, len(fresh), skipped
 
 
 def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
@@ -225,9 +229,9 @@ def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
     cache_path = Path(out_dir) / CACHE_FILE_NAME if use_cache else None
     encoder = TextEncoder(encoder_spec, device=device, batch_size=batch_size)
     with VectorCache(cache_path, f"text:{fingerprint}") as cache:
-        tokens, matrix, hits, bad = encode_texts(inputs, encoder, cache, show_progress)
-    return _write(out_dir, feature, tokens, matrix, inputs.skipped + bad, hits, started,
-                  encoder_spec, fingerprint, source, n_superseded=inputs.n_superseded,
+        tokens, matrix, hits, n_encoded, bad = encode_texts(inputs, encoder, cache, show_progress)
+    return _write(out_dir, feature, tokens, matrix, inputs.skipped + bad, hits, n_encoded,
+                  started, encoder_spec, fingerprint, source, n_superseded=inputs.n_superseded,
                   kind="text", extra_meta=extra_meta)
 
 
@@ -248,27 +252,31 @@ def encode_image_feature(refs: Sequence[tuple[str, str]], base_dir: str | Path,
     skipped: list[Skipped] = []
     vector_of: dict[str, np.ndarray] = {}  # sha256 -> vector
     sha_of: dict[str, str] = {}  # token -> sha256
-    hits = 0
+    from_cache: set[str] = set()  # sha256 of vectors read from the on-disk cache
     with VectorCache(cache_path, f"image:{fingerprint}") as cache, tqdm(
         total=len(refs), desc=f"encode {feature}", unit="img", disable=not show_progress
     ) as bar:
         for start in range(0, len(refs), chunk_size):
             chunk = refs[start:start + chunk_size]
-            hits += _encode_image_chunk(chunk, base_dir, encoder, cache, vector_of, sha_of,
-                                        skipped)
+            _encode_image_chunk(chunk, base_dir, encoder, cache, vector_of, sha_of, from_cache,
+                                skipped)
             bar.update(len(chunk))
     tokens = [token for token, _ in refs if token in sha_of]
     matrix = (np.stack([vector_of[sha_of[t]] for t in tokens]) if tokens
               else np.zeros((0, 0), np.float32))
-    return _write(out_dir, feature, tokens, matrix, skipped, hits, started,
+    # Counted per item over the whole run: an image repeated in a later chunk is not "new".
+    hits = sum(sha_of[t] in from_cache for t in tokens)
+    n_encoded = len(set(vector_of) - from_cache)
+    return _write(out_dir, feature, tokens, matrix, skipped, hits, n_encoded, started,
                   encoder.describe(), fingerprint, source, kind="image")
 
 
 def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
                         encoder: ImageEncoder, cache: VectorCache,
                         vector_of: dict[str, np.ndarray], sha_of: dict[str, str],
-                        skipped: list[Skipped]) -> int:
-    """Fill ``vector_of``/``sha_of`` for one chunk; returns its cache hits."""
+                        from_cache: set[str], skipped: list[Skipped]) -> None:
+    """Fill ``vector_of``/``sha_of`` for one chunk (``from_cache``: the sha256 it read from the
+    cache); each distinct image is decoded and encoded once per run."""
     pending: list[tuple[str, str, str, bytes]] = []  # token, source, sha, bytes
     for token, reference in chunk:
         source = resolve_image_reference(str(reference), base_dir)
@@ -280,6 +288,7 @@ def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
         pending.append((token, source, image_sha256(data), data))
     cached = cache.get_many(sha for _, _, sha, _ in pending if sha not in vector_of)
     vector_of.update(cached)
+    from_cache.update(cached)
     to_decode: dict[str, tuple[str, str, bytes]] = {}
     for token, source, sha, data in pending:
         if sha not in vector_of:
@@ -301,22 +310,19 @@ def _encode_image_chunk(chunk: Sequence[tuple[str, str]], base_dir: str | Path,
             fresh.update({sha: vectors[i] for i, sha in enumerate(shas) if usable[i]})
     cache.put_many(fresh)
     vector_of.update(fresh)
-    hits = 0
     for token, source, sha, _ in pending:
         if sha in vector_of:
             sha_of[token] = sha
-            hits += sha in cached
         elif sha in decode_errors:
             error = decode_errors[sha]
             skipped.append(Skipped(token, error.reason, f"{source}: {error.detail}"))
         else:
             skipped.append(Skipped(token, "non_finite_vector", "encoder output NaN/inf or zero"))
-    return hits
 
 
 def _write(out_dir: str | Path, feature: str, tokens: list[str], matrix: np.ndarray,
-           skipped: list[Skipped], hits: int, started: float, encoder: str, fingerprint: str,
-           source: str, kind: str, n_superseded: int = 0,
+           skipped: list[Skipped], hits: int, n_encoded: int, started: float, encoder: str,
+           fingerprint: str, source: str, kind: str, n_superseded: int = 0,
            extra_meta: dict[str, Any] | None = None) -> EncodeReport:
     if not tokens:
         reasons = Counter(s.reason for s in skipped)
@@ -333,6 +339,7 @@ def _write(out_dir: str | Path, feature: str, tokens: list[str], matrix: np.ndar
         "encoder_fingerprint": fingerprint,
         "n_items": len(tokens),
         "n_cache_hits": hits,
+        "n_encoded": n_encoded,
         "n_skipped": len(skipped),
         "skipped_by_reason": dict(Counter(s.reason for s in skipped)),
         "n_superseded_rows": n_superseded,
@@ -342,6 +349,7 @@ def _write(out_dir: str | Path, feature: str, tokens: list[str], matrix: np.ndar
         **(extra_meta or {}),
     }
     path = save_feature(out_dir, feature, matrix, tokens, meta=meta)
-    return EncodeReport(feature, path, len(tokens), int(matrix.shape[1]), len(tokens) - hits,
-                        hits, skipped, time.perf_counter() - started, encoder, n_superseded)
+    return EncodeReport(feature, path, len(tokens), int(matrix.shape[1]), n_encoded, hits,
+                        skipped, time.perf_counter() - started, encoder, n_superseded,
+                        n_shared=len(tokens) - hits - n_encoded)
 

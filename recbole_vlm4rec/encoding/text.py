@@ -76,7 +76,10 @@ class TextEncoder:
 
     @property
     def dim(self) -> int:
-        return int(self._load().get_sentence_embedding_dimension())
+        model = self._load()  # sentence-transformers renamed the getter; use what it has
+        getter = (getattr(model, "get_embedding_dimension", None)
+                  or model.get_sentence_embedding_dimension)
+        return int(getter())
 
     def encode(self, texts: Sequence[str], show_progress: bool = True) -> np.ndarray:
         """``(len(texts), dim)`` float32, each row L2-normalised. Empty texts are rejected."""

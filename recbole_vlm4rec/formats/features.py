@@ -34,6 +34,8 @@ from recbole_vlm4rec.formats.files import atomic_write
 
 
 FEATURE_META_VERSION = 2
+_MAGIC = {".npy": (b"\x93NUMPY", "a NumPy .npy file", "numpy.save"),
+          ".npz": (b"PK\x03\x04", "a NumPy .npz archive", "numpy.savez")}
 
 
 UNKNOWN_TOKEN_RULES = ("error", "ignore")  # feature_unknown_tokens: see align_feature
@@ -41,6 +43,19 @@ UNKNOWN_TOKEN_RULES = ("error", "ignore")  # feature_unknown_tokens: see align_f
 
 class FeatureFileError(ValueError):
     """A feature file is missing, malformed or does not match the dataset; names the file."""
+
+
+def load_array(path: str | os.PathLike) -> Any:
+    """``np.load(path, allow_pickle=False)`` of a ``.npy`` / ``.npz`` file, after checking its
+    first bytes: a file that is not one raises ValueError naming it (numpy's own message for it
+    advises loading the file with pickle, which would run code from it)."""
+    path = Path(path)
+    magic, kind, writer = _MAGIC.get(path.suffix, _MAGIC[".npy"])
+    with open(path, "rb") as handle:
+        head = handle.read(len(magic))
+    if head != magic:
+        raise ValueError(f"{path}: not {kind} (it starts with {head!r}); write it with {writer}")
+    return np.load(path, allow_pickle=False)
 
 
 @dataclass
@@ -143,7 +158,7 @@ def load_feature(directory: str | os.PathLike, name: str) -> FeatureFile:
             " (one item token per line, line i names the item of row i)"
         )
     try:
-        matrix = np.load(npy_path, allow_pickle=False)
+        matrix = load_array(npy_path)
     except (ValueError, OSError, EOFError) as error:
         raise FeatureFileError(f"feature '{name}': cannot read {npy_path}: {error}") from error
     try:

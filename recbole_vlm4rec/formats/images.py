@@ -3,9 +3,12 @@
 Every stage that looks at pixels (grounding backends, the image encoder, the tagger) goes through
 :func:`load_image`, so a bad file is reported the same way everywhere. Failures raise
 :class:`ImageError` whose ``reason`` is one of :data:`REASONS`; callers record it per item and go
-on. Images that can be fixed are fixed and the fix is reported in ``LoadedImage.notes``: CMYK /
-palette / greyscale / 16-bit are converted to RGB, transparency is composited onto white, and images
-with a side over ``max_side`` are downscaled (aspect kept).
+on. Images that can be fixed are fixed and the fix is reported in ``LoadedImage.notes``: a photo
+stored sideways is turned as its EXIF orientation says, CMYK / palette / greyscale / 16-bit are
+converted to RGB, transparency is composited onto white, and images with a side over ``max_side``
+are downscaled (aspect kept). An image over ``max_pixels`` is decoded downscaled where the format
+allows it (JPEG at 1/2-1/8 scale, JPEG 2000 at a lower resolution level) and refused otherwise.
+Failure details name the file and never carry object addresses, so two runs report the same.
 
 Image references (the ``image`` column of ``<dataset>.item``) are a path relative to the dataset
 folder, an absolute path, or an http(s) URL. URLs are not fetched here: download them first
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 REASONS = {
     "no_image": "the item has no image reference",
@@ -37,6 +41,7 @@ REASONS = {
 
 DEFAULT_MAX_SIDE = 1024
 DEFAULT_MAX_PIXELS = 100_000_000
+ORIENTATION_TAG = 0x0112
 
 
 class ImageError(Exception):
@@ -115,33 +120,85 @@ def load_image(
             raise ImageError("empty_file", label)
     else:
         data, label = read_image_bytes(source), name or str(source)
+    notes: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise ImageError("too_large", label, f"{width}x{height} > {max_pixels} pixels")
-            opened.load()  # decode now: truncated or damaged data fails here, not in a model
+        opened, original_size = _open_within(data, max_pixels, label, notes)
+        opened.load()  # decode now: truncated or damaged data fails here, not in a model
     except ImageError:
         raise
     except UnidentifiedImageError as error:
-        raise ImageError("not_an_image", label, str(error)) from error
+        raise ImageError("not_an_image", label, f"no image format Pillow knows starts with {data[:12]!r}") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError("too_large", label, str(error)) from error
+        raise ImageError("too_large", label, _reproducible(error)) from error
     except OSError as error:
         reason = "truncated" if "truncated" in str(error).lower() else "corrupt"
-        raise ImageError(reason, label, str(error)) from error
+        raise ImageError(reason, label, _reproducible(error)) from error
     except (ValueError, SyntaxError, IndexError, struct.error) as error:  # Pillow's plugin errors
-        raise ImageError("corrupt", label, f"{type(error).__name__}: {error}") from error
+        raise ImageError("corrupt", label, f"{type(error).__name__}: {_reproducible(error)}") from error
     if min(opened.size) < 1:
         raise ImageError("corrupt", label, f"size {opened.size}")
-    original_mode, original_size = opened.mode, opened.size
-    image, notes = _to_rgb(opened)
+    original_mode = opened.mode
+    opened = _upright(opened, notes)
+    image, converted = _to_rgb(opened)
+    notes += converted
     if max_side and max(image.size) > max_side:
+        before = image.size
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-        notes.append(f"downscaled {original_size[0]}x{original_size[1]} to {image.size[0]}x{image.size[1]}")
+        notes.append(f"downscaled {before[0]}x{before[1]} to {image.size[0]}x{image.size[1]}")
     return LoadedImage(image, image_sha256(data), label, original_mode, original_size, notes)
+
+
+def _open_within(data: bytes, max_pixels: int, label: str, notes: list[str]) -> tuple[Image.Image, tuple[int, int]]:
+    """Open ``data`` (not decoded yet) so that decoding yields at most ``max_pixels``.
+
+    Over the limit, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) and a
+    JPEG 2000 at a reduced resolution level, without ever holding the full-size pixels; other
+    formats are refused (``too_large``). JPEGs are opened without Pillow's decompression-bomb
+    check, which would refuse them before they could be decoded small; ``max_pixels`` guards.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        opened: Image.Image = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+    size = opened.size
+    width, height = size
+    if width * height <= max_pixels:
+        return opened, size
+    if opened.format not in ("JPEG", "JPEG2000"):
+        raise ImageError("too_large", label, f"{width}x{height} > {max_pixels} pixels and "
+                         f"{opened.format or 'this format'} cannot be decoded downscaled")
+    scale = next((s for s in (2, 4, 8) if -(-width // s) * -(-height // s) <= max_pixels), 8)
+    small = (-(-width // scale), -(-height // scale))
+    if small[0] * small[1] > max_pixels:
+        raise ImageError("too_large", label, f"{width}x{height}: even at 1/8 scale "
+                         f"{small[0]}x{small[1]} > {max_pixels} pixels")
+    if opened.format == "JPEG":
+        opened.draft(None, small)
+        how = "JPEG DCT scaling"
+    else:
+        opened.reduce = scale.bit_length() - 1  # resolution levels, each 2x smaller
+        how = "JPEG 2000 resolution level"
+    notes.append(f"decoded {width}x{height} at 1/{scale} scale ({how}): over {max_pixels} pixels")
+    return opened, size
+
+
+def _upright(image: Image.Image, notes: list[str]) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (a phone photo stored sideways)."""
+    try:
+        orientation = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001  (a damaged EXIF block is not a damaged image)
+        return image
+    if orientation not in range(2, 9):
+        return image
+    notes.append(f"turned upright (EXIF orientation {orientation})")
+    return ImageOps.exif_transpose(image)
+
+
+def _reproducible(error: BaseException) -> str:
+    """The error text without object addresses (``<_io.BytesIO object at 0x7f...>``)."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<image bytes>", str(error))
 
 
 def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:

@@ -24,7 +24,9 @@ examples:
 
 Output: <dataset>/descriptions/<tag>.jsonl (one row per item; `vlm4rec encode` reads it) and the
 cache <tag>.sqlite beside it. Rerunning the same command only does items that are missing, failed
-or stale (changed image bytes, prompt file, model); Ctrl-C keeps everything finished so far.
+or stale (changed image bytes, prompt file, model); Ctrl-C keeps everything finished so far. The
+.jsonl lists every row the cache holds, also those of items outside --limit. Two runs on the same
+tag (e.g. on two machines sharing the folder) split the items between them.
 """
 
 # flag -> backend constructor keyword; only flags the user sets are passed on.
@@ -65,7 +67,12 @@ def register(subparsers: Any) -> None:
     what.add_argument("--context", metavar="TEMPLATE",
                       help='item text added to the prompt, e.g. "{title} ({brand})" (default: none)')
     what.add_argument("--tag", help="output name (default: <backend>-<prompt>[-<domain>])")
-    what.add_argument("--limit", type=int, help="only the first N items (the output then lists only those)")
+    what.add_argument("--limit", type=int, help="only the first N items in table order (rows of "
+                      "other items already in the cache stay in the output); with "
+                      "--only-with-image, the first N that have one")
+    what.add_argument("--only-with-image", action="store_true",
+                      help="only items whose image is a local file that exists (items without one "
+                      "get no row instead of a failed one; URLs need `prepare --download-images`)")
     what.add_argument("--dry-run", action="store_true", help="print rendered prompts and the plan; call nothing, write nothing")
     what.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
                       help="keep failed rows of the cache instead of retrying them")
@@ -78,7 +85,7 @@ def register(subparsers: Any) -> None:
                        "several, comma-separated, share the load round-robin")
     model.add_argument("--api-key-env", help="openai: environment variable holding the API key (default OPENAI_API_KEY)")
     model.add_argument("--concurrency", type=int, help="openai: requests in flight")
-    model.add_argument("--timeout", type=float, help="openai: seconds per request")
+    model.add_argument("--timeout", type=float, help="openai: seconds for a whole request (connect to last byte)")
     model.add_argument("--max-retries", type=int, help="openai: retries on 429/5xx/connection errors")
     model.add_argument("--batch-size", type=int, help="images per model call (transformers, tagger)")
     model.add_argument("--max-new-tokens", type=int, help="longest answer in tokens")
@@ -113,7 +120,8 @@ def backend_options(args: argparse.Namespace, backend_class: type) -> dict[str, 
 def _ground(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.grounding.backends import BackendUnavailableError, get_backend_class
     from recbole_vlm4rec.formats.items import read_item_table
-    from recbole_vlm4rec.grounding.items import items_from_dataset, items_from_table
+    from recbole_vlm4rec.grounding.items import (items_of_named_dataset, items_from_table,
+                                                 with_local_image)
     from recbole_vlm4rec.grounding.prompts import PromptError, load_prompt
     from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
     from recbole_vlm4rec.grounding.store import DescriptionStore
@@ -135,13 +143,18 @@ def _ground(args: argparse.Namespace) -> int:
             items = items_from_table(table, root, args.item_column, args.image_column, args.context, args.items)
             out_dir = args.out_dir or args.items.parent / "descriptions"
         else:
-            dataset_dir = dataset_root() / args.dataset
-            items = items_from_dataset(dataset_dir, args.context, args.image_column)
-            out_dir = args.out_dir or dataset_dir / "descriptions"
+            items = items_of_named_dataset(args.dataset, args.context, args.image_column)
+            out_dir = args.out_dir or dataset_root() / args.dataset / "descriptions"
         backend_class = get_backend_class(args.backend)
         backend = backend_class(**backend_options(args, backend_class))
     except (PromptError, FileNotFoundError, KeyError, ValueError, ImportError) as error:
         return fail(str(error).strip('"'))
+    if args.only_with_image:
+        n_all, items = len(items), with_local_image(items)
+        print(f"--only-with-image: {len(items)} of {n_all} items have a local image file",
+              file=sys.stderr)
+        if not items:
+            return fail("no item has a local image file (URLs: vlm4rec prepare ... --download-images)")
     if args.limit:
         items = items[: args.limit]
     tag = args.tag or "-".join(filter(None, [args.backend, prompt.name, args.domain]))
@@ -151,11 +164,11 @@ def _ground(args: argparse.Namespace) -> int:
             summary = run_grounding(items, prompt, backend, store, output, dry_run=args.dry_run,
                                     retry_failed=args.retry_failed, max_side=args.max_side,
                                     progress=args.progress)
-    except GroundingAborted as error:
+    except GroundingAborted as error:  # the message says what failed and what to fix
         saved = getattr(error, "summary", None)
         if saved is not None:
             print(saved.format(), file=sys.stderr)
-        return fail(f"{error} (finished rows are saved; rerun to resume)", 1)
+        return fail(str(error), 1)
     except BackendUnavailableError as error:  # unreachable endpoint, no weights... (before any item)
         return fail(str(error), 1)
     finally:
@@ -164,6 +177,4 @@ def _ground(args: argparse.Namespace) -> int:
         return 0
     print(f"grounding {args.backend} / {backend.model_id()} / prompt {prompt.name} v{prompt.version}")
     print(summary.format())
-    if args.limit:
-        print(f"note: --limit {args.limit}: {output.name} lists only these items; the cache keeps all")
     return 130 if summary.interrupted else 0

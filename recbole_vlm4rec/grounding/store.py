@@ -3,11 +3,13 @@
 Files, for a run tagged ``<tag>`` (default ``<backend>-<prompt>``)::
 
     dataset/<name>/descriptions/<tag>.sqlite   cache: one row per item ever described under <tag>
-    dataset/<name>/descriptions/<tag>.jsonl    export: one row per item of the last run
+    dataset/<name>/descriptions/<tag>.jsonl    export: every row the cache holds
 
 ``<tag>.jsonl`` is what ``vlm4rec encode`` reads. UTF-8, one JSON object per line, sorted by
-``item_id`` (string order), rewritten atomically (temp file + rename) at the end of every run,
-also an interrupted one. Keys, all always present:
+``item_id`` (string order), rewritten atomically (temp file + rename) from the whole cache at the
+end of every run, also an interrupted or aborted one, so it never holds fewer rows than the cache
+(a run over some items, or one that stopped early, keeps the other items' rows; each row names
+the backend, model and prompt that made it). Keys, all always present:
 
 ==================  ===========================================================================
 ``item_id``         the item token, as in ``<name>.item``
@@ -30,18 +32,26 @@ write) has one table ``descriptions`` with those columns plus ``prompt_key`` (ha
 file and the rendered per-item prompt) and ``updated_at`` (unix time). A row is *current* for a run
 when its ``backend``, ``model``, ``prompt_key`` and ``image_sha256`` all equal the run's; anything
 else is stale and redone. Rows are committed once per batch, so a crash or Ctrl-C loses at most the
-batches in flight. Two runs on the same tag are safe (SQLite locking, busy timeout); they may
-duplicate work but never corrupt the file.
+batches in flight.
+
+Two runs on the same tag share the work through a second table, ``claims`` (``item_id``,
+``owner``, ``expires_at``): a run claims items before sending them and skips items another run
+holds; it renews its claims while it works and releases them as rows are committed or when it
+stops. Claims of a run that was killed expire (``CLAIM_TTL_S``), or at once when the owner was a
+process on this host that no longer exists, and are then taken over.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from recbole_vlm4rec.formats.descriptions import DESCRIPTION_KEYS, write_descriptions
 from recbole_vlm4rec.formats.files import connect_sqlite_wal
@@ -63,6 +73,14 @@ CREATE TABLE IF NOT EXISTS descriptions (
     updated_at REAL NOT NULL
 )
 """
+_CLAIMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    item_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+)
+"""
+CLAIM_TTL_S = 60.0  # a claim not renewed for this long is taken over by another run
 _CHUNK = 500  # SQLite's bound-parameter limit is 999 on old builds
 
 
@@ -103,7 +121,7 @@ class DescriptionStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = connect_sqlite_wal(self.path, ("PRAGMA synchronous=NORMAL", _SCHEMA),
+            self._db = connect_sqlite_wal(self.path, ("PRAGMA synchronous=NORMAL", _SCHEMA, _CLAIMS_SCHEMA),
                                           timeout_s, isolation_level=None)
         except sqlite3.DatabaseError as error:
             raise sqlite3.DatabaseError(
@@ -128,14 +146,17 @@ class DescriptionStore:
             cursor = self._db.execute(
                 f"SELECT {','.join(_COLUMNS)} FROM descriptions WHERE item_id IN ({marks})", chunk
             )
-            for values in cursor:
-                row = DescriptionRow(**dict(zip(_COLUMNS, values)))
-                row.fields = json.loads(row.fields) if row.fields else None  # type: ignore[arg-type]
-                found[row.item_id] = row
+            found.update((row.item_id, row) for row in map(_row, cursor))
         return found
 
-    def put_many(self, rows: Iterable[DescriptionRow]) -> int:
-        """Insert or replace ``rows`` in one transaction; returns how many."""
+    def all_rows(self) -> list[DescriptionRow]:
+        """Every row the cache holds, sorted by item_id."""
+        cursor = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM descriptions ORDER BY item_id")
+        return [_row(values) for values in cursor]
+
+    def put_many(self, rows: Iterable[DescriptionRow], owner: str | None = None) -> int:
+        """Insert or replace ``rows`` in one transaction, releasing ``owner``'s claims on them;
+        returns how many."""
         now = time.time()
         values = []
         for row in rows:
@@ -146,24 +167,103 @@ class DescriptionStore:
         if not values:
             return 0
         marks = ",".join("?" * len(_COLUMNS))
+
+        def insert() -> None:
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO descriptions ({','.join(_COLUMNS)}) VALUES ({marks})", values
+            )
+            if owner is not None:
+                self._db.executemany("DELETE FROM claims WHERE item_id = ? AND owner = ?",
+                                     [(value[0], owner) for value in values])
+
+        self._write(insert)
+        return len(values)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM descriptions").fetchone()[0])
+
+    # ------------------------------------------------------------ claims (runs sharing a tag)
+
+    def claim(self, item_ids: Sequence[str], owner: str, ttl_s: float = CLAIM_TTL_S) -> set[str]:
+        """Claim the ``item_ids`` no other live run holds; returns those now held by ``owner``."""
+        ids = list(item_ids)
+        if not ids:
+            return set()
+        now = time.time()
+        held: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+
+            def take() -> None:
+                others = self._db.execute(
+                    f"SELECT item_id, owner, expires_at FROM claims WHERE item_id IN ({marks}) AND owner != ?",
+                    [*chunk, owner]).fetchall()
+                stale = [item for item, other, expires in others if expires < now or _owner_is_gone(other)]
+                self._db.executemany("DELETE FROM claims WHERE item_id = ?", [(item,) for item in stale])
+                self._db.executemany(
+                    "INSERT INTO claims (item_id, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (item_id) "
+                    "DO UPDATE SET expires_at = excluded.expires_at WHERE owner = excluded.owner",
+                    [(item, owner, now + ttl_s) for item in chunk])
+                held.update(value for (value,) in self._db.execute(
+                    f"SELECT item_id FROM claims WHERE item_id IN ({marks}) AND owner = ?", [*chunk, owner]))
+
+            self._write(take)
+        return held
+
+    def renew_claims(self, owner: str, ttl_s: float = CLAIM_TTL_S) -> None:
+        self._write(lambda: self._db.execute("UPDATE claims SET expires_at = ? WHERE owner = ?",
+                                             (time.time() + ttl_s, owner)))
+
+    def release_claims(self, owner: str, item_ids: Sequence[str] | None = None) -> None:
+        """Release ``owner``'s claims: all, or those on ``item_ids``."""
+        if item_ids is None:
+            self._write(lambda: self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,)))
+        else:
+            self._write(lambda: self._db.executemany("DELETE FROM claims WHERE item_id = ? AND owner = ?",
+                                                     [(item_id, owner) for item_id in item_ids]))
+
+    def _write(self, statements: Callable[[], Any]) -> None:
+        """Run ``statements`` in one write transaction."""
         if self._db.in_transaction:
             # A Ctrl-C landed between BEGIN and COMMIT of an earlier call: its rows were not saved
             # (the pipeline passes them again), and the open transaction must not block this one.
             self._db.execute("ROLLBACK")
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO descriptions ({','.join(_COLUMNS)}) VALUES ({marks})", values
-            )
+            statements()
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        return len(values)
 
-    def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM descriptions").fetchone()[0])
+
+def _row(values: Sequence[Any]) -> DescriptionRow:
+    row = DescriptionRow(**dict(zip(_COLUMNS, values)))
+    row.fields = json.loads(row.fields) if row.fields else None  # type: ignore[arg-type]
+    return row
+
+
+def new_claim_owner() -> str:
+    """A claim owner name: host, process id and a random part (two runs in one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """The owner was a process on this host that no longer runs (its claims need not expire)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. EPERM: the process exists
+        return False
+    return False
+
 
 
 def export_jsonl(path: str | Path, rows: Iterable[DescriptionRow]) -> int:

@@ -76,9 +76,30 @@ def get_model_class(name: str) -> type:
     if name in theirs:
         return theirs[name]
     everything = sorted(ours) + sorted(theirs)
-    close = difflib.get_close_matches(name, everything, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    other_kind = _other_recbole_kind(name)
+    if other_kind:
+        what = (f"'{name}' is one of RecBole's {other_kind} recommenders: it needs data and an "
+                "evaluation this project's run layer does not build (it runs general "
+                "recommenders: user-item interactions, full ranking).")
+    else:
+        close = difflib.get_close_matches(name, everything, n=3, cutoff=0.6)
+        what = f"unknown model '{name}'." + (f" Did you mean {', '.join(close)}?" if close else "")
     raise UnknownModelError(
-        f"unknown model '{name}'.{hint}\n  this project: {', '.join(sorted(ours))}\n"
+        f"{what}\n  this project: {', '.join(sorted(ours))}\n"
         f"  RecBole (general recommenders): {', '.join(sorted(theirs))}"
     )
+
+
+def _other_recbole_kind(name: str) -> str | None:
+    """``sequential`` / ``context-aware`` / ``knowledge-aware`` when RecBole has a model ``name``
+    of that kind (none of them runs here), else None."""
+    for kind, module in (("sequential", "sequential_recommender"),
+                         ("context-aware", "context_aware_recommender"),
+                         ("knowledge-aware", "knowledge_aware_recommender")):
+        try:
+            found = importlib.import_module(f"recbole.model.{module}")
+        except ImportError:
+            continue
+        if isinstance(getattr(found, name, None), type):
+            return kind
+    return None

@@ -7,7 +7,8 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("models", help="list this project's models and RecBole's")
+    parser = subparsers.add_parser(
+        "models", help="list the models that run here: this project's and RecBole's general ones")
     parser.set_defaults(func=_models)
 
 
@@ -18,6 +19,11 @@ def _models(args: argparse.Namespace) -> int:
     for name, cls in sorted(project_models().items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"  {name:<12} {summary}")
-    print("RecBole:")
+    print("RecBole's general recommenders (each runs through the same trainer and evaluator):")
     print("  " + ", ".join(sorted(recbole_models())))
+    print("  on small datasets: NCL needs --num_clusters below the number of users (default "
+          "1000); DGCF fails when the training interactions fit in one batch "
+          "(lower --train_batch_size)")
+    print("RecBole's sequential, context-aware and knowledge-aware models need other data and "
+          "evaluation: not offered here.")
     return 0

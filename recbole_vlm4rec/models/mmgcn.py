@@ -7,17 +7,37 @@ Reference:
 
 Each feature in ``content_features`` is a modality m. Its nodes are users (a learned preference
 vector p_u^m) and items (the feature projected to ``latent_dim``); per layer, on the user-item
-graph with mean aggregation (MMRec's settings, concatenation combiner, shared ID embeddings):
+graph with mean aggregation, concatenation combiner and shared ID embeddings id_v:
 
     h = leaky_relu(mean_{j in N(v)} W x_j)                       (aggregation)
     x_hat = leaky_relu(L x_v) + id_v                             (ID-enhanced self representation)
     x_v <- leaky_relu(G [h, x_hat])                              (combination)
 
 The final user / item representation is the mean over modalities; score = dot product, BPR loss
-plus ``reg_weight`` * (squared ID embeddings of the batch + squared preferences). Unlike MMRec,
-whose preference and ID tensors are never registered as parameters (so stay at their
-initialisation), both are trained here, and every modality is projected to ``latent_dim``. Items
-without a vector for a modality enter it as the projection of a zero vector (counted in the log).
+plus ``reg_weight`` * (mean(id_u^2) + mean(id_pos^2) + mean(id_neg^2) + sum_m mean(p^m^2)) over
+the batch. Items without a vector for a modality enter it as the projection of a zero vector
+(counted in the log).
+
+What MMRec's MMGCN (``src/models/mmgcn.py``, the usual reference for published numbers) does, and
+where this port differs on purpose:
+
+- Depth: MMRec's GCN hard-codes three layers and never reads ``n_layers`` (its yaml's
+  ``n_layers: 2`` has no effect). Here ``n_layers`` is read; the default 3 is what MMRec runs.
+- Trained tensors: MMRec builds ``id_embedding`` and each GCN's ``preference`` as plain tensors,
+  not ``nn.Parameter``s, so the optimiser never updates them: they stay at their random
+  initialisation, and its penalty (which only involves them) has no gradient, i.e. ``reg_weight``
+  does nothing there. Here both are parameters, trained as in the paper, and ``reg_weight`` acts.
+  MMRec's penalty weighs the positive and negative ID terms by 1/2 each and only the visual
+  preference; here each ID term counts once and every modality's preference is penalised.
+- Projection: MMRec projects only the visual features (to 256) and feeds text raw (its first
+  aggregation weight is then 384 x 384). Here every modality is projected to ``latent_dim``:
+  ``content_features`` is any list of features (visual, text, VLM descriptions...), so no feature
+  is special, and the first layer stays ``latent_dim`` wide whatever a feature's size.
+- Evaluation: MMRec ranks with the representation of the last training batch's forward pass
+  (computed before that batch's update); here one forward pass after training is used.
+- Initialisation: MMRec leaves its second and third combination layers at PyTorch's default
+  init; here every aggregation, self and combination layer is Xavier-normal (the feature
+  projection keeps PyTorch's default in both).
 """
 
 from __future__ import annotations

@@ -71,13 +71,13 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from recbole_vlm4rec.models import UnknownModelError
     from recbole_vlm4rec.run.accounting import ConfigError
     from recbole_vlm4rec.run.cold_start import ColdStartConfigError
-    from recbole_vlm4rec.run.runner import format_metrics_table, run
+    from recbole_vlm4rec.run.runner import TopKError, format_metrics_table, run
 
     try:
         result = run(model=args.model, dataset=args.dataset or DEFAULT_DATASET,
                      config_files=args.config_files.split(), overrides=overrides)
     except (UnknownModelError, UnknownDatasetError, FeatureFileError, MissingFeatureError,
-            FileNotFoundError, ColdStartConfigError, ConfigError) as error:
+            FileNotFoundError, ColdStartConfigError, TopKError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -109,13 +109,19 @@ def register(subparsers: Any) -> None:
 
     features = subparsers.add_parser(
         "features",
-        help="load a dataset's declared item features and report coverage per feature",
-        description="Loads (and, for declared item-text features, builds through the encode "
-        "stage) every feature declared under `item_features` in the dataset's yaml, aligned to "
-        "RecBole's item ids, and prints how many items have each. Example: vlm4rec features "
-        "ml-100k",
+        help="list a dataset's item features: present (with coverage) or missing (with the "
+        "command that makes it)",
+        description="Lists every item feature of a dataset: the ones declared under "
+        "`item_features` in its yaml and every feature file in its features folder. Declared "
+        "features with a build recipe (e.g. ml-100k's `text`) are built first. A present "
+        "feature is loaded, aligned to RecBole's item ids and reported with its coverage; a "
+        "missing or unreadable one is reported with the command that makes it. Exit code 0 "
+        "when every feature is present, 1 when one is missing or unreadable, 2 for an unknown "
+        "dataset. Example: vlm4rec features ml-100k-posters",
     )
     features.add_argument("dataset", help="dataset name, e.g. ml-100k")
+    features.add_argument("--data-path", help="folder holding dataset folders (default: the "
+                          "project's dataset/)")
     features.set_defaults(func=_features)
 
 
@@ -125,18 +131,59 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from recbole_vlm4rec.data.dataset import declared_item_features
+    from recbole_vlm4rec.data.dataset import (dataset_folder, declared_item_features,
+                                              feature_file, features_dir, item_file)
+    from recbole_vlm4rec.data.feature_status import how_to_make
+    from recbole_vlm4rec.data.registry import UnknownDatasetError
+    from recbole_vlm4rec.formats.features import FeatureFileError, feature_paths
     from recbole_vlm4rec.run.protocol import build_config, build_declared_features
     from recbole_vlm4rec.run.runner import create_dataset
 
-    config = build_config("VLM4Rec", args.dataset, overrides={"state": "WARNING"})
-    declared = declared_item_features(config)
+    try:
+        overrides: dict[str, Any] = {"state": "WARNING"}
+        if args.data_path:
+            overrides["data_path"] = args.data_path
+        config = build_config("VLM4Rec", args.dataset, overrides=overrides)
+        declared = declared_item_features(config)
+    except (UnknownDatasetError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not declared:
-        print(f"dataset '{args.dataset}' declares no item features")
+        print(f"dataset '{args.dataset}' has no item features: none declared under "
+              f"`item_features` and no feature files in {features_dir(config)}")
+        hint = how_to_make(args.dataset, "text", {}, item_file(config), dataset_folder(config))
+        print(f"  e.g. text: {hint}")
         return 1
-    for note in build_declared_features(config):
-        print(note)
-    dataset = create_dataset(config)
-    for name in declared:
-        print(dataset.item_feature(name).report())
-    return 0
+    print(f"dataset '{args.dataset}': {len(declared)} item features "
+          f"(folder {features_dir(config)})")
+    problems: dict[str, str] = {}
+    for name, spec in declared.items():
+        if spec.get("build"):
+            try:
+                for note in build_declared_features(config, [name]):
+                    print(f"  {note}")
+            except Exception as error:  # noqa: BLE001  (reported per feature; the rest listed)
+                problems[name] = f"could not be built: {type(error).__name__}: {error}"
+    dataset = create_dataset(config) if len(problems) < len(declared) else None
+    width = max(len(name) for name in declared)
+    for name, spec in declared.items():
+        origin = ("built from a declaration" if spec.get("build")
+                  else "found in the features folder" if spec.get("discovered") else "declared")
+        if name in problems:
+            print(f"  {name:<{width}}  FAILED   {problems[name]}")
+            continue
+        directory, stem = feature_file(config, spec)
+        if not feature_paths(directory, stem)[0].is_file():
+            problems[name] = "missing"
+            hint = how_to_make(args.dataset, name, spec, item_file(config), dataset_folder(config))
+            print(f"  {name:<{width}}  missing  ({origin}) make it: {hint}")
+            continue
+        try:
+            aligned = dataset.item_feature(name)
+        except FeatureFileError as error:
+            problems[name] = str(error)
+            print(f"  {name:<{width}}  UNREADABLE  {error}")
+            continue
+        print(f"  {name:<{width}}  present  ({origin}) {aligned.n_covered}/{aligned.n_items} "
+              f"items, {aligned.dim}-d [{aligned.path}]")
+    return 1 if problems else 0

@@ -78,7 +78,10 @@ def install() -> None:
         if not needed:
             return original(self, scores_tensor, interaction, positive_u, positive_i)
         users = _row_users(self, interaction, scores_tensor.shape[0])
-        top = tie_safe_topk(scores_tensor, max(self.topk), users, int(self.config["seed"]))
+        k = max(self.topk)
+        if k > scores_tensor.shape[1]:  # speedups.topk_hits names the problem
+            topk_hits(scores_tensor, positive_u, positive_i, k)
+        top = tie_safe_topk(scores_tensor, k, users, int(self.config["seed"]))
         counts = self.__dict__.setdefault("_vlm4rec_ties", TieCounts())
         counts.users += scores_tensor.shape[0]
         counts.users_all_equal += top.all_equal

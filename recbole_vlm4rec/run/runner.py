@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,9 +34,14 @@ from recbole_vlm4rec.data.registry import DEFAULT_DATASET
 from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.run.cold_start import apply_cold_start
 from recbole_vlm4rec.run.masking import apply_eval_history_mask
-from recbole_vlm4rec.run.per_user import record_per_user
-from recbole_vlm4rec.run.ranking import count_ties
+from recbole_vlm4rec.run.per_user import (
+    choose_example_users,
+    examples_json,
+    record_per_user,
+    training_counts,
+)
 from recbole_vlm4rec.run.protocol import prepare_run
+from recbole_vlm4rec.run.ranking import count_ties
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +68,13 @@ class RunResult:
     config_layers: list[dict[str, str]] = field(default_factory=list)  # role, path, sha256
     features: dict[str, Any] = field(default_factory=dict)  # name -> file, sha256, coverage
     checkpoint: str | None = None  # the evaluated model (vlm4rec export --checkpoint serves it)
+    # epochs (the trainer's cap), epochs_run, best_epoch, stopped_early, capped (ran every epoch
+    # of a multi-epoch cap without early stopping: possibly under-trained)
+    training: dict[str, Any] = field(default_factory=dict)
+    # a few test users' top-k, training and test items (raw tokens): per_user.examples_json
+    examples: dict[str, Any] | None = None
     # run/ranking.py: tie-break seed, test users with all-equal scores / a tie at the cut-off
     ranking: dict[str, Any] = field(default_factory=dict)
-    code: dict[str, Any] = field(default_factory=dict)  # git commit + dirty flag of this package
     # run/accounting.py: keys a shared layer gave that this model does not read
     config_accounting: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +86,22 @@ def create_dataset(config: Config) -> Any:
 
         return MultimodalDataset(config)
     return recbole_create_dataset(config)
+
+
+class TopKError(ValueError):
+    """The largest ``topk`` is more than the catalogue's items: metrics @k would be undefined."""
+
+
+def check_topk(config: Any, dataset: Any) -> None:
+    """TopKError naming the key when a cut-off asks for more items than the dataset has."""
+    n_items = dataset.item_num - 1  # RecBole's item ids start at 1: id 0 is padding
+    topk = config["topk"]
+    topk = [topk] if isinstance(topk, int) else list(topk or [])
+    too_large = [k for k in topk if k > n_items]
+    if too_large:
+        keep = [k for k in topk if k <= n_items] or [n_items]
+        raise TopKError(f"topk {topk}: {too_large} ask for more items than the catalogue of "
+                        f"{config['dataset']} has ({n_items}); use e.g. --topk=\"{keep}\"")
 
 
 @dataclass
@@ -93,6 +120,7 @@ def build_run(config: Any, model_class: type) -> BuiltRun:
     """Dataset -> cold-start protocol -> splits -> masking -> model, seeded as RecBole seeds."""
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
+    check_topk(config, data)
     logging.getLogger().info(data)
     apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
     train_data, valid_data, test_data = data_preparation(config, data)
@@ -148,14 +176,19 @@ def run(
         )
         raise
     trained = time.perf_counter()
+    uid_field = config["USER_ID_FIELD"]
+    user_tokens = data.field2id_token[uid_field]
+    item_tokens = data.field2id_token[config["ITEM_ID_FIELD"]]
+    watched = choose_example_users(test_data._dataset.inter_feat[uid_field].tolist(), user_tokens)
     with count_ties(trainer) as ties, \
-            record_per_user(trainer, config["USER_ID_FIELD"], config["topk"]) as per_user:
+            record_per_user(trainer, uid_field, config["topk"], watch_users=watched) as per_user:
         test_result = (trainer.evaluate(test_data, load_best_model=True,
                                         show_progress=show_progress) if evaluate_test else {})
     if evaluate_test:
         log = recbole_logger.warning if ties.users_all_equal else recbole_logger.info
         log(f"test {ties.line()}")
     finished = time.perf_counter()
+    train_counts = training_counts(train_data._dataset, uid_field, data.user_num)
 
     result = RunResult(
         model=model,
@@ -175,14 +208,16 @@ def run(
         seed=int(config["seed"]),
         peak_memory_mb=_peak_memory_mb(),
         dataset_card_sha256=dataset_card_checksum(config),
-        per_user_test=(per_user.to_json(data.field2id_token[config["USER_ID_FIELD"]])
+        per_user_test=(per_user.to_json(user_tokens, train_counts=train_counts)
                        if evaluate_test else {}),
         cold_start=getattr(data, "cold_start_summary", None),
         config_layers=[layer.to_json() for layer in prepared.layers],
         features={name: feature_record(data.item_feature(name)) for name in prepared.features},
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
+        training=_training_summary(trainer),
+        examples=examples_json(per_user, train_data._dataset, config, user_tokens, item_tokens)
+        if evaluate_test and per_user.ranked else None,
         ranking=ties.to_json(seed=int(config["seed"])) if evaluate_test else {},
-        code=code_version(),
         config_accounting=prepared.accounting.to_json(),
     )
     if write_results:
@@ -263,24 +298,6 @@ def file_sha256(path: Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def code_version() -> dict[str, Any]:
-    """The git commit of the checkout this package runs from, and whether it has uncommitted
-    changes (``dirty``); ``None`` values outside a git checkout (an installed wheel)."""
-    import subprocess
-
-    checkout = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=30)
-        status = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain",
-                                 "--untracked-files=no"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    if commit.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
 def dataset_card_checksum(config: Config) -> str | None:
     """sha256 of ``card.json`` beside the dataset's files (or under dataset/<name>/), if any."""
     name = config["dataset"]
@@ -289,6 +306,17 @@ def dataset_card_checksum(config: Config) -> str | None:
         if card.is_file():
             return hashlib.sha256(card.read_bytes()).hexdigest()
     return None
+
+
+def _training_summary(trainer: Any) -> dict[str, Any]:
+    """How training ended: RecBole keeps a loss per epoch run and the evaluations since the best."""
+    cap, eval_step = int(trainer.epochs), max(int(trainer.eval_step or 1), 1)
+    epochs_run = len(trainer.train_loss_dict)
+    evaluated = epochs_run // eval_step * eval_step  # the last epoch that was validated
+    best = evaluated - int(trainer.cur_step) * eval_step if evaluated else None
+    stopped_early = epochs_run < cap
+    return {"epochs": cap, "epochs_run": epochs_run, "best_epoch": best,
+            "stopped_early": stopped_early, "capped": cap > 1 and not stopped_early}
 
 
 def _peak_memory_mb() -> dict[str, float]:
@@ -304,7 +332,8 @@ def _peak_memory_mb() -> dict[str, float]:
 def _environment() -> dict[str, str]:
     import importlib.metadata as metadata
 
-    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    versions = {"python": sys.version.split()[0], "platform": platform.platform(),
+                "commit": _source_commit(), "machine": _machine()}
     for package in ("recbole", "torch", "numpy", "scipy", "pandas", "sentence-transformers",
                     "transformers", "faiss-cpu"):
         try:
@@ -312,3 +341,38 @@ def _environment() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def _source_commit() -> str:
+    """The git commit of this package's checkout (``+dirty`` with local changes), or 'unknown'."""
+    checkout = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "") if head else "unknown"
+
+
+def _machine() -> str:
+    """CPU model and count, memory, and the CUDA device when one is used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    parts = [f"{cpu} x{os.cpu_count()}"]
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        parts.append(f"{pages / 2**30:.0f} GiB RAM")
+    except (ValueError, OSError, AttributeError):
+        pass
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        parts.append(torch.cuda.get_device_name(0))
+    return ", ".join(parts)

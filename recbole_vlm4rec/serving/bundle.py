@@ -18,7 +18,9 @@ of every user file the user on line ``u`` of ``users.tokens``.
 ``kind: topn`` (any model)
     ``topn_items.npy`` / ``topn_scores.npy``: ``(n_users, top_n)`` best unmasked items of the
     model's ``full_sort_predict`` (rows of items.tokens) and their scores.
-Both may hold ``descriptions.tsv`` (item_token<TAB>description) for explanations.
+Both may hold ``descriptions.tsv`` (item_token<TAB>description) for explanations and
+``titles.tsv`` (item_token<TAB>title: the item table's title, or its first text column) so answers
+name items, not only ids; ``title_column`` in bundle.json says which column it came from.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from recbole_vlm4rec.formats.features import load_array
 from recbole_vlm4rec.formats.files import atomic_write, atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 3  # 3: tie_break_seed (equal scores ordered as the evaluation orders them)
@@ -48,6 +51,7 @@ class Bundle:
     item_tokens: list[str]
     user_tokens: list[str]
     descriptions: dict[str, str] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
     # kind: profile
     embeddings: np.ndarray | None = None
     has_vector: np.ndarray | None = None
@@ -105,12 +109,17 @@ def _write_csr(folder: Path, name: str, rows: Sequence[np.ndarray]) -> None:
     atomic_write(folder / name, lambda h: np.savez(h, indptr=indptr, indices=indices))
 
 
-def _finish(folder: Path, meta: dict[str, Any], descriptions: dict[str, str] | None) -> Path:
-    if descriptions:
-        _write_lines(folder, "descriptions.tsv",
-                     [f"{t}\t{' '.join(str(d).split())}" for t, d in descriptions.items()])
+def _write_texts(folder: Path, name: str, texts: dict[str, str] | None) -> None:
+    """``item_token<TAB>text`` lines (texts made one line), or no file when there are none."""
+    if texts:
+        _write_lines(folder, name, [f"{t}\t{' '.join(str(d).split())}" for t, d in texts.items()])
     else:
-        (folder / "descriptions.tsv").unlink(missing_ok=True)
+        (folder / name).unlink(missing_ok=True)
+
+
+def _finish(folder: Path, meta: dict[str, Any], descriptions: dict[str, str] | None) -> Path:
+    _write_texts(folder, "descriptions.tsv", descriptions)
+    _write_texts(folder, "titles.tsv", meta.pop("titles", None))  # token -> title: a file, not json
     full_meta = {"format_version": FORMAT_VERSION, **meta,
                  "n_descriptions": len(descriptions or {}),
                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -212,7 +221,7 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _load_csr(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    stored = np.load(path, allow_pickle=False)
+    stored = _array(path)
     return stored["indptr"], stored["indices"]
 
 
@@ -221,6 +230,13 @@ NEEDED = {
                 "index.faiss", "profile_histories.npz", "masked.npz"],
     "topn": ["items.tokens", "users.tokens", "topn_items.npy", "topn_scores.npy"],
 }
+
+
+def _array(path: Path) -> Any:
+    try:
+        return load_array(path)
+    except (ValueError, OSError, EOFError) as error:
+        raise BundleError(f"cannot read {path}: {error}: export the bundle again") from error
 
 
 def load_bundle(folder: str | Path) -> Bundle:
@@ -244,20 +260,21 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise BundleError(f"{folder}: missing {missing}: export the bundle again")
     bundle = Bundle(folder, meta, _read_lines(folder / "items.tokens"),
                     _read_lines(folder / "users.tokens"))
-    if (folder / "descriptions.tsv").is_file():
-        for line in _read_lines(folder / "descriptions.tsv"):
-            token, _, text = line.partition("\t")
-            bundle.descriptions[token] = text
+    for name, texts in (("descriptions.tsv", bundle.descriptions), ("titles.tsv", bundle.titles)):
+        if (folder / name).is_file():
+            for line in _read_lines(folder / name):
+                token, _, text = line.partition("\t")
+                texts[token] = text
     if kind == "topn":
-        bundle.topn_items = np.load(folder / "topn_items.npy", allow_pickle=False)
-        bundle.topn_scores = np.load(folder / "topn_scores.npy", allow_pickle=False)
+        bundle.topn_items = _array(folder / "topn_items.npy")
+        bundle.topn_scores = _array(folder / "topn_scores.npy")
         if len(bundle.topn_items) != len(bundle.user_tokens):
             raise BundleError(f"{folder}: topn_items.npy does not have one row per user")
         return bundle
     import faiss
 
-    bundle.embeddings = np.load(folder / "item_embeddings.npy", allow_pickle=False)
-    bundle.has_vector = np.load(folder / "has_vector.npy", allow_pickle=False)
+    bundle.embeddings = _array(folder / "item_embeddings.npy")
+    bundle.has_vector = _array(folder / "has_vector.npy")
     bundle.index = faiss.deserialize_index(np.fromfile(folder / "index.faiss", dtype=np.uint8))
     if not (len(bundle.item_tokens) == len(bundle.embeddings) == bundle.index.ntotal
             == meta["n_items"]):
@@ -267,7 +284,7 @@ def load_bundle(folder: str | Path) -> Bundle:
     if meta.get("hnsw_ef_search") and hasattr(bundle.index, "hnsw"):
         bundle.index.hnsw.efSearch = int(meta["hnsw_ef_search"])  # search depth: recall vs latency
     if (folder / "user_profiles.npy").is_file():
-        bundle.user_profiles = np.load(folder / "user_profiles.npy", allow_pickle=False)
+        bundle.user_profiles = _array(folder / "user_profiles.npy")
     bundle.profile_indptr, bundle.profile_indices = _load_csr(folder / "profile_histories.npz")
     bundle.masked_indptr, bundle.masked_indices = _load_csr(folder / "masked.npz")
     if not (len(bundle.profile_indptr) == len(bundle.masked_indptr) == len(bundle.user_tokens) + 1):

@@ -31,8 +31,10 @@ examples:
   vlm4rec recommend bundles/ml-100k-text --items 50,181,172 -k 5     # a new user
   vlm4rec recommend bundles/ml-100k-text --text "space opera with robots" --json
 
-Seen items are never recommended; each recommendation names the history items most similar to it.
-Exit code 2 with a clear message for unknown users/items, an empty history, or a text query with an
+Each item is shown with its title (the item table's title or first text column, stored in the
+bundle). Seen items are never recommended; each recommendation names the history items most
+similar to it. The timing line separates loading (bundle, and for --text the encoder) from the
+query itself; --json gives both as load_ms and query_ms. Exit code 2 with a clear message for unknown users/items, an empty history, or a text query with an
 encoder other than the bundle's.
 """
 
@@ -53,7 +55,8 @@ def register(subparsers: Any) -> None:
                         help="with --checkpoint: best items kept per user (default 100)")
     export.add_argument("--feature", help="VLM4Rec's item feature (default: the dataset's "
                         "default feature); same as --item_feature=...")
-    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<model>-<feature>)")
+    export.add_argument("--out", help="bundle folder (default: bundles/<dataset>-<model>-<feature>, "
+                        "or bundles/<checkpoint name> with --checkpoint)")
     export.add_argument("--aggregation", choices=("mean", "max"),
                         help="profile aggregation (as --profile_aggregation=...)")
     export.add_argument("--descriptions", help="item descriptions for explanations: a tag of "
@@ -133,35 +136,50 @@ def _recommend(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.serving.recommend import Recommender, ServingError
 
     try:
-        recommender = Recommender(args.bundle)
         started = time.perf_counter()
+        recommender = Recommender(args.bundle)
+        if args.text is not None:
+            recommender.load_text_encoder(args.encoder)  # model loading is not query latency
+        loaded = time.perf_counter()
         if args.user is not None:
-            found, what = recommender.for_user(args.user, args.k, args.explain), f"user {args.user}"
+            found = recommender.for_user(args.user, args.k, args.explain)
+            query: dict[str, Any] = {"user": args.user}
         elif args.items is not None:
             found = recommender.for_items(args.items.split(","), args.k, args.explain)
-            what = f"history [{args.items}]"
+            query = {"items": [i.strip() for i in args.items.split(",") if i.strip()]}
             if recommender.ignored_items:
                 print(f"note: {len(recommender.ignored_items)} history items have no "
                       f"'{recommender.bundle.meta.get('item_feature')}' vector and were left out: "
                       f"{', '.join(recommender.ignored_items[:10])}", file=sys.stderr)
         else:
-            found, what = recommender.for_text(args.text, args.k, args.encoder), repr(args.text)
-        elapsed_ms = 1000 * (time.perf_counter() - started)
+            found = recommender.for_text(args.text, args.k, args.encoder)
+            query = {"text": args.text}
+        answered = time.perf_counter()
     except (ServingError, BundleError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    load_ms, query_ms = 1000 * (loaded - started), 1000 * (answered - loaded)
     if args.json:
-        print(json.dumps({"query": what, "ms": round(elapsed_ms, 2),
-                          "recommendations": [asdict(r) for r in found]}, indent=2))
+        print(json.dumps({"query": query, "load_ms": round(load_ms, 2),
+                          "query_ms": round(query_ms, 2),
+                          "recommendations": [asdict(r) for r in found]},
+                         indent=2, ensure_ascii=False))
         return 0
     meta = recommender.bundle.meta
     how = (f"{meta['profile_aggregation']} profile" if meta["kind"] == "profile"
            else f"precomputed top-{meta['top_n']}")
-    print(f"top {len(found)} for {what} ({meta['model']} on '{meta['item_feature']}', "
-          f"{how}; {elapsed_ms:.1f} ms)")
+    what = {"user": lambda v: f"user {v}", "items": lambda v: f"history [{', '.join(v)}]",
+            "text": lambda v: f'"{v}"'}
+    (kind, value), = query.items()
+    on = f" on '{meta['item_feature']}'" if meta.get("item_feature") else ""
+    print(f"top {len(found)} for {what[kind](value)} ({meta['model']}{on}, {how}; "
+          f"query {query_ms:.1f} ms, load {load_ms:.0f} ms)")
     for rank, rec in enumerate(found, start=1):
-        print(f"{rank:>3}. {rec.item}  {rec.score:.4f}  {rec.description or ''}".rstrip())
+        title = f"  {rec.title}" if rec.title else ""
+        print(f"{rank:>3}. {rec.item}{title}  {rec.score:.4f}  {rec.description or ''}".rstrip())
         for because in rec.because:
+            named = f" {because.title}" if because.title else ""
             text = f' "{because.description}"' if because.description else ""
-            print(f"       because you liked {because.item} (cos {because.similarity:.3f}){text}")
+            print(f"       because you liked {because.item}{named} "
+                  f"(cos {because.similarity:.3f}){text}")
     return 0

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from recbole_vlm4rec.data.dataset import item_file
 from recbole_vlm4rec.formats import descriptions
 from recbole_vlm4rec.models.features import features_read_by
 from recbole_vlm4rec.serving.bundle import write_profile_bundle, write_topn_bundle
@@ -52,6 +53,39 @@ def _item_text_descriptions(meta: dict[str, Any], item_field: str) -> dict[str, 
         return {}
     tokens, texts, _ = render_item_texts(read_item_table(table), template, item_field, table)
     return dict(zip(tokens, texts))
+
+
+TITLE_COLUMNS = ("title", "movie_title", "name")
+_NOT_TITLES = ("item_id", "image", "asin")
+
+
+def item_titles(item_file: str | Path, item_field: str) -> tuple[str | None, dict[str, str]]:
+    """``(column, token -> title)`` from the item table: its ``title`` (or ``movie_title``,
+    ``name``) column, else its first text column; ``(None, {})`` without a usable column."""
+    from recbole_vlm4rec.formats.items import read_item_table
+
+    if not Path(item_file).is_file():
+        return None, {}
+    table = read_item_table(item_file)
+    if item_field not in table.columns:
+        return None, {}
+    candidates = [c for c in TITLE_COLUMNS if c in table.columns] or [
+        c for c in table.columns if c not in (item_field, *_NOT_TITLES)
+        and not _numeric(table[c])]
+    if not candidates:
+        return None, {}
+    column = candidates[0]
+    titles = {str(t): " ".join(str(v).split()) for t, v in zip(table[item_field], table[column])
+              if str(v).strip()}
+    return column, titles
+
+
+def _numeric(values: Any) -> bool:
+    """True for a column of numbers (a price, a year): not a title."""
+    import pandas as pd
+
+    filled = values[values.str.strip() != ""]
+    return bool(pd.to_numeric(filled, errors="coerce").notna().all())
 
 
 def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
@@ -125,10 +159,12 @@ def _write(built: Any, model: str, dataset: str, out: str | Path,
         texts = read_descriptions(descriptions_file)
     elif len(features) == 1:
         texts = _item_text_descriptions(data.item_feature(features[0]).meta, data.iid_field)
+    title_column, titles = item_titles(item_file(built.config), data.iid_field)
     meta = {
         "model": model, "dataset": dataset, "features": features,
         "item_feature": "+".join(features) or None,
         "eval_history_mask": built.config["eval_history_mask"],
+        "title_column": title_column, "n_titles": len(titles), "titles": titles,
         # equal scores are ordered as the evaluation orders them (formats/ranking.py)
         "tie_break_seed": int(built.config["seed"]),
         **(source or {}),

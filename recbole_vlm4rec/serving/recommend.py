@@ -53,6 +53,7 @@ class Because:
     item: str
     similarity: float
     description: str | None = None
+    title: str | None = None
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Recommendation:
     score: float
     description: str | None = None
     because: list[Because] = field(default_factory=list)
+    title: str | None = None  # from the bundle's titles.tsv (the item table), when it has one
 
 
 def _unknown(kind: str, names: Sequence[str], known: Sequence[str]) -> str:
@@ -131,7 +133,8 @@ class Recommender:
             raise EmptyHistoryError("empty text query")
         query = self.encode_query(text, encoder)
         rows, scores = self._search(query[None, :], k)
-        return [Recommendation(self.bundle.item_tokens[r], float(s), self._describe(r))
+        return [Recommendation(self.bundle.item_tokens[r], float(s), self._describe(r),
+                               title=self._title(r))
                 for r, s in zip(rows[0], scores[0]) if r >= 0][:k]
 
     def _require_profile(self, what: str) -> None:
@@ -146,7 +149,8 @@ class Recommender:
         if k > top_n:
             raise ServingError(f"k={k} but the bundle keeps each user's best {top_n}: export it "
                                f"again with --top-n {k} or more")
-        return [Recommendation(self.bundle.item_tokens[i], float(s), self._describe(int(i)))
+        return [Recommendation(self.bundle.item_tokens[i], float(s), self._describe(int(i)),
+                               title=self._title(int(i)))
                 for i, s in zip(self.bundle.topn_items[row, :k], self.bundle.topn_scores[row, :k])
                 if np.isfinite(s)]
 
@@ -172,13 +176,20 @@ class Recommender:
             )
         return name
 
-    def encode_query(self, text: str, encoder: str | None = None) -> np.ndarray:
+    def load_text_encoder(self, encoder: str | None = None):
+        """The (loaded) encoder text queries use; loading it is the slow part of a first query,
+        so callers that time queries load it first."""
         from recbole_vlm4rec.encoding.text import TextEncoder
 
+        self._require_profile("a text query")
         name = self.check_encoder(encoder)
         if self._encoder is None or self._encoder.spec != name:
             self._encoder = TextEncoder(name)
-        vector = self._encoder.encode([text], show_progress=False)[0]
+            self._encoder.dim  # loads the weights
+        return self._encoder
+
+    def encode_query(self, text: str, encoder: str | None = None) -> np.ndarray:
+        vector = self.load_text_encoder(encoder).encode([text], show_progress=False)[0]
         if vector.shape[0] != self.bundle.embeddings.shape[1]:
             raise EncoderMismatchError(f"query vector has {vector.shape[0]} dims, bundle "
                                        f"{self.bundle.embeddings.shape[1]}")
@@ -262,10 +273,15 @@ class Recommender:
     def _describe(self, row: int) -> str | None:
         return self.bundle.descriptions.get(self.bundle.item_tokens[row])
 
+    def _title(self, row: int) -> str | None:
+        return self.bundle.titles.get(self.bundle.item_tokens[row])
+
     def _recommendation(self, row: int, score: float, history: np.ndarray, vectors: np.ndarray,
                         explain: int) -> Recommendation:
         similarity = vectors @ self.bundle.embeddings[row]
         nearest = np.argsort(-similarity, kind="stable")[:explain]
         because = [Because(self.bundle.item_tokens[history[i]], float(similarity[i]),
-                           self._describe(int(history[i]))) for i in nearest]
-        return Recommendation(self.bundle.item_tokens[row], score, self._describe(row), because)
+                           self._describe(int(history[i])), self._title(int(history[i])))
+                   for i in nearest]
+        return Recommendation(self.bundle.item_tokens[row], score, self._describe(row), because,
+                              self._title(row))

@@ -61,7 +61,7 @@ def read_interactions(path: Path, encoding: str, problems: Problems, user_col: s
     for line_no, fields in rows:
         where = f"{path}:{line_no}"
         try:
-            user, item = check_token(fields[u], where), check_token(fields[i], where)
+            user, item = check_token(fields[u], where, header[u]), check_token(fields[i], where, header[i])
             rating = float(fields[r]) if r is not None else None
             stamp = float(fields[t]) if t is not None else None
         except (PrepareError, ValueError) as error:
@@ -94,7 +94,7 @@ def read_items(path: Path, encoding: str, problems: Problems, item_col: str | No
     for line_no, fields in rows:
         where = f"{path}:{line_no}"
         try:
-            token = check_token(fields[i], where)
+            token = check_token(fields[i], where, header[i])
         except PrepareError as error:
             problems.add(where, str(error).replace(f"{where}: ", ""))
             continue

@@ -19,8 +19,9 @@ examples:
   vlm4rec prepare ml-100k-posters --posters ../shared/data/movielens-posters
 
 Writes dataset/<name>/ atomically (atomic files, <name>.item with an image column, features/,
-card.json + CARD.md) and, for a dataset with no shipped yaml, dataset/<name>/<name>.yaml. Then:
-  python run_recbole.py --model=LightGCN --dataset=<name>
+card.json + CARD.md) and, for a dataset with no shipped yaml, dataset/<name>/<name>.yaml, then
+prints "next:" lines: commands that run now (vlm4rec run --model=LightGCN --dataset=<name>, and
+VLM4Rec / VBPR when their features exist) and what makes each declared feature still missing.
 """
 
 
@@ -165,7 +166,7 @@ def _run(build: Callable[[argparse.Namespace], Any],
     def command(args: argparse.Namespace) -> int:
         from recbole_vlm4rec.formats import paths
         from recbole_vlm4rec.data.prepare.card import read_card
-        from recbole_vlm4rec.data.prepare.config import write_dataset_config
+        from recbole_vlm4rec.data.prepare.config import next_steps, write_dataset_config
         from recbole_vlm4rec.data.prepare.output import PrepareError, write_dataset
 
         started = time.perf_counter()
@@ -195,7 +196,8 @@ def _run(build: Callable[[argparse.Namespace], Any],
         _print_summary(folder, card, time.perf_counter() - started)
         _compare_with_published(prepared.name, card)
         print(f"config: {config_path} ({'written' if written else 'exists, left unchanged'})")
-        print(f"next: python run_recbole.py --model=LightGCN --dataset={prepared.name}")
+        for line in next_steps(folder, config_path, custom_root=args.root is not None):
+            print(f"next: {line}")
         return 0
 
     return command

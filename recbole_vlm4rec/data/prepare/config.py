@@ -2,13 +2,15 @@
 
 Written only when none exists, so hand-tuned and shipped yamls (amazon-baby, ml-100k-posters...)
 are never overwritten; an existing yaml whose split mode contradicts the prepared files is
-reported. The generated yaml makes ``run_recbole.py --dataset=<name>`` work with nothing else to
+reported. The generated yaml makes ``vlm4rec run --dataset=<name>`` work with nothing else to
 configure: predefined split files, interaction columns only (item text never enters batches),
-and the prepared features plus ``vlm`` declared.
+the imported features, ``text`` built from the item table's text columns when none was imported,
+and ``vlm`` declared (made later by ground + encode); see :func:`dataset_config`.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,20 +20,49 @@ from recbole_vlm4rec.data.prepare.output import PreparedDataset
 from recbole_vlm4rec.formats.files import atomic_write_text
 
 FEATURE_ORDER = ("vlm", "visual", "text")
+_NOT_TEXT = ("item_id", "image", "asin")
+
+
+def item_text_template(prepared: PreparedDataset) -> str | None:
+    """A template over the item table's text columns (None when it has none)."""
+    if prepared.items is None:
+        return None
+    columns = [c for c in prepared.items.columns if c not in _NOT_TEXT
+               and prepared.item_types.get(c, "token_seq") not in ("float", "token")]
+    return ". ".join(f"{{{column}}}" for column in columns) + "." if columns else None
 
 
 def dataset_config(prepared: PreparedDataset) -> dict:
+    """The generated yaml: split, interaction columns, and features that make models run at once.
+
+    ``default_item_feature`` names a feature that exists (an imported one, or ``text`` built from
+    the item table's text columns), never the not-yet-made ``vlm``; with two or more imported
+    features, ``content_features`` lists them so VBPR / MMGCN / FREEDOM run with no flags.
+    """
     columns = [c for c in ("user_id", "item_id", "rating", "timestamp")
                if c in prepared.inter.columns]
     config: dict = {}
     if prepared.predefined_split:
         config["benchmark_filename"] = ["train", "valid", "test"]
     config["load_col"] = {"inter": columns}
-    names = sorted(set(prepared.features) | {"vlm"}, key=lambda n: (
-        FEATURE_ORDER.index(n) if n in FEATURE_ORDER else len(FEATURE_ORDER), n))
-    config["item_features"] = {name: None for name in names}
-    config["default_item_feature"] = "vlm"
+    present = sorted(prepared.features, key=_feature_rank)
+    features: dict = {name: None for name in present}
+    template = item_text_template(prepared)
+    if "text" not in features and template:
+        features["text"] = {"build": "item_text", "template": template}
+    features.setdefault("vlm", None)  # expected: `vlm4rec features` says how to make it
+    config["item_features"] = {name: features[name] for name in sorted(features, key=_feature_rank)}
+    usable = [name for name in config["item_features"] if name in present or
+              (features[name] or {}).get("build")]
+    if usable:
+        config["default_item_feature"] = usable[0]
+    if len(present) >= 2:
+        config["content_features"] = present
     return config
+
+
+def _feature_rank(name: str) -> tuple[int, str]:
+    return (FEATURE_ORDER.index(name) if name in FEATURE_ORDER else len(FEATURE_ORDER), name)
 
 
 def write_dataset_config(prepared: PreparedDataset, config_dir: Path) -> tuple[Path, bool]:
@@ -51,3 +82,37 @@ def write_dataset_config(prepared: PreparedDataset, config_dir: Path) -> tuple[P
                                    default_flow_style=None)
     atomic_write_text(path, text)
     return path, True
+
+
+def next_steps(folder: Path, config_path: Path, custom_root: bool = False) -> list[str]:
+    """What to run after preparing ``folder`` under the yaml ``config_path``: commands that run
+    now (``vlm4rec run ...``), then one line per declared feature still missing, saying what
+    makes it. Only models whose features exist (or are built on first use) are suggested.
+    ``custom_root``: the dataset is not under the project's dataset/ folder (prepare --root), so
+    the commands name its root."""
+    from recbole_vlm4rec.data.feature_status import discover_feature_files, how_to_make
+
+    name = folder.name
+    config = yaml.safe_load(config_path.read_text()) or {}
+    on_disk = set(discover_feature_files(folder / "features"))
+    declared = {str(n): (spec if isinstance(spec, dict) else {})
+                for n, spec in (config.get("item_features") or {}).items()}
+    declared.update({n: {} for n in on_disk if n not in declared})
+
+    def ready(feature: str) -> bool:
+        return feature in on_disk or bool(declared.get(feature, {}).get("build"))
+
+    root = f" --data_path={shlex.quote(str(folder.parent))}" if custom_root else ""
+    models = ["LightGCN"]
+    default = config.get("default_item_feature")
+    if default and ready(default):
+        models.append("VLM4Rec")
+    content = config.get("content_features") or ([default] if default else [])
+    if content and all(ready(feature) for feature in content):
+        models.append("VBPR")
+    commands = [f"vlm4rec run --model={model} --dataset={name}{root}" for model in models]
+    commands.append(f"vlm4rec features {name}{root.replace('--data_path=', '--data-path ')}")
+    item_file = folder / f"{name}.item"
+    missing = [f"{feature} (missing): {how_to_make(name, feature, spec, item_file, folder)}"
+               for feature, spec in declared.items() if not ready(feature)]
+    return commands + missing

@@ -34,6 +34,7 @@ from recbole_vlm4rec.data.prepare.output import (
     PreparedDataset,
 )
 from recbole_vlm4rec.data.prepare.readers import Problems, find_column, read_table
+from recbole_vlm4rec.formats.features import load_array
 
 FEATURE_FILES = {"visual": "image_feat.npy", "text": "text_feat.npy"}
 SPLIT_DESCRIPTION = (
@@ -205,8 +206,8 @@ def _check_unique(tokens: dict[int, str], path: Path) -> None:
 def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dict[int, str],
                     prepared: PreparedDataset) -> ImportedFeature:
     try:
-        matrix = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        matrix = load_array(path)
+    except (ValueError, OSError, EOFError) as error:
         raise PrepareError(f"{path}: cannot read as a numpy array: {error}") from error
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
         raise PrepareError(f"{path}: expected a 2-D float array (items x dim), got "
@@ -229,12 +230,14 @@ def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dic
 def _merge_meta(path: Path, items: pd.DataFrame, encoding: str, problems: Problems,
                 prepared: PreparedDataset) -> pd.DataFrame:
     """Join Amazon metadata by asin; the url file's image wins over ``imUrl``."""
-    from recbole_vlm4rec.data.prepare.amazon import read_meta
+    from recbole_vlm4rec.data.prepare.amazon import duplicate_meta_problems, read_meta
 
     if not path.is_file():
         raise PrepareError(f"metadata file not found: {path}")
     asins = items["asin"] if "asin" in items.columns else items["item_id"]
-    table = read_meta(path, set(asins), encoding, problems)
+    duplicates = duplicate_meta_problems(path)
+    table = read_meta(path, set(asins), encoding, problems, duplicates)
+    duplicates.record(prepared)
     prepared.sources.append(path)
     missing = len(set(asins) - set(table["item_id"]))
     if missing:

@@ -81,11 +81,14 @@ def clean_text(value: Any) -> str:
     return _WHITESPACE.sub(" ", str(value)).strip()
 
 
-def check_token(value: str, where: str) -> str:
-    """A user/item id as a RecBole token: non-empty, no tab or newline."""
-    token = str(value).strip()
-    if not token or any(c in token for c in "\t\r\n"):
-        raise PrepareError(f"{where}: invalid id {value!r} (empty or contains a tab/newline)")
+def check_token(value: str, where: str, field: str = "id") -> str:
+    """A user/item id as a RecBole token: non-empty, no tab or newline; ``field`` names it in the
+    error."""
+    token = "" if value is None else str(value).strip()
+    if not token:
+        raise PrepareError(f"{where}: empty {field}")
+    if any(c in token for c in "\t\r\n"):
+        raise PrepareError(f"{where}: invalid {field} {value!r} (contains a tab/newline)")
     return token
 
 

@@ -5,13 +5,20 @@ validating images (``recbole_vlm4rec.formats.images``), rendering prompts, cachi
 batches, progress and the summary. A backend only turns a batch of (image, prompt) requests into
 texts, and reports per-item failures as values instead of raising, so one bad item never stops a
 run. An exception from ``describe`` means the whole backend is unusable (e.g. weights not found).
+
+Two kinds: a plain :class:`GroundingBackend` is called from ``concurrency`` worker threads (local
+models batch on a GPU); an :class:`AsyncGroundingBackend` (remote APIs) runs every request as a
+coroutine on one event-loop thread it owns, so hundreds of requests in flight cost no threads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Coroutine, Sequence
 
 from PIL import Image
 
@@ -21,7 +28,9 @@ class GroundingRequest:
     """One item to describe."""
 
     item_id: str
-    image: Image.Image          # RGB, already validated by data/images.load_image
+    # RGB, already validated by formats/images.load_image; None once the backend's prepare() has
+    # turned it into ``prepared`` (so a large look-ahead window does not hold decoded images)
+    image: Image.Image | None
     image_sha256: str           # hash of the original image bytes (part of the cache key)
     prompt: str                 # the fully rendered prompt (item context included)
     # Slot names when the prompt asks for structured JSON output; backends that do not generate
@@ -30,6 +39,8 @@ class GroundingRequest:
     # The original file bytes when they are a JPEG or PNG that needed no fix (no mode conversion,
     # no downscale): remote backends may send them as they are instead of re-encoding ``image``.
     image_bytes: bytes | None = None
+    # What the backend's prepare() made of the request on a worker thread (e.g. the HTTP body).
+    prepared: Any = None
 
 
 @dataclass
@@ -77,5 +88,70 @@ class GroundingBackend(ABC):
         """Fail early (BackendUnavailableError) when the backend cannot work at all, before any
         item is sent; called once per run, not in dry runs. Default: nothing to check."""
 
+    def prepare(self, request: GroundingRequest) -> GroundingRequest:
+        """CPU work on one request before it is sent (e.g. encoding the image), run by the
+        pipeline on a worker thread, never on an event loop. Default: the request as it is."""
+        return request
+
     def close(self) -> None:
         """Release models, sessions and connections."""
+
+
+class AsyncGroundingBackend(GroundingBackend):
+    """A backend whose requests are coroutines on one event-loop thread the backend owns.
+
+    The pipeline submits batches with :meth:`submit` and never blocks a thread per request;
+    ``describe`` (the plain interface) runs the same coroutine and waits for it.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _loop_thread: threading.Thread | None = None
+    _loop_lock = threading.Lock()  # two threads submitting first must not start two loops
+
+    @abstractmethod
+    async def describe_async(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
+        """As :meth:`describe`, on the backend's event loop."""
+
+    def describe(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
+        return self.submit(self.describe_async(requests)).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
+        """Run ``coroutine`` on the backend's loop (started on first use); cancelling the
+        returned future cancels the coroutine."""
+        with self._loop_lock:
+            if self._loop is None:
+                self._start_loop()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def _start_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._loop_thread = threading.Thread(target=run, name=f"{self.name}-loop", daemon=True)
+        self._loop_thread.start()
+        ready.wait()
+        self._loop = loop
+
+    async def aclose(self) -> None:
+        """Release what lives on the loop (clients); called on the loop by :meth:`close`."""
+
+    def close(self) -> None:
+        """Let the backend's coroutines end (``aclose``), then stop its loop thread."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout=30)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            pass
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._loop_thread is not None:
+                self._loop_thread.join(timeout=10)
+            if not loop.is_running():
+                loop.close()

@@ -1,0 +1,67 @@
+"""Screenshot a benchmark's report.html in headless Chromium for the docs.
+
+    python benchmarks/report_screenshot.py results/benchmarks/posters-quick/report.html \\
+        docs/images/report-screenshot.png --bands 0:535,1570:2650,2960:3262 --scale 0.75
+
+Renders the page at 1280 px wide, keeps the given horizontal pixel bands (top:bottom, in page
+pixels; several bands are stacked with a dashed line where the page was cut), scales the result and
+saves it as a 128-colour PNG (small enough for a README). Needs ``chromium`` on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+WIDTH = 1280
+
+
+def render(page: Path, height: int) -> Image.Image:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit("error: chromium not found on PATH (apt-get install -y chromium)")
+    with tempfile.TemporaryDirectory() as folder:
+        shot = Path(folder) / "page.png"
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", "--no-first-run", f"--user-data-dir={folder}/profile",
+                        f"--screenshot={shot}", f"--window-size={WIDTH},{height}",
+                        page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+        return Image.open(shot).convert("RGB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("page", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--bands", default="0:1400", help="top:bottom[,top:bottom...] in pixels")
+    parser.add_argument("--scale", type=float, default=0.75)
+    args = parser.parse_args()
+    bands = [tuple(int(v) for v in band.split(":")) for band in args.bands.split(",")]
+    page = render(args.page, max(bottom for _, bottom in bands))
+    width, gap = int(WIDTH * args.scale), 14
+    parts = [page.crop((0, top, WIDTH, bottom)).resize(
+        (width, int((bottom - top) * args.scale)), Image.Resampling.LANCZOS) for top, bottom in bands]
+    image = Image.new("RGB", (width, sum(p.height for p in parts) + gap * (len(parts) - 1)), "white")
+    y = 0
+    for index, part in enumerate(parts):
+        if index:  # a dashed line says the page was cut here
+            draw = ImageDraw.Draw(image)
+            for x in range(0, width, 12):
+                draw.line([(x, y + gap // 2), (x + 6, y + gap // 2)], fill=(150, 150, 150), width=2)
+            y += gap
+        image.paste(part, (0, y))
+        y += part.height
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT,
+                   dither=Image.Dither.NONE).save(args.out, optimize=True)
+    print(f"{args.out}: {image.width}x{image.height}, {args.out.stat().st_size // 1024} KB")
+
+
+if __name__ == "__main__":
+    main()

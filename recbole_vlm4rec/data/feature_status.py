@@ -1,0 +1,131 @@
+"""Which item features a dataset has, which it lacks, and the command that makes each missing one.
+
+A dataset's features are the ones its yaml declares under ``item_features`` plus every feature file
+found in its features folder (``<name>.npy`` with ``<name>.tokens`` beside it, the format of
+formats/features.py): a feature written by ``vlm4rec encode --feature X`` is usable as
+``--item_feature=X`` at once, with no yaml edit. Declaring a feature is still how it gets a build
+recipe, another file name, or is listed as expected before it exists (``vlm4rec features``).
+
+:func:`how_to_make` is the one place that says which command makes a missing feature, so the
+``vlm4rec features`` listing, a run's missing-file error and prepare's "next:" lines agree.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from recbole_vlm4rec.formats.images import is_url
+from recbole_vlm4rec.formats.items import read_item_table
+
+# Conventional feature names and what makes them (README, "The pipeline, end to end").
+DESCRIPTION_FEATURES = ("vlm",)
+IMAGE_FEATURES = ("visual",)
+TEXT_FEATURES = ("text",)
+_NOT_TEXT = {"item_id", "image", "asin"}
+
+
+def discover_feature_files(directory: Path) -> list[str]:
+    """Names of the feature files in ``directory`` (``<name>.npy`` with ``<name>.tokens``)."""
+    if not directory.is_dir():
+        return []
+    return sorted(path.stem for path in directory.glob("*.npy")
+                  if path.with_suffix(".tokens").is_file())
+
+
+def item_table_columns(item_file: Path, with_types: bool = False) -> list[str]:
+    """Column names of an ``.item`` file (``:type`` suffixes dropped unless ``with_types``);
+    [] when there is none."""
+    try:
+        with open(item_file, encoding="utf-8") as handle:
+            header = handle.readline().rstrip("\r\n")
+    except OSError:
+        return []
+    columns = [column for column in header.split("\t") if column]
+    return columns if with_types else [column.split(":")[0] for column in columns]
+
+
+def count_items_with_image(item_file: Path) -> tuple[int, int]:
+    """``(local, urls)``: rows of ``item_file`` whose ``image`` is a path, and those whose image is
+    a URL not downloaded yet; (0, 0) without an ``image`` column."""
+    if "image" not in item_table_columns(item_file):
+        return 0, 0
+    images = read_item_table(item_file)["image"].str.strip()
+    urls = int(images.map(is_url).sum())
+    return int((images != "").sum()) - urls, urls
+
+
+def _descriptions_tags(dataset_dir: Path) -> list[str]:
+    return sorted(path.stem for path in (dataset_dir / "descriptions").glob("*.jsonl"))
+
+
+def _prepare_command(dataset_dir: Path) -> str | None:
+    """The command that prepared the dataset, from its card (formats of data/prepare/card.py)."""
+    try:
+        return json.loads((dataset_dir / "card.json").read_text()).get("command") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def text_template(item_file: Path) -> str | None:
+    """A ``{column}`` template over the text columns of ``item_file`` (None: no text column)."""
+    columns = []
+    for typed in item_table_columns(item_file, with_types=True):
+        column, _, kind = typed.partition(":")
+        if column not in _NOT_TEXT and kind != "float":
+            columns.append(column)
+    return ". ".join(f"{{{column}}}" for column in columns) + "." if columns else None
+
+
+def how_to_make(dataset: str, name: str, spec: dict[str, Any], item_file: Path,
+                dataset_dir: Path) -> str:
+    """One line: the command(s) that make feature ``name`` of ``dataset``, or why none can.
+
+    ``item_file`` is the dataset's ``.item`` file, ``dataset_dir`` the folder holding its
+    ``descriptions/`` (both may not exist).
+    """
+    if spec.get("build"):
+        return (f"built from {item_file.name} by the first run that reads it, or now by "
+                f"`vlm4rec features {dataset}`")
+    if name in TEXT_FEATURES:
+        template = text_template(item_file)
+        if template is None:
+            return (f"needs item text, and {dataset} has no item table with text columns "
+                    f"({item_file}): encode another source with `vlm4rec encode {dataset} ... "
+                    f"--feature {name}`")
+        return (f"`vlm4rec encode {dataset} --template {shlex.quote(template)} "
+                f"--feature {name}`")
+    local, urls = count_items_with_image(item_file) if item_file.is_file() else (0, 0)
+    if name in DESCRIPTION_FEATURES:
+        tags = _descriptions_tags(dataset_dir)
+        if tags:
+            return f"`vlm4rec encode {dataset} --descriptions {tags[0]}`"
+    if name in (*IMAGE_FEATURES, *DESCRIPTION_FEATURES):
+        if not local:
+            return _no_images(dataset, item_file, name, urls, dataset_dir)
+        if name in IMAGE_FEATURES:
+            return f"`vlm4rec encode {dataset} --modality image`"
+        return (f"`vlm4rec ground {dataset} --backend tagger --only-with-image` (offline "
+                f"stand-in; an LVLM: --backend openai or transformers), then `vlm4rec encode "
+                f"{dataset} --descriptions tagger-preference`")
+    return (f"`vlm4rec encode {dataset} --descriptions TAG | --template '{{column}} ...' | "
+            f"--modality image --feature {name}`")
+
+
+def _no_images(dataset: str, item_file: Path, name: str, urls: int = 0,
+               dataset_dir: Path | None = None) -> str:
+    if urls:
+        command = _prepare_command(dataset_dir) if dataset_dir else None
+        rerun = (f"`{command} --download-images`" if command
+                 else "its vlm4rec prepare command with --download-images")
+        return (f"needs item images, and the {urls:,} images of {dataset} are URLs: download "
+                f"them first ({rerun})")
+    where = (f"{item_file.name} has no image column" if item_file.is_file()
+             and "image" not in item_table_columns(item_file)
+             else f"no item of {dataset} has an image" if item_file.is_file()
+             else f"{dataset} has no item table ({item_file})")
+    hint = " (ml-100k-posters is ml-100k with posters)" if dataset == "ml-100k" else ""
+    return (f"needs item images, and {where}{hint}: prepare the dataset with images, or "
+            f"encode another source with `--feature {name}`")
