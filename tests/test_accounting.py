@@ -26,7 +26,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
      "unknown config key 'profile_agregation' (--profile_agregation=max); did you mean "
      "profile_aggregation?"),
     (["--model=BPR", "--reg_weight=1.0"], "config key 'reg_weight' (--reg_weight=1.0) is not read "
-     "by BPR (a setting of BPRMF, FREEDOM, MMGCN, VBPR"),
+     "by BPR (a setting of BPRMF, FREEDOM, LGMRec, MMGCN, SMORE, VBPR"),
     (["--model=BPR", "--epochs=abc"], "config key 'epochs' takes an integer"),
     (["--model=BPR", "--learning_rate=abc"], "config key 'learning_rate' takes a number"),
     (["--profile_aggregation=maxx"],
