@@ -159,8 +159,20 @@ def test_runs_through_the_runner(two_features, model_name):
     from recbole_vlm4rec.run.runner import run
 
     name, overrides = two_features
-    result = run(model_name, name, overrides={**overrides, "epochs": 1}, write_results=False)
+    result = run(model_name, name, overrides={**read_by(model_name, overrides), "epochs": 1},
+                 write_results=False)
     assert 0.0 <= result.test_result["recall@20"] <= 1.0
+
+
+def read_by(model_name: str, overrides: dict) -> dict:
+    """The fixture's settings this model reads: a run refuses another model's keys
+    (run/accounting.py), e.g. FREEDOM's feat_embed_dim given to VBPR."""
+    from recbole_vlm4rec.models import get_model_class
+    from recbole_vlm4rec.run.accounting import known_keys
+
+    known = known_keys()
+    own = known.model_keys(model_name, get_model_class(model_name))
+    return {key: value for key, value in overrides.items() if key in known.general or key in own}
 
 
 @pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "ItemKNN", "Pop"])

@@ -13,10 +13,11 @@ from scipy import stats as scipy_stats
 
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.benchmark.cell import make_record, write_record
-from recbole_vlm4rec.benchmark.grid import record_path, run_grid
+from recbole_vlm4rec.benchmark.grid import GridConfigError, record_path, run_grid
 from recbole_vlm4rec.benchmark.report import load_report, markdown, write_report
 from recbole_vlm4rec.benchmark.spec import Cell, SpecError, load_spec, parse_spec
 from recbole_vlm4rec.benchmark.stats import compare_to_reference, holm, paired_test
+from recbole_vlm4rec.formats.features import save_feature
 
 REPORT_FILES = ("report.md", "summary.csv", "runs.csv", "significance.csv",
                 "plots/tiny-metrics.png", "plots/tiny-quality-vs-time.png")
@@ -38,20 +39,33 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
         "VLM4Rec (vlm)": {"model": "VLM4Rec", "item_feature": "vlm"},  # the dataset has no vlm
         "BPR": {},
         "VBPR-not-here": {"model": "NoSuchModel"},
-        "Crashes": {"model": "VLM4Rec", "profile_aggregation": "median"},
+        "Typo": {"model": "VLM4Rec", "profile_aggregation": "median"},
+        "Not BPR's": {"model": "BPR", "reg_weight": 0.1},
     }
-    spec = load_spec(tiny_spec(tmp_path, overrides, models))
     out = tmp_path / "bench"
+    with pytest.raises(GridConfigError) as refused:  # checked before any cell runs
+        run_grid(load_spec(tiny_spec(tmp_path, overrides, models)), out)
+    assert len(refused.value.problems) == 3  # once per cell setting, not per seed
+    problems = "\n".join(refused.value.problems)
+    assert "VBPR-not-here on tiny: unknown model 'NoSuchModel'" in problems
+    assert "'profile_aggregation' takes one of mean, max; got 'median'" in problems
+    assert "'reg_weight' (--reg_weight=0.1) is not read by BPR" in problems
+    assert not (out / "runs").exists()
+    del models["Typo"], models["VBPR-not-here"], models["Not BPR's"]
+    root, name, _ = tiny_dataset  # a feature file with a NaN row: fails when the cell loads it
+    save_feature(root / name / "features", "broken", np.ones((2, 4)), ["i1", "i2"])
+    np.save(root / name / "features" / "broken.npy", np.full((2, 4), np.nan, np.float32))
+    models["Crashes"] = {"model": "VLM4Rec", "item_feature": "broken",
+                         "item_features": {"emb": None, "broken": None}}
+    spec = load_spec(tiny_spec(tmp_path, overrides, models))
     first = run_grid(spec, out)
-    assert first.counts == {"ok": 4, "skipped": 2, "failed": 4}
+    assert first.counts == {"ok": 4, "skipped": 2, "failed": 2}
     records = {c: json.loads(record_path(out, c).read_text()) for c in spec.cells()}
     by_label = {c.label: r for c, r in records.items()}
     assert by_label["VLM4Rec (vlm)"]["status"] == "skipped"
     assert "has no item feature 'vlm'" in by_label["VLM4Rec (vlm)"]["reason"]
-    assert by_label["VBPR-not-here"]["status"] == "failed"
-    assert "unknown model 'NoSuchModel'" in by_label["VBPR-not-here"]["reason"]
     assert by_label["Crashes"]["status"] == "failed"
-    assert "ValueError: profile_aggregation must be one of" in by_label["Crashes"]["reason"]
+    assert "FeatureFileError" in by_label["Crashes"]["reason"]
     ok = by_label["BPR"]["result"]
     assert ok["seed"] == 2 and len(ok["per_user_test"]["users"]) == 30
     for name in REPORT_FILES:
@@ -61,12 +75,12 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
         assert (out / name).stat().st_size > 0, name
     report_text = (out / "report.md").read_text()
     assert "| VLM4Rec (ref) |" in report_text and "skipped" in report_text
-    assert "unknown model 'NoSuchModel'" in report_text and "| recall@10 | BPR | 30 |" in report_text
+    assert "has no item feature 'vlm'" in report_text and "| recall@10 | BPR | 30 |" in report_text
 
     rerun_cells = []
     second = run_grid(spec, out, on_record=lambda cell, record: rerun_cells.append(cell.label))
     assert second.counts["resumed"] == 4  # VLM4Rec and BPR, 2 seeds each
-    assert sorted(set(rerun_cells)) == ["Crashes", "VBPR-not-here", "VLM4Rec (vlm)"]
+    assert sorted(set(rerun_cells)) == ["Crashes", "VLM4Rec (vlm)"]
 
     changed = load_spec(tiny_spec(tmp_path, overrides, {**models, "BPR": {"learning_rate": 0.01}}))
     rerun_cells.clear()
@@ -220,7 +234,7 @@ def test_cost_warning_on_a_cpu_names_the_cheaper_options(monkeypatch, tmp_path):
     paper = load_spec(configs_dir() / "benchmarks" / "paper.yaml")
     note = cost_note(paper)
     assert "warning: no GPU" in note and "--max-epochs" in note and "quick.yaml" in note
-    assert "plan: 171 cells, 27 of them train a model (up to 200 epochs" in note
-    assert "114 on datasets not prepared" in note
+    assert "plan: 189 cells, 33 of them train a model (up to 200 epochs" in note
+    assert "126 on datasets not prepared" in note
     quick = load_spec(configs_dir() / "benchmarks" / "quick.yaml")
     assert "warning" not in cost_note(quick)

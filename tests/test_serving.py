@@ -32,6 +32,9 @@ def model_top_k(model: str, name: str, overrides: dict, k: int) -> dict[str, lis
 
 
 def top_k_of(built, k, Interaction) -> dict[str, list[str]]:
+    """The evaluation's ranking: formats/ranking.tie_safe_topk with the run's seed."""
+    from recbole_vlm4rec.formats.ranking import tie_safe_topk
+
     data, test = built.dataset, built.test_data
     users = data.field2id_token[data.uid_field]
     items = data.field2id_token[data.iid_field]
@@ -42,7 +45,8 @@ def top_k_of(built, k, Interaction) -> dict[str, list[str]]:
                 Interaction({data.uid_field: torch.tensor([uid])})).view(-1).clone()
             scores[0] = -np.inf
             scores[test.uid2history_item[uid]] = -np.inf
-            found[str(users[uid])] = [str(items[i]) for i in torch.topk(scores, k).indices]
+            top = tie_safe_topk(scores[None, :], k, torch.tensor([uid]), built.config["seed"])
+            found[str(users[uid])] = [str(items[i]) for i in top.indices[0]]
     return found
 
 
@@ -77,6 +81,30 @@ def test_vlm4rec_max_aggregation_matches_too(tiny_dataset, tmp_path):
     recommender = Recommender(folder)
     for user, items in expected.items():
         assert [r.item for r in recommender.for_user(user, k=4)] == items, user
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+def test_ties_are_served_in_the_evaluations_order(tiny_dataset, tmp_path, aggregation):
+    """A feature covering 6 of 40 items: most items score exactly 0, so every user's top-10 ends
+    in a tie that the seeded permutation orders, in the bundle as in the evaluation."""
+    root, name, overrides = tiny_dataset
+    rng = np.random.default_rng(5)
+    save_feature(root / name / "features", "few", rng.normal(size=(6, 8)),
+                 [f"i{i}" for i in range(6)])
+    overrides = {**overrides, "item_features": {"few": None}, "item_feature": "few",
+                 "profile_aggregation": aggregation, "seed": 7}
+    folder = export_bundle("VLM4Rec", name, tmp_path / "b", overrides=overrides)
+    expected = model_top_k("VLM4Rec", name, overrides, 10)
+    recommender = Recommender(folder)
+    served = 0
+    for user, items in expected.items():
+        try:
+            got = [r.item for r in recommender.for_user(user, k=10)]
+        except EmptyHistoryError:  # no profile item: served by nothing, scored all-equal
+            continue
+        assert got == items, user
+        served += 1
+    assert served >= 10
 
 
 def test_weighted_fusion_matches_and_builds_new_profiles_block_by_block(tiny_dataset, tmp_path):

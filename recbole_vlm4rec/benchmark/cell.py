@@ -80,7 +80,8 @@ def run_cell(cell: Cell, checkpoint_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     overrides = {**cell.overrides, "checkpoint_dir": str(checkpoint_dir), "show_progress": False}
     try:
-        result = run(cell.model, cell.dataset, cell.config_files, overrides, write_results=False)
+        result = run(cell.model, cell.dataset, cell.config_files, overrides, write_results=False,
+                     evaluate_test=cell.stage != "trial")
     except KeyboardInterrupt:
         raise
     except Exception as error:  # a crashed cell is a result to record, not the end of the grid

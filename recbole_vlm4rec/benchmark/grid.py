@@ -38,6 +38,7 @@ class GridSummary:
     out_dir: Path
     counts: dict[str, int] = field(default_factory=dict)  # ok / skipped / failed / resumed
     interrupted: bool = False
+    stopped: str | None = None  # why run_cells stopped before the last cell (a budget)
 
     def line(self) -> str:
         parts = [f"{self.counts.get(k, 0)} {k}" for k in ("ok", "resumed", "skipped", "failed")]
@@ -51,7 +52,8 @@ def default_out_dir(spec: BenchSpec) -> Path:
 
 
 def record_path(out_dir: Path, cell: Cell) -> Path:
-    return out_dir / "runs" / f"{cell.slug}.json"
+    """``runs/<slug>.json``; a tuning trial's under ``trials/`` (never read as a result)."""
+    return out_dir / ("trials" if cell.stage == "trial" else "runs") / f"{cell.slug}.json"
 
 
 def is_finished(out_dir: Path, cell: Cell) -> bool:
@@ -59,25 +61,62 @@ def is_finished(out_dir: Path, cell: Cell) -> bool:
     return bool(record and record["status"] == "ok" and record["cell"].get("key") == cell.key)
 
 
+class GridConfigError(ValueError):
+    """Cells of a spec that no run would accept (unknown model, config key or value): the grid
+    stops before it runs any cell. ``problems`` holds one line per distinct cell setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 def precheck(cell: Cell) -> dict[str, Any] | None:
-    """A record for a cell that cannot start (unknown model or dataset, an undeclared feature, a
-    missing protocol layer), made without starting it; None when the cell should run. It runs the
-    run layer's own checks (run/protocol.prepare_run), so a cell is refused here exactly when
-    ``vlm4rec run`` would refuse it."""
+    """A record for a cell that cannot start for lack of data (a feature not declared or not
+    built, a dataset not prepared), made without starting it; None when the cell should run.
+    It runs the run layer's own checks (run/protocol.prepare_run), so a cell is refused here
+    exactly when ``vlm4rec run`` would refuse it. A configuration no run accepts (unknown model,
+    config key or value) raises instead: see :func:`check_cells`."""
     from recbole_vlm4rec.benchmark.cell import classify_error
     from recbole_vlm4rec.data.dataset import MissingFeatureError
     from recbole_vlm4rec.data.registry import UnknownDatasetError
-    from recbole_vlm4rec.models import UnknownModelError
     from recbole_vlm4rec.run.protocol import prepare_run
 
     try:
         prepare_run(cell.model, cell.dataset, cell.config_files,
                     {**cell.overrides, "state": "WARNING"}, build_features=False)
-    except (UnknownModelError, UnknownDatasetError, MissingFeatureError,
-            FileNotFoundError) as error:
+    except (UnknownDatasetError, MissingFeatureError, FileNotFoundError) as error:
         status, reason = classify_error(error)
         return make_record(cell, status, reason)
     return None
+
+
+def check_cells(cells: list[Cell]) -> dict[str, dict[str, Any] | None]:
+    """Precheck every cell before any runs: ``cell.key -> precheck record``. Cells that differ
+    only in their seed are checked once. GridConfigError lists every cell setting no run would
+    accept (unknown model, config key or value, a feature name that cannot resolve)."""
+    from recbole_vlm4rec.models import UnknownModelError
+    from recbole_vlm4rec.run.accounting import ConfigError
+
+    outcome: dict[str, dict[str, Any] | None] = {}
+    seen: dict[str, Any] = {}
+    problems: list[str] = []
+    for cell in cells:
+        setting = json.dumps([cell.model, cell.dataset, list(cell.config_files),
+                              {k: v for k, v in cell.overrides.items() if k != "seed"}],
+                             sort_keys=True, default=str)
+        if setting not in seen:
+            try:
+                seen[setting] = ("record", precheck(cell))
+            except (UnknownModelError, ConfigError, ValueError) as error:
+                seen[setting] = ("error", error)
+                first_line = str(error).strip().splitlines()[0]
+                problems.append(f"{cell.label} on {cell.dataset}: {first_line}")
+        kind, value = seen[setting]
+        if kind == "record":
+            outcome[cell.key] = None if value is None else {**value, "cell": cell.to_json()}
+    if problems:
+        raise GridConfigError(problems)
+    return outcome
 
 
 def run_in_subprocess(cell: Cell, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
@@ -115,8 +154,11 @@ def _describe(record: dict[str, Any], metric: str | None) -> str:
     if record["status"] != "ok":
         return f"{record['status']}: {record['reason']}"
     test = record["result"]["test_result"]
+    split = "test"
+    if not test:  # a tuning trial: validation only
+        test, split = record["result"]["best_valid_result"], "valid"
     metric = metric if metric in test else next(iter(test), None)
-    shown = f"{metric}={test[metric]:.4f} " if metric else ""
+    shown = f"{split} {metric}={test[metric]:.4f} " if metric else ""
     return f"ok {shown}({record['wall_seconds']:.1f} s)"
 
 
@@ -126,27 +168,42 @@ def run_grid(spec: BenchSpec, out_dir: Path | None = None, rerun: bool = False,
     """Run every unfinished cell of ``spec``; records are written as each cell ends."""
     out_dir = Path(out_dir or default_out_dir(spec)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
-    atomic_write_text(out_dir / "spec.yaml", spec_text)
-    isolation = isolation or spec.isolation
-    summary = GridSummary(out_dir)
-    cells = spec.cells()
+    atomic_write_text(out_dir / "spec.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
     primary = spec.metrics[0] if spec.metrics else None
-    progress = tqdm(cells, desc=f"bench {spec.name}", unit="cell", dynamic_ncols=True)
+    return run_cells(spec.cells(), out_dir, isolation or spec.isolation, spec.timeout_s,
+                     rerun=rerun, on_record=on_record, metric=primary,
+                     description=f"bench {spec.name}")
+
+
+def run_cells(cells: list[Cell], out_dir: Path, isolation: str = "subprocess",
+              timeout_s: float | None = None, rerun: bool = False,
+              on_record: Callable[[Cell, dict[str, Any]], None] | None = None,
+              metric: str | None = None, description: str = "cells",
+              stop: Callable[[], str | None] | None = None) -> GridSummary:
+    """Run the unfinished ``cells`` into ``out_dir`` (all checked first: GridConfigError before
+    any runs). ``stop`` (tuning budgets) is asked before each cell starts: a reason ends the run."""
+    summary = GridSummary(out_dir)
+    pending = [cell for cell in cells if rerun or not is_finished(out_dir, cell)]
+    prechecked = check_cells(pending)  # GridConfigError before any cell runs
+    progress = tqdm(cells, desc=description, unit="cell", dynamic_ncols=True)
     try:
         for number, cell in enumerate(progress, start=1):
             progress.set_postfix_str(cell.describe())
-            if not rerun and is_finished(out_dir, cell):
+            if cell.key not in prechecked:
                 summary.counts["resumed"] = summary.counts.get("resumed", 0) + 1
                 continue
-            record = precheck(cell)
+            reason = stop() if stop else None
+            if reason:
+                summary.stopped = reason
+                break
+            record = prechecked[cell.key]
             if record is None and isolation == "subprocess":
-                record = run_in_subprocess(cell, out_dir, spec.timeout_s)
+                record = run_in_subprocess(cell, out_dir, timeout_s)
             elif record is None:
                 record = run_cell(cell, out_dir / "saved")
             write_record(record_path(out_dir, cell), record)
             summary.counts[record["status"]] = summary.counts.get(record["status"], 0) + 1
-            tqdm.write(f"[{number}/{len(cells)}] {cell.describe()}: {_describe(record, primary)}")
+            tqdm.write(f"[{number}/{len(cells)}] {cell.describe()}: {_describe(record, metric)}")
             sys.stdout.flush()  # a log file sees each cell as it ends
             if on_record:
                 on_record(cell, record)

@@ -17,6 +17,8 @@ Reads ``<folder>/spec.yaml`` and ``<folder>/runs/**/*.json`` (see grid.py, cell.
 ``report.html``       one self-contained page: the table, the plots, qualitative examples (a few
                       test users' training items and each model's top-10 with thumbnails and
                       descriptions) and how the run was made; see html_report.py
+``tuning.csv``        (a ``vlm4rec tune`` folder) one row per trial: settings, validation metric;
+                      report.md then also shows each model's search, trials and choice
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 from recbole_vlm4rec.benchmark.cell import read_record
 from recbole_vlm4rec.benchmark.spec import load_spec
 from recbole_vlm4rec.benchmark.stats import PairedTest, compare_to_reference
+from recbole_vlm4rec.benchmark.tune import read_tuning, tuning_markdown, tuning_rows
 from recbole_vlm4rec.formats.files import atomic_write_text
 
 BETTER, WORSE = "▲", "▼"
@@ -106,6 +109,7 @@ class Report:
     n_seeds: int | None = None  # seeds the spec asks for: "runs" = ok runs / this
     seeds: list[int] | None = None  # the spec's seeds, in its order
     tests: dict[tuple[str, str], dict[str, PairedTest]] = field(default_factory=dict)
+    tuning: dict[str, Any] | None = None  # tuning.json of `vlm4rec tune` (benchmark/tune.py)
 
 
 def load_report(folder: str | Path) -> Report:
@@ -114,7 +118,11 @@ def load_report(folder: str | Path) -> Report:
     spec_path = folder / "spec.yaml"
     spec = load_spec(spec_path) if spec_path.is_file() else None
     records = [r for p in sorted((folder / "runs").rglob("*.json")) if (r := read_record(p))]
-    if spec is not None:  # records of cells no longer in the spec (or changed since) are left out
+    tuning = read_tuning(folder)
+    if tuning is not None:  # a tuned spec: the cells of the chosen settings
+        current = set(tuning["final_keys"])
+        records = [r for r in records if r["cell"]["key"] in current]
+    elif spec is not None:  # records of cells no longer in the spec (or changed since) are left out
         current = {c.key for c in spec.cells()}
         records = [r for r in records if r["cell"]["key"] in current]
     if not records:
@@ -134,7 +142,7 @@ def load_report(folder: str | Path) -> Report:
     metrics = list(spec.metrics) if spec and spec.metrics else _all_metrics(records)
     report = Report(folder, metrics, spec.alpha if spec else 0.05, datasets,
                     n_seeds=len(spec.seeds) if spec else None,
-                    seeds=list(spec.seeds) if spec else None)
+                    seeds=list(spec.seeds) if spec else None, tuning=tuning)
     candidates = list(spec.reference) if spec else []
     for dataset, summaries in datasets.items():
         usable = [label for label in candidates if label in summaries and summaries[label].ok]
@@ -208,6 +216,8 @@ def markdown(report: Report) -> str:
         if problems:
             lines += ["", "Not run or failed:", ""]
             lines += [f"- {label}: {'; '.join(s.reasons)}" for label, s in problems]
+        if report.tuning:
+            lines += tuning_markdown(report.tuning, dataset)
         lines += ["", f"![metrics](plots/{_plot_stem(dataset)}-metrics.png)",
                   f"![quality vs eval time](plots/{_plot_stem(dataset)}-quality-vs-time.png)"]
         for stem, alt in (("activity", "recall by user activity"),
@@ -330,6 +340,8 @@ def write_report(folder: str | Path, example_models: list[str] | None = None,
     written = []
     outputs = {"summary.csv": _csv(summary_rows(report)), "runs.csv": _csv(run_rows(report)),
                "significance.csv": _csv(significance_rows(report)), "report.md": markdown(report)}
+    if report.tuning:
+        outputs["tuning.csv"] = _csv(tuning_rows(report.tuning))
     for name, text in outputs.items():
         path = report.folder / name
         atomic_write_text(path, text)

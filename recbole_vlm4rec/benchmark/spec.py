@@ -17,6 +17,13 @@ Spec format (``configs/benchmarks/*.yaml``)::
     set: {}                         # above every layer; `vlm4rec bench --set key=value` adds here
     max_epochs: ~                   # cap on every cell's epochs (keeps smaller ones); the report
                                     # marks runs whose training ended at the cap
+    search:                         # `vlm4rec tune` only (docs/tuning.md); `bench` ignores it
+      method: grid                  # grid: every point in order; random: a seeded random order
+      seed: 2020                    # trials run on this seed (default: the first of `seeds`)
+      metric: recall@20             # validation metric ranking trials (default: valid_metric)
+      max_trials: 8                 # per model and dataset (default: the whole grid)
+      max_minutes: 30               # per model and dataset: no trial starts after this much
+      space: {LightGCN: {n_layers: [1, 2]}}  # label -> grid; default: the model's search_space
     config_files: []                # extra RecBole yaml layers for every cell
     isolation: subprocess           # or inprocess (faster start, shared memory peak)
     timeout_s: ~                    # per cell, subprocess only
@@ -38,13 +45,19 @@ from typing import Any
 import yaml
 
 KNOWN_KEYS = {"name", "models", "datasets", "seeds", "metrics", "reference", "overrides", "set",
-              "config_files", "isolation", "timeout_s", "alpha", "description", "max_epochs"}
+              "config_files", "isolation", "timeout_s", "alpha", "description", "max_epochs",
+              "search"}
+SEARCH_KEYS = {"method", "seed", "metric", "max_trials", "max_minutes", "space"}
+SEARCH_METHODS = ("grid", "random")
 
 ISOLATIONS = ("subprocess", "inprocess")
 
 
 class SpecError(ValueError):
     """A benchmark spec is malformed; the message names the file and the field."""
+
+
+STAGES = ("final", "trial")  # trial: a tuning trial (vlm4rec tune), validated, never tested
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,34 +68,39 @@ class Cell:
     seed: int
     overrides: dict[str, Any]
     config_files: tuple[str, ...] = ()
+    stage: str = "final"
 
     @property
     def key(self) -> str:
-        payload = json.dumps(
-            {"model": self.model, "dataset": self.dataset, "seed": self.seed,
-             "overrides": self.overrides, "config_files": list(self.config_files)},
-            sort_keys=True, default=str,
-        )
+        identity = {"model": self.model, "dataset": self.dataset, "seed": self.seed,
+                    "overrides": self.overrides, "config_files": list(self.config_files)}
+        if self.stage != "final":  # final cells keep the keys they had before tuning existed
+            identity["stage"] = self.stage
+        payload = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
     def slug(self) -> str:
-        """``<dataset>/<label>/seed-<seed>``, with characters unsafe in file names replaced."""
-        return f"{safe_name(self.dataset)}/{safe_name(self.label)}/seed-{self.seed}"
+        """``<dataset>/<label>/seed-<seed>`` (a trial: ``.../trial-<key>``), with characters
+        unsafe in file names replaced."""
+        last = f"trial-{self.key[:10]}" if self.stage == "trial" else f"seed-{self.seed}"
+        return f"{safe_name(self.dataset)}/{safe_name(self.label)}/{last}"
 
     def describe(self) -> str:
-        return f"{self.label} on {self.dataset} (seed {self.seed})"
+        what = "trial" if self.stage == "trial" else "seed"
+        return f"{self.label} on {self.dataset} ({what} {self.seed})"
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "model": self.model, "dataset": self.dataset,
                 "seed": self.seed, "overrides": self.overrides,
-                "config_files": list(self.config_files), "key": self.key}
+                "config_files": list(self.config_files), "stage": self.stage, "key": self.key}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Cell":
         return cls(label=data["label"], model=data["model"], dataset=data["dataset"],
                    seed=int(data["seed"]), overrides=dict(data["overrides"]),
-                   config_files=tuple(data.get("config_files", ())))
+                   config_files=tuple(data.get("config_files", ())),
+                   stage=data.get("stage", "final"))
 
 
 @dataclass
@@ -102,6 +120,7 @@ class BenchSpec:
     raw: dict[str, Any] = field(default_factory=dict)
     forced: dict[str, Any] = field(default_factory=dict)  # the `set` key: beats every layer
     max_epochs: int | None = None
+    search: "SearchSpec | None" = None  # `vlm4rec tune` (benchmark/tune.py)
 
     def with_max_epochs(self, max_epochs: int | None) -> "BenchSpec":
         """This spec with every cell's epochs capped at ``max_epochs`` (saved in ``raw``)."""
@@ -146,6 +165,62 @@ def protocol_epochs() -> int:
     from recbole_vlm4rec.formats.paths import configs_dir
 
     return int(yaml.safe_load((configs_dir() / "overall.yaml").read_text())["epochs"])
+
+
+@dataclass
+class SearchSpec:
+    """How ``vlm4rec tune`` searches: trials ranked by a validation metric only."""
+
+    method: str = "grid"
+    seed: int | None = None
+    metric: str | None = None
+    max_trials: int | None = None
+    max_minutes: float | None = None
+    space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # label -> key -> values
+
+
+def parse_search(data: Any, source: str, labels: list[str]) -> SearchSpec:
+    where = f"{source}: search"
+    data = _mapping(data, where)
+    unknown = sorted(set(data) - SEARCH_KEYS)
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {unknown}; known: {sorted(SEARCH_KEYS)}")
+    method = data.get("method", "grid")
+    if method not in SEARCH_METHODS:
+        raise SpecError(f"{where}.method must be one of {SEARCH_METHODS}, got {method!r}")
+    for key in ("seed", "max_trials"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or (key == "max_trials" and value < 1)):
+            raise SpecError(f"{where}.{key} must be a positive integer, got {value!r}")
+    minutes = data.get("max_minutes")
+    if minutes is not None and (not isinstance(minutes, (int, float)) or minutes <= 0):
+        raise SpecError(f"{where}.max_minutes must be a positive number, got {minutes!r}")
+    metric = data.get("metric")
+    if metric is not None and not re.fullmatch(r"[a-z]+@\d+", str(metric).lower()):
+        raise SpecError(f"{where}.metric is written name@k (recall@20), got {metric!r}")
+    space = {}
+    for label, grid in _mapping(data.get("space"), f"{where}.space").items():
+        if label not in labels:
+            raise SpecError(f"{where}.space: {label!r} is not a model label: {labels}")
+        space[str(label)] = check_space(grid, f"{where}.space.{label}")
+    return SearchSpec(method, data.get("seed"), str(metric).lower() if metric else None,
+                      data.get("max_trials"), float(minutes) if minutes else None, space)
+
+
+def check_space(grid: Any, where: str) -> dict[str, list[Any]]:
+    """A search space: config key -> non-empty list of values (a scalar is one value)."""
+    if grid is None:
+        return {}
+    if not isinstance(grid, dict):
+        raise SpecError(f"{where}: expected a mapping key -> [values], got {grid!r}")
+    checked = {}
+    for key, values in grid.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise SpecError(f"{where}.{key}: empty list of values")
+        checked[str(key)] = values
+    return checked
 
 
 def safe_name(text: str) -> str:
@@ -228,6 +303,7 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "benchmark
         config_files=[str(Path(p).resolve()) for p in config_files], isolation=isolation,
         timeout_s=float(timeout) if timeout else None, alpha=alpha, source=source, raw=data,
         max_epochs=max_epochs,
+        search=parse_search(data["search"], source, list(models)) if "search" in data else None,
     )
 
 
@@ -236,8 +312,10 @@ def load_spec(path: str | Path) -> BenchSpec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"benchmark spec not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:  # RecBole's number rules, as in the config layers: 1e-4 is a float
+        from recbole_vlm4rec.run.accounting import load_yaml
+
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid yaml: {error}") from error
     return parse_spec(data, source=str(path), default_name=path.stem)

@@ -135,7 +135,15 @@ class MultimodalDataset(Dataset):
             if name not in declared:
                 raise MissingFeatureError.undeclared(self.config, name)
             aligned = self._load_item_feature(name, declared[name])
-            self.logger.info(aligned.report())
+            if aligned.n_covered == 0:
+                # Every item would score alike: a run would only measure the tie-break.
+                raise FeatureFileError(
+                    f"feature '{name}' ({aligned.path}): none of the dataset's {aligned.n_items} "
+                    f"items has a vector ({aligned.n_file_rows} file rows, "
+                    f"{aligned.n_unknown_tokens} of them name items not in the dataset); "
+                    "rebuild it for this dataset")
+            covered_all = aligned.n_covered == aligned.n_items
+            (self.logger.info if covered_all else self.logger.warning)(aligned.report())
             self._item_features[name] = aligned
         return self._item_features[name]
 

@@ -38,6 +38,9 @@ _MAGIC = {".npy": (b"\x93NUMPY", "a NumPy .npy file", "numpy.save"),
           ".npz": (b"PK\x03\x04", "a NumPy .npz archive", "numpy.savez")}
 
 
+UNKNOWN_TOKEN_RULES = ("error", "ignore")  # feature_unknown_tokens: see align_feature
+
+
 class FeatureFileError(ValueError):
     """A feature file is missing, malformed or does not match the dataset; names the file."""
 
@@ -212,7 +215,7 @@ def align_feature(
     ``unknown_tokens == "error"`` (the default), or are counted and dropped with ``"ignore"``
     (useful after k-core filtering removed items). All-zero rows count as "no vector".
     """
-    if unknown_tokens not in ("error", "ignore"):
+    if unknown_tokens not in UNKNOWN_TOKEN_RULES:
         raise ValueError(f"unknown_tokens must be 'error' or 'ignore', got {unknown_tokens!r}")
     token_to_id = {token: index for index, token in enumerate(item_tokens) if index > 0}
     file_rows, item_ids, unknown = [], [], []

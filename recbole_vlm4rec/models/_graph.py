@@ -49,11 +49,13 @@ def user_item_adjacency(interactions: sp.spmatrix,
 
 
 def knn_item_graph(features: np.ndarray, has_vector: np.ndarray, k: int,
-                   chunk: int = 2048) -> sp.csr_matrix:
+                   chunk: int = 2048, weighted: bool = False) -> sp.csr_matrix:
     """Symmetrically normalised kNN graph on cosine similarity (FREEDOM / LATTICE's item graph).
 
     Each item with a vector links to its ``k`` most similar items with a vector (itself included,
-    as in MMRec); items without a vector have no edges, so they get no neighbours' signal.
+    as in MMRec); items without a vector have no edges, so they get no neighbours' signal. Edge
+    weights are 1, or the cosine similarity with ``weighted`` (SMORE's graphs); rows whose weights
+    sum to <= 0 stay empty.
     """
     n_items = features.shape[0]
     covered = np.flatnonzero(has_vector)
@@ -61,23 +63,89 @@ def knn_item_graph(features: np.ndarray, has_vector: np.ndarray, k: int,
     if k == 0:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
     unit = F.normalize(torch.from_numpy(features[covered]), dim=1)
-    neighbours = []
+    neighbours, similarities = [], []
     for start in range(0, len(covered), chunk):
-        similarity = unit[start:start + chunk] @ unit.T
-        neighbours.append(torch.topk(similarity, k, dim=1).indices)
+        top = torch.topk(unit[start:start + chunk] @ unit.T, k, dim=1)
+        neighbours.append(top.indices)
+        similarities.append(top.values)
     columns = covered[torch.cat(neighbours).numpy().ravel()]
     rows = np.repeat(covered, k)
-    graph = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
-                          shape=(n_items, n_items))
+    values = (torch.cat(similarities).numpy().ravel() if weighted
+              else np.ones(len(rows), dtype=np.float32))
+    graph = sp.csr_matrix((values, (rows, columns)), shape=(n_items, n_items))
     return symmetric_normalize(graph)
 
 
 def symmetric_normalize(matrix: sp.spmatrix) -> sp.csr_matrix:
     """D^-1/2 A D^-1/2 by row degree; rows without edges stay zero."""
     degree = np.asarray(matrix.sum(axis=1)).ravel()
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(degree > 0, degree ** -0.5, 0.0)
     return (sp.diags(scale) @ matrix @ sp.diags(scale)).tocsr()
+
+
+def elementwise_max_union(graphs: list[sp.spmatrix]) -> sp.csr_matrix:
+    """One graph with the union of the edges; an edge in several graphs keeps its largest weight
+    (SMORE's max-pooled fusion graph; an edge absent from a graph is not a 0 there)."""
+    coos = [sp.coo_matrix(graph) for graph in graphs]
+    n_rows, n_cols = coos[0].shape
+    keys = np.concatenate([coo.row.astype(np.int64) * n_cols + coo.col for coo in coos])
+    values = np.concatenate([coo.data for coo in coos])
+    order = np.lexsort((-values, keys))  # per key, the largest value first
+    keys, values = keys[order], values[order]
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    keys, values = keys[first], values[first]
+    return sp.csr_matrix((values.astype(np.float32), (keys // n_cols, keys % n_cols)),
+                         shape=(n_rows, n_cols))
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``matrix @ dense`` whose backward multiplies by a transpose built once.
+
+    torch's own backward of a CSR product re-transposes the matrix (a conversion and a sort) on
+    every call; for the fixed graphs here the transpose is known in advance.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor,
+                dense: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, torch.sparse.mm(ctx.transpose, grad)
+
+
+def sparse_matmul(matrix: torch.Tensor, dense: torch.Tensor,
+                  transpose: torch.Tensor | None = None) -> torch.Tensor:
+    """``matrix @ dense`` for a constant sparse ``matrix``; ``transpose`` = its transpose, or None
+    when it is symmetric (the normalised user-item adjacency)."""
+    if not dense.requires_grad:
+        return torch.sparse.mm(matrix, dense)
+    return _SparseMatmul.apply(matrix, matrix if transpose is None else transpose, dense)
+
+
+def lightgcn_mean(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Mean of ``embeddings`` and its ``n_layers`` propagations over the symmetric ``adjacency``
+    (LightGCN)."""
+    total, layer = embeddings, embeddings
+    for _ in range(n_layers):
+        layer = sparse_matmul(adjacency, layer)
+        total = total + layer
+    return total / (n_layers + 1)
+
+
+def log_sum_exp_rows(cosines_over_temperature: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-wise log-sum-exp of cosine similarities divided by ``temperature``.
+
+    Cosines are in [-1, 1], so for temperatures >= 0.02 the plain exp cannot overflow float32 and
+    the max-shift of ``torch.logsumexp`` (two more passes over a batch x candidates matrix, and
+    its backward) is not needed.
+    """
+    if temperature >= 0.02:
+        return cosines_over_temperature.exp().sum(dim=1).log()
+    return torch.logsumexp(cosines_over_temperature, dim=1)
 
 
 class EvaluationCache:

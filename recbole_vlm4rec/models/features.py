@@ -14,7 +14,7 @@ from recbole_vlm4rec.formats.features import AlignedFeature
 
 
 ITEM_FEATURE_KEY = "item_feature"
-# Multi-feature models (VBPR, MMGCN, FREEDOM, VLM4RecFusion) read one list-valued key, so a single
+# Multi-feature models (VBPR, MMGCN, FREEDOM, LGMRec, SMORE, VLM4RecFusion) read one list-valued key, so a single
 # command line switches every one of them between representations.
 CONTENT_FEATURES_KEY = "content_features"
 

@@ -65,6 +65,8 @@ class VLM4Rec(GeneralRecommender):
     input_type = InputType.POINTWISE
     feature_key = ITEM_FEATURE_KEY  # the config key naming the dataset features it reads
     type = ModelType.TRADITIONAL
+    # checked by the run layer before anything loads (run/accounting.py)
+    config_choices = {"profile_aggregation": AGGREGATIONS, "profile_scoring": SCORINGS}
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)

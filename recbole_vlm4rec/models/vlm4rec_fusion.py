@@ -38,6 +38,7 @@ class VLM4RecFusion(VLM4Rec):
     r"""Profile matching on a concatenation or a weighted average of several item features."""
 
     feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    config_choices = {**VLM4Rec.config_choices, "fusion": FUSIONS}
 
     def _embedding_blocks(self, config: Any, dataset: Any) -> list[EmbeddingBlock]:
         fusion = config["fusion"]

@@ -22,7 +22,10 @@ examples:
 Any other --key=value is a RecBole/model config override (highest priority). Config layers, later
 wins: RecBole defaults < configs/overall.yaml < configs/model/<Model>.yaml <
 configs/dataset/<dataset>.yaml < dataset/<dataset>/<dataset>.yaml < --config_files < --key=value.
-The results JSON records each layer's path and sha256.
+The results JSON records each layer's path and sha256. Every key must be read by RecBole, the
+dataset or this model: an unknown key (a typo) fails with a did-you-mean, another model's key
+(--reg_weight for BPR) fails, a wrong value (--epochs=abc, --profile_aggregation=maxx) fails
+naming what the key takes; all before anything loads (docs/configuration.md).
 
 Prints a metrics table (best-valid and test) and writes the run as JSON to
 results/<dataset>/<Model>-<time>.json (set --results_dir=... to change). RecBole's own logs go to
@@ -66,6 +69,7 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from recbole_vlm4rec.data.registry import DEFAULT_DATASET, UnknownDatasetError
     from recbole_vlm4rec.formats.features import FeatureFileError
     from recbole_vlm4rec.models import UnknownModelError
+    from recbole_vlm4rec.run.accounting import ConfigError
     from recbole_vlm4rec.run.cold_start import ColdStartConfigError
     from recbole_vlm4rec.run.runner import TopKError, format_metrics_table, run
 
@@ -73,13 +77,15 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         result = run(model=args.model, dataset=args.dataset or DEFAULT_DATASET,
                      config_files=args.config_files.split(), overrides=overrides)
     except (UnknownModelError, UnknownDatasetError, FeatureFileError, MissingFeatureError,
-            FileNotFoundError, ColdStartConfigError, TopKError) as error:
+            FileNotFoundError, ColdStartConfigError, TopKError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     print()
+    for key, where in result.config_accounting.get("not_read", {}).items():
+        print(f"note: config key '{key}' ({where} layer) is not read by {result.model}")
     print(format_metrics_table(result))
     print(f"\nseconds: {result.seconds}")
     print(f"results written to {result.result_file}")

@@ -37,6 +37,8 @@ from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.formats.paths import ProtocolMissingError
 from recbole_vlm4rec.models import get_model_class, project_models
 from recbole_vlm4rec.models.features import features_read_by
+from recbole_vlm4rec.run import ranking
+from recbole_vlm4rec.run.accounting import Accounting, check_keys, check_values, given_keys
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class PreparedRun:
     layers: list[ConfigLayer]
     features: list[str]  # dataset features the model reads
     notes: list[str] = field(default_factory=list)  # what was built / used, for the log
+    accounting: Accounting | None = None  # keys given but not read by this model (reported)
 
 
 def config_layers(model: str, dataset: str, data_path: str | Path,
@@ -117,6 +120,7 @@ def build_config(model: str, dataset: str = DEFAULT_DATASET, config_files: Seque
     """A RecBole Config for ``model`` on ``dataset`` with the protocol's layers applied."""
     compat.apply()
     speedups.install()
+    ranking.install()
     Config = compat.config_class()
     data_path, layers = resolve_layers(model, dataset, config_files, overrides)
     # RecBole loads its own model yaml only when given a name it knows; ours are passed as classes.
@@ -132,15 +136,19 @@ def prepare_run(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequen
     """Config + checks + declared features, everything before the dataset is created.
 
     Raises UnknownModelError / UnknownDatasetError / MissingFeatureError / ProtocolMissingError
-    for a configuration that cannot run. With ``build_features`` (a real run), declared derived
+    for a configuration that cannot run, ConfigKeyError / ConfigValueError (run/accounting.py)
+    for a key nothing reads or a value of the wrong kind. With ``build_features`` (a real run), declared derived
     features the model reads are built through the encode stage first; the precheck skips that.
     """
     _, layers = resolve_layers(model, dataset, config_files, overrides)
-    config = build_config(model, dataset, config_files, overrides)
     model_class = get_model_class(model)
+    compat.apply()  # RecBole's yaml rules read the layers
+    accounting = check_keys(model, model_class, layers, overrides or {})
+    config = build_config(model, dataset, config_files, overrides)
+    check_values(config, model_class, given_keys(layers, overrides or {}))
     features = features_read_by(model_class, config)
     check_features_declared(config, features)
-    prepared = PreparedRun(config, model_class, layers, features)
+    prepared = PreparedRun(config, model_class, layers, features, accounting=accounting)
     if build_features:
         prepared.notes = build_declared_features(config, features)
     return prepared

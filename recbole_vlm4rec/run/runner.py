@@ -41,6 +41,7 @@ from recbole_vlm4rec.run.per_user import (
     training_counts,
 )
 from recbole_vlm4rec.run.protocol import prepare_run
+from recbole_vlm4rec.run.ranking import count_ties
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class RunResult:
     training: dict[str, Any] = field(default_factory=dict)
     # a few test users' top-k, training and test items (raw tokens): per_user.examples_json
     examples: dict[str, Any] | None = None
+    # run/ranking.py: tie-break seed, test users with all-equal scores / a tie at the cut-off
+    ranking: dict[str, Any] = field(default_factory=dict)
+    # run/accounting.py: keys a shared layer gave that this model does not read
+    config_accounting: dict[str, Any] = field(default_factory=dict)
 
 
 def create_dataset(config: Config) -> Any:
@@ -131,8 +136,12 @@ def run(
     config_files: Sequence[str] = (),
     overrides: dict[str, Any] | None = None,
     write_results: bool = True,
+    evaluate_test: bool = True,
 ) -> RunResult:
-    """Train (if the model trains), pick the best epoch on validation, evaluate on test."""
+    """Train (if the model trains), pick the best epoch on validation, evaluate on test.
+
+    ``evaluate_test=False`` (a tuning trial) stops after validation: the result has no test
+    metrics, so nothing chosen from it can have seen the test split."""
     started = time.perf_counter()
     prepared = prepare_run(model, dataset, config_files, overrides)
     config = prepared.config
@@ -143,6 +152,8 @@ def run(
         recbole_logger.info(f"config layer ({layer.role}): {layer.path}")
     for note in prepared.notes:
         recbole_logger.info(note)
+    for line in prepared.accounting.lines():
+        recbole_logger.warning(line)
 
     built = build_run(config, prepared.model_class)
     data, model_instance = built.dataset, built.model
@@ -169,8 +180,13 @@ def run(
     user_tokens = data.field2id_token[uid_field]
     item_tokens = data.field2id_token[config["ITEM_ID_FIELD"]]
     watched = choose_example_users(test_data._dataset.inter_feat[uid_field].tolist(), user_tokens)
-    with record_per_user(trainer, uid_field, config["topk"], watch_users=watched) as per_user:
-        test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=show_progress)
+    with count_ties(trainer) as ties, \
+            record_per_user(trainer, uid_field, config["topk"], watch_users=watched) as per_user:
+        test_result = (trainer.evaluate(test_data, load_best_model=True,
+                                        show_progress=show_progress) if evaluate_test else {})
+    if evaluate_test:
+        log = recbole_logger.warning if ties.users_all_equal else recbole_logger.info
+        log(f"test {ties.line()}")
     finished = time.perf_counter()
     train_counts = training_counts(train_data._dataset, uid_field, data.user_num)
 
@@ -192,14 +208,17 @@ def run(
         seed=int(config["seed"]),
         peak_memory_mb=_peak_memory_mb(),
         dataset_card_sha256=dataset_card_checksum(config),
-        per_user_test=per_user.to_json(user_tokens, train_counts=train_counts),
+        per_user_test=(per_user.to_json(user_tokens, train_counts=train_counts)
+                       if evaluate_test else {}),
         cold_start=getattr(data, "cold_start_summary", None),
         config_layers=[layer.to_json() for layer in prepared.layers],
         features={name: feature_record(data.item_feature(name)) for name in prepared.features},
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
         training=_training_summary(trainer),
         examples=examples_json(per_user, train_data._dataset, config, user_tokens, item_tokens)
-        if per_user.ranked else None,
+        if evaluate_test and per_user.ranked else None,
+        ranking=ties.to_json(seed=int(config["seed"])) if evaluate_test else {},
+        config_accounting=prepared.accounting.to_json(),
     )
     if write_results:
         result.result_file = str(write_result(result, Path(config["results_dir"])))
@@ -250,14 +269,33 @@ def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def feature_record(feature: Any) -> dict[str, Any]:
-    """What a results JSON says about a feature a model read: file, sha256, coverage."""
+    """What a results JSON says about a feature a model read: its files and the file it was
+    encoded from (descriptions JSONL, item table), each with its sha256, and its coverage."""
     path = Path(feature.path) if feature.path else None
+    source = str(feature.meta.get("source") or "")
+    # an image feature names its column: "<item file>:image"
+    source_path = Path(source.rsplit(":", 1)[0] if source.endswith(":image") else source)
+    tokens = path.with_suffix(".tokens") if path else None
     return {
         "path": str(path) if path else None,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None,
-        "items_covered": feature.n_covered, "items": feature.n_items, "dim": feature.dim,
+        "sha256": file_sha256(path),
+        "tokens_sha256": file_sha256(tokens),
+        "source": source or None,
+        "source_sha256": file_sha256(source_path) if source else None,
+        "items_covered": feature.n_covered, "items": feature.n_items,
+        "coverage": round(feature.n_covered / max(feature.n_items, 1), 6), "dim": feature.dim,
         "origin": feature.meta.get("origin"),
     }
+
+
+def file_sha256(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def dataset_card_checksum(config: Config) -> str | None:

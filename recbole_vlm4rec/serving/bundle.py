@@ -13,7 +13,8 @@ of every user file the user on line ``u`` of ``users.tokens``.
     profile of each user), ``profile_histories.npz`` (CSR: the training items a profile is made
     of), ``masked.npz`` (CSR: the items the evaluation masks per user), ``blocks`` in bundle.json
     (name, dim, weight of each feature block: how to build a profile for a new item list),
-    ``profile_aggregation``.
+    ``profile_aggregation``, ``tie_break_seed`` (equal scores are ordered by the run's seeded
+    permutation, formats/ranking.py, as its evaluation ordered them).
 ``kind: topn`` (any model)
     ``topn_items.npy`` / ``topn_scores.npy``: ``(n_users, top_n)`` best unmasked items of the
     model's ``full_sort_predict`` (rows of items.tokens) and their scores.
@@ -35,7 +36,7 @@ import numpy as np
 from recbole_vlm4rec.formats.features import load_array
 from recbole_vlm4rec.formats.files import atomic_write, atomic_write_bytes, atomic_write_text
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: tie_break_seed (equal scores ordered as the evaluation orders them)
 INDEX_KINDS = ("flat", "hnsw")
 
 
@@ -73,6 +74,7 @@ class Bundle:
         return self.masked_indices[self.masked_indptr[user_row]:self.masked_indptr[user_row + 1]]
 
 
+DEFAULT_TIE_BREAK_SEED = 2020  # RecBole's default seed, for bundles written from bare arrays
 HNSW_EF_SEARCH = 1024  # measured on 100k x 384 (bench_serving.py): recall@10 ~0.9 at ~3 ms/query
 
 
@@ -169,6 +171,7 @@ def write_profile_arrays(
             "n_users": len(user_tokens), "index": index_kind,
             "hnsw_ef_search": HNSW_EF_SEARCH if index_kind == "hnsw" else None}
     meta.setdefault("blocks", [{"name": meta.get("item_feature"), "dim": meta["dim"], "weight": 1.0}])
+    meta.setdefault("tie_break_seed", DEFAULT_TIE_BREAK_SEED)
     return _finish(folder, meta, descriptions)
 
 

@@ -165,6 +165,8 @@ def _write(built: Any, model: str, dataset: str, out: str | Path,
         "item_feature": "+".join(features) or None,
         "eval_history_mask": built.config["eval_history_mask"],
         "title_column": title_column, "n_titles": len(titles), "titles": titles,
+        # equal scores are ordered as the evaluation orders them (formats/ranking.py)
+        "tie_break_seed": int(built.config["seed"]),
         **(source or {}),
     }
     if profile is None:
@@ -175,16 +177,18 @@ def _write(built: Any, model: str, dataset: str, out: str | Path,
                              "served as a top-n bundle (vlm4rec export --checkpoint)")
         return write_profile_bundle(out, instance, built.train_data.dataset, item_tokens,
                                     user_tokens, masked, meta, texts, index_kind)
-    return write_topn_bundle(out, _top_n_scores(instance, built.test_data, masked, top_n),
-                             item_tokens, user_tokens, meta, texts)
+    top = _top_n_scores(instance, built.test_data, masked, top_n, int(built.config["seed"]))
+    return write_topn_bundle(out, top, item_tokens, user_tokens, meta, texts)
 
 
 @torch.no_grad()
-def _top_n_scores(model: Any, test_data: Any, masked: list[np.ndarray],
-                  top_n: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_n_scores(model: Any, test_data: Any, masked: list[np.ndarray], top_n: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(items, scores)`` ``(n_users, top_n)``: every user's best items under the run's masking,
-    ordered as the evaluator orders them (torch.topk over the masked score row)."""
+    ordered as the evaluator orders them (ties by the run's seeded permutation)."""
     from recbole.data.interaction import Interaction
+
+    from recbole_vlm4rec.formats.ranking import tie_safe_topk
 
     n_users = len(masked)
     n_items = model.n_items
@@ -199,7 +203,7 @@ def _top_n_scores(model: Any, test_data: Any, masked: list[np.ndarray],
         row_scores[:, 0] = -np.inf  # the padding item
         for offset, uid in enumerate(users.tolist()):
             row_scores[offset, torch.from_numpy(masked[uid])] = -np.inf
-        best, best_items = torch.topk(row_scores, top_n, dim=1)
+        best_items = tie_safe_topk(row_scores, top_n, users, seed).indices
         items[start:start + len(users)] = best_items.cpu().numpy()
-        scores[start:start + len(users)] = best.cpu().numpy()
+        scores[start:start + len(users)] = torch.gather(row_scores, 1, best_items).cpu().numpy()
     return items, scores

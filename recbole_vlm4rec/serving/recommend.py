@@ -5,10 +5,13 @@ or its best cosine to a profile item (``max``) against every item vector, with t
 evaluation masks left out, so the answer equals the model's ``full_sort_predict`` top-k. A new
 user's profile is built block by block as the model builds it (each feature block's mean,
 normalised, scaled by the square root of its weight). The index is searched for
-``k + len(excluded)`` neighbours, which provably contains the top-k unexcluded items for both
+``k + len(excluded) + 1`` neighbours, which provably contains the top-k unexcluded items for both
 aggregations (an item above a top-k item in a history item's list also scores above it), so with
-the flat index the answer equals a brute-force scan. Each recommendation is explained by the
-history items most similar to it, with their descriptions when the bundle has them.
+the flat index the answer equals a brute-force scan. Equal scores are ordered as the evaluation
+orders them (formats/ranking.py: the run's seeded permutation, rotated per user); when a tie
+reaches the search depth every item is scored instead, so the answer stays exact. Each
+recommendation is explained by the history items most similar to it, with their descriptions when
+the bundle has them.
 
 ``topn`` bundles answer known users from the precomputed list (k <= the bundle's top_n).
 """
@@ -100,7 +103,7 @@ class Recommender:
             raise EmptyHistoryError(
                 f"user {user!r} has no training item with a '{self.feature}' vector: the model "
                 "scores every item 0 for them. Query with --items to give a history.")
-        return self._rank(history, self.bundle.masked_rows(row), k, explain, profile)
+        return self._rank(history, self.bundle.masked_rows(row), k, explain, profile, row)
 
     def for_items(self, items: Sequence[str], k: int = 10, explain: int = 2) -> list[Recommendation]:
         """Top-k for a new user given the item tokens they interacted with."""
@@ -211,22 +214,62 @@ class Recommender:
         return rows, scores
 
     def _rank(self, history: np.ndarray, excluded: np.ndarray, k: int, explain: int,
-              profile: np.ndarray | None) -> list[Recommendation]:
+              profile: np.ndarray | None, user_row: int | None = None) -> list[Recommendation]:
+        """Top-k by score, equal scores in the evaluation's seeded order for this user."""
         vectors = self.bundle.embeddings[history]
-        depth = k + len(excluded)
+        depth = k + len(excluded) + 1  # one past the k-th kept item: a tie there shows
         if profile is None:  # max aggregation: best similarity to any history item
             rows, scores = self._search(vectors, depth)
             best: dict[int, float] = {}
             for row, score in zip(rows.ravel(), scores.ravel()):
                 if row >= 0 and score > best.get(row, -np.inf):
                     best[int(row)] = float(score)
-            candidates = sorted(best.items(), key=lambda kv: -kv[1])
+            candidates = list(best.items())
         else:
             rows, scores = self._search(profile[None, :], depth)
             candidates = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+        # a search stops at `depth`: an item scoring the last returned score may be cut off
+        bound = float(scores[:, -1].max()) if depth < len(self.bundle.item_tokens) else -np.inf
+        priority = self._tie_priorities(user_row)
         skip = set(np.asarray(excluded).tolist())
-        top = [(row, score) for row, score in candidates if row not in skip][:k]
+        top = sorted(((row, score) for row, score in candidates if row not in skip),
+                     key=lambda rs: (-rs[1], -priority[rs[0]]))[:k]
+        if len(top) < min(k, len(self.bundle.item_tokens) - len(skip)) or (
+                top and top[-1][1] <= bound):
+            top = self._exact_top(vectors, profile, excluded, k, user_row)
         return [self._recommendation(row, score, history, vectors, explain) for row, score in top]
+
+    def _tie_priorities(self, user_row: int | None) -> np.ndarray:
+        """Per item row, the evaluation's tie priority for this user (item id = row + 1; a
+        query that is no known user ranks as RecBole's padding user 0)."""
+        import torch
+
+        from recbole_vlm4rec.formats.ranking import priorities
+
+        user = torch.tensor([0 if user_row is None else user_row + 1])
+        n_ids = len(self.bundle.item_tokens) + 1
+        return priorities(user, n_ids, int(self.bundle.meta["tie_break_seed"]))[0, 1:].numpy()
+
+    def _exact_top(self, vectors: np.ndarray, profile: np.ndarray | None, excluded: np.ndarray,
+                   k: int, user_row: int | None) -> list[tuple[int, float]]:
+        """Every item scored (a tie reached the search depth): formats/ranking.tie_safe_topk."""
+        import torch
+
+        from recbole_vlm4rec.formats.ranking import tie_safe_topk
+
+        embeddings = self.bundle.embeddings
+        if profile is None:
+            scores = (vectors @ embeddings.T).max(axis=0)
+        else:
+            scores = embeddings @ profile
+        row_scores = torch.full((1, len(scores) + 1), -torch.inf)  # column 0: padding item
+        row_scores[0, 1:] = torch.from_numpy(scores.astype(np.float32))
+        row_scores[0, torch.from_numpy(np.asarray(excluded, np.int64) + 1)] = -torch.inf
+        user = torch.tensor([0 if user_row is None else user_row + 1])
+        top = tie_safe_topk(row_scores, k, user, int(self.bundle.meta["tie_break_seed"]))
+        return [(int(i) - 1, float(row_scores[0, i])) for i in top.indices[0]
+                if row_scores[0, i] > -torch.inf]
+
     def _describe(self, row: int) -> str | None:
         return self.bundle.descriptions.get(self.bundle.item_tokens[row])
 

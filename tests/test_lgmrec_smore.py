@@ -1,0 +1,193 @@
+"""LGMRec and SMORE on tiny data: training signal, gradients into each feature's parameters,
+predict / full_sort_predict agreement, determinism, feature-count errors, the runner; and the
+graph helpers they add (cosine-weighted kNN graph, max-union of graphs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from recbole.data.interaction import Interaction
+
+from recbole_vlm4rec.data.dataset import MissingFeatureError
+from recbole_vlm4rec.formats.features import save_feature
+from recbole_vlm4rec.models._graph import elementwise_max_union, knn_item_graph
+
+MODELS = ["LGMRec", "SMORE"]
+# A parameter per feature through which that feature enters the model.
+FEATURE_PARAMETERS = {"LGMRec": ["projections.{}", "hyperedges.{}"],
+                      "SMORE": ["projections.{}.weight"]}
+
+
+@pytest.fixture
+def two_features(tiny_dataset):
+    """tiny_dataset plus a 5-d 'txt' feature that 6 of the 40 items lack."""
+    root, name, overrides = tiny_dataset
+    rng = np.random.default_rng(2)
+    tokens = [f"i{i}" for i in range(6, 40)]
+    save_feature(root / name / "features", "txt", rng.normal(size=(len(tokens), 5)), tokens)
+    overrides = {**overrides, "item_features": {"emb": None, "txt": None},
+                 "content_features": ["emb", "txt"], "embedding_size": 8, "feat_embed_dim": 8,
+                 "knn_k": 3, "cl_weight": 0.1}
+    return name, overrides
+
+
+def train_steps(model, train, steps: int, lr: float = 0.01) -> list[float]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    batch = next(iter(train))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_full_sort_predict_equals_predict_on_all_pairs(two_features, build_pipeline, model_name):
+    name, overrides = two_features
+    _, data, train, *_, model = build_pipeline(model_name, name, overrides)
+    train_steps(model, train, 3)  # away from the initialisation, so the check is not trivial
+    model.eval()
+    users = torch.arange(1, data.user_num)
+    full = model.full_sort_predict(Interaction({"user_id": users}))
+    assert full.shape == (len(users) * data.item_num,)
+    assert torch.isfinite(full).all()
+    pair_users = users.repeat_interleave(data.item_num)
+    pair_items = torch.arange(data.item_num).repeat(len(users))
+    pairs = model.predict(Interaction({"user_id": pair_users, "item_id": pair_items}))
+    torch.testing.assert_close(pairs, full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_loss_decreases_and_every_feature_gets_gradients(two_features, build_pipeline, model_name):
+    name, overrides = two_features
+    _, _, train, *_, model = build_pipeline(model_name, name, overrides)
+    model.train()
+    model.calculate_loss(next(iter(train))).backward()
+    for template in FEATURE_PARAMETERS[model_name]:
+        for index in range(2):
+            grad = model.get_parameter(template.format(index)).grad
+            assert grad is not None and grad.abs().sum() > 0, template.format(index)
+    model.zero_grad()
+    losses = train_steps(model, train, 15)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_deterministic_under_a_seed(two_features, build_pipeline, model_name):
+    name, overrides = two_features
+    runs = []
+    for _ in range(2):
+        _, _, train, *_, model = build_pipeline(model_name, name, overrides)
+        losses = train_steps(model, train, 2)
+        model.eval()
+        scores = model.full_sort_predict(Interaction({"user_id": torch.arange(1, 5)}))
+        runs.append((losses, scores))
+    assert runs[0][0] == runs[1][0]
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_undeclared_feature_is_a_clear_error(two_features, build_pipeline, model_name):
+    name, overrides = two_features
+    with pytest.raises(MissingFeatureError, match="has no item feature 'visual'"):
+        build_pipeline(model_name, name, {**overrides, "content_features": ["emb", "visual"]})
+
+
+def test_smore_needs_two_modalities(two_features, build_pipeline):
+    name, overrides = two_features
+    with pytest.raises(ValueError, match="two or more modalities.*\\(emb\\)"):
+        build_pipeline("SMORE", name, {**overrides, "content_features": ["emb"]})
+    with pytest.raises(ValueError, match="knn_k has 3 values"):
+        build_pipeline("SMORE", name, {**overrides, "knn_k": [3, 4, 5]})
+
+
+def test_lgmrec_one_modality_only_without_the_contrastive_loss(two_features, build_pipeline):
+    name, overrides = two_features
+    with pytest.raises(ValueError, match="set cl_weight=0"):
+        build_pipeline("LGMRec", name, {**overrides, "content_features": ["emb"]})
+    _, _, train, *_, model = build_pipeline("LGMRec", name, {
+        **overrides, "content_features": ["emb"], "cl_weight": 0.0})
+    assert np.isfinite(train_steps(model, train, 2)).all()
+
+
+def test_three_modalities_run(two_features, build_pipeline, tiny_dataset):
+    root, _, _ = tiny_dataset
+    name, overrides = two_features
+    tokens = [f"i{i}" for i in range(40)]
+    save_feature(root / name / "features", "third", np.random.default_rng(3).normal(size=(40, 4)),
+                 tokens)
+    overrides = {**overrides, "item_features": {"emb": None, "txt": None, "third": None},
+                 "content_features": ["emb", "txt", "third"]}
+    for model_name in MODELS:
+        _, _, train, *_, model = build_pipeline(model_name, name, overrides)
+        assert len(model.projections) == 3
+        assert np.isfinite(train_steps(model, train, 2)).all()
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_runs_through_the_runner(two_features, model_name):
+    from recbole_vlm4rec.run.runner import run
+
+    name, overrides = two_features
+    result = run(model_name, name, overrides={**overrides, "epochs": 1}, write_results=False)
+    assert 0.0 <= result.test_result["recall@20"] <= 1.0
+
+
+def test_weighted_knn_graph_keeps_cosine_weights_and_skips_items_without_vectors():
+    features = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [3, 0]], dtype=np.float32)
+    has_vector = np.array([False, True, True, True, True])
+    binary = knn_item_graph(features, has_vector, 2).toarray()
+    weighted = knn_item_graph(features, has_vector, 2, weighted=True).toarray()
+    assert not binary[0].any() and not weighted[0].any() and not weighted[:, 0].any()
+    assert (weighted > 0).sum() == (binary > 0).sum() == 8  # 4 items x 2 neighbours
+    # Item 1's neighbours: itself (cos 1) and item 4 (cos 1); item 2's: itself and 1 or 3.
+    raw = np.zeros((5, 5))
+    for row in range(1, 5):
+        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        raw[row, weighted[row] > 0] = unit[weighted[row] > 0] @ unit[row]
+    degree = raw.sum(axis=1)
+    scale = np.zeros(5)
+    scale[degree > 0] = degree[degree > 0] ** -0.5
+    np.testing.assert_allclose(weighted, scale[:, None] * raw * scale[None, :], rtol=1e-5)
+
+
+def test_elementwise_max_union_keeps_edges_of_either_graph():
+    a = sp.csr_matrix(np.array([[0.5, 0.0], [-0.2, 0.0]], dtype=np.float32))
+    b = sp.csr_matrix(np.array([[0.7, 0.1], [0.0, 0.0]], dtype=np.float32))
+    union = elementwise_max_union([a, b])
+    # A negative weight present in one graph only is kept (absent is not 0).
+    np.testing.assert_allclose(union.toarray(), [[0.7, 0.1], [-0.2, 0.0]])
+    assert union.nnz == 3
+
+
+def test_sparse_matmul_gradient_uses_the_transpose_correctly():
+    from recbole_vlm4rec.models._graph import sparse_matmul, to_torch_sparse
+
+    rng = np.random.default_rng(0)
+    matrix = sp.random(6, 4, density=0.5, random_state=1, dtype=np.float32)
+    dense = torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float32, requires_grad=True)
+    weights = torch.tensor(rng.normal(size=(6, 3)), dtype=torch.float32)
+    (sparse_matmul(to_torch_sparse(matrix), dense, to_torch_sparse(matrix.T)) * weights).sum() \
+        .backward()
+    expected = torch.from_numpy(matrix.toarray()).T @ weights
+    torch.testing.assert_close(dense.grad, expected)
+
+
+def test_smore_trains_a_copy_of_the_features_or_keeps_them_fixed(two_features, build_pipeline):
+    name, overrides = two_features
+    _, data, train, *_, model = build_pipeline("SMORE", name, overrides)
+    loaded = data.item_feature("emb").matrix.copy()
+    before = model.feature_tables[0].detach().clone()
+    train_steps(model, train, 2)
+    assert not torch.equal(model.feature_tables[0].detach(), before)  # fine-tuned (MMRec)
+    np.testing.assert_array_equal(data.item_feature("emb").matrix, loaded)  # dataset untouched
+    _, _, _, *_, fixed = build_pipeline("SMORE", name, {**overrides, "train_features": False})
+    assert not hasattr(fixed, "feature_tables")
+    assert not any(p.shape[0] == data.item_num for n, p in fixed.named_parameters()
+                   if not n.startswith("item_embedding"))
