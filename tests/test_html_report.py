@@ -28,7 +28,7 @@ from recbole_vlm4rec.formats.features import save_feature
 
 MODELS = {"VLM4Rec": {"model": "VLM4Rec"}, "BPR": {"epochs": 2}, "Pop": {},
           "Needs vlm": {"model": "VLM4Rec", "item_feature": "vlm"},
-          "Not a model": {"model": "NoSuchModel"}}
+          "Fails": {"model": "NCL"}}  # NCL's default num_clusters exceeds 30 users: fails at run
 NO_IMAGE = {f"i{i}" for i in range(40) if i % 2}  # odd items: empty image column
 BROKEN_IMAGE = "i4"  # an image path that does not exist
 DESCRIBED = {f"i{i}" for i in range(40) if i % 3 == 0}
@@ -148,8 +148,8 @@ def test_page_has_every_section_and_a_row_per_model(bench):
     rows = {r["model"]: r for r in parser.rows}
     assert "skipped" in rows["Needs vlm"]["class"] and "has no item feature 'vlm'" in \
         rows["Needs vlm"]["text"]
-    assert "failed" in rows["Not a model"]["class"]
-    assert "unknown model" in rows["Not a model"]["text"]
+    assert "failed" in rows["Fails"]["class"]
+    assert "Error" in rows["Fails"]["text"]
     assert "±" in rows["VLM4Rec"]["text"] and "†" in rows["BPR"]["text"]  # 2 of 2 epochs: capped
     assert "†" not in rows["Pop"]["text"]
     assert parser.scripts == 0 and "http://" not in page and "https://" not in page
