@@ -42,6 +42,7 @@ from recbole_vlm4rec.run.per_user import (
 )
 from recbole_vlm4rec.run.protocol import prepare_run
 from recbole_vlm4rec.run.ranking import count_ties
+from recbole_vlm4rec.run.training import ValidCurve, training_summary
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class RunResult:
     features: dict[str, Any] = field(default_factory=dict)  # name -> file, sha256, coverage
     checkpoint: str | None = None  # the evaluated model (vlm4rec export --checkpoint serves it)
     # epochs (the trainer's cap), epochs_run, best_epoch, stopped_early, capped (ran every epoch
-    # of a multi-epoch cap without early stopping: possibly under-trained)
+    # of a multi-epoch cap without early stopping), stopping_step, eval_step, valid_curve, and
+    # undertrained: None or {"reason": "early-best" | "still-improving", "message"} (training.py)
     training: dict[str, Any] = field(default_factory=dict)
     # a few test users' top-k, training and test items (raw tokens): per_user.examples_json
     examples: dict[str, Any] | None = None
@@ -163,9 +165,10 @@ def run(
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_instance)
     compat.trust_checkpoint_dir(config["checkpoint_dir"])
     show_progress = bool(config["show_progress"])
+    curve = ValidCurve()
     try:
         best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=True, show_progress=show_progress
+            train_data, valid_data, saved=True, show_progress=show_progress, callback_fn=curve
         )
     except KeyboardInterrupt:
         # RecBole saves the best epoch as it goes: say where it is, then stop as asked.
@@ -176,6 +179,10 @@ def run(
         )
         raise
     trained = time.perf_counter()
+    training = training_summary(trainer, curve, str(config["valid_metric"]).lower())
+    if training["undertrained"]:
+        flag = training["undertrained"]
+        recbole_logger.warning(f"undertrained ({flag['reason']}): {model} {flag['message']}")
     uid_field = config["USER_ID_FIELD"]
     user_tokens = data.field2id_token[uid_field]
     item_tokens = data.field2id_token[config["ITEM_ID_FIELD"]]
@@ -214,7 +221,7 @@ def run(
         config_layers=[layer.to_json() for layer in prepared.layers],
         features={name: feature_record(data.item_feature(name)) for name in prepared.features},
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
-        training=_training_summary(trainer),
+        training=training,
         examples=examples_json(per_user, train_data._dataset, config, user_tokens, item_tokens)
         if evaluate_test and per_user.ranked else None,
         ranking=ties.to_json(seed=int(config["seed"])) if evaluate_test else {},
@@ -306,17 +313,6 @@ def dataset_card_checksum(config: Config) -> str | None:
         if card.is_file():
             return hashlib.sha256(card.read_bytes()).hexdigest()
     return None
-
-
-def _training_summary(trainer: Any) -> dict[str, Any]:
-    """How training ended: RecBole keeps a loss per epoch run and the evaluations since the best."""
-    cap, eval_step = int(trainer.epochs), max(int(trainer.eval_step or 1), 1)
-    epochs_run = len(trainer.train_loss_dict)
-    evaluated = epochs_run // eval_step * eval_step  # the last epoch that was validated
-    best = evaluated - int(trainer.cur_step) * eval_step if evaluated else None
-    stopped_early = epochs_run < cap
-    return {"epochs": cap, "epochs_run": epochs_run, "best_epoch": best,
-            "stopped_early": stopped_early, "capped": cap > 1 and not stopped_early}
 
 
 def _peak_memory_mb() -> dict[str, float]:
