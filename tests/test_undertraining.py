@@ -100,3 +100,100 @@ def test_best_epoch_follows_recboles_rule_ties_count_as_better():
 def test_flag_thresholds(training, reason):
     flag = undertrained({"stopping_step": 10, "valid_metric": "recall@20", **training})
     assert (flag or {}).get("reason") == reason
+
+
+def dip_then_recover(epoch: int) -> float:
+    """A validation curve that dips after epoch 0, recovers from epoch 5, peaks at epoch 8."""
+    if epoch < 5:
+        return 0.5 - 0.01 * epoch
+    return 0.6 + 0.01 * min(epoch, 8) - 0.001 * max(epoch - 8, 0)
+
+
+def rise_and_fall(epoch: int) -> float:
+    return 0.3 + 0.01 * min(epoch, 4) - 0.001 * max(epoch - 4, 0)
+
+
+@pytest.fixture
+def curves_by_learning_rate(monkeypatch):
+    """Validation scores chosen by the run's learning_rate: 0.0011 dips then recovers (stopped
+    early by a patience of 3), anything else rises to epoch 4 then falls (learns, then stops)."""
+    real = Trainer._valid_epoch
+
+    def valid_epoch(self, valid_data, show_progress=False):
+        _, result = real(self, valid_data, show_progress=show_progress)
+        epoch = self.__dict__.setdefault("_crafted_epoch", 0)
+        self._crafted_epoch += 1
+        curve = dip_then_recover if self.config["learning_rate"] == 0.0011 else rise_and_fall
+        return curve(epoch), result
+
+    monkeypatch.setattr(Trainer, "_valid_epoch", valid_epoch)
+
+
+def test_bench_rerun_undertrained_reruns_only_flagged_cells(tiny_dataset, tmp_path, capsys,
+                                                             curves_by_learning_rate):
+    import yaml
+
+    from recbole_vlm4rec import cli
+
+    _, _, overrides = tiny_dataset
+    spec = {"name": "rerun", "datasets": {"tiny": {}}, "seeds": [1], "isolation": "inprocess",
+            "metrics": ["recall@10"],
+            "models": {"Dips": {"model": "BPR", "learning_rate": 0.0011},
+                       "Learns": {"model": "BPR", "learning_rate": 0.001}},
+            "overrides": {**overrides, "epochs": 30, "stopping_step": 3}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "bench"
+    assert cli.main(["bench", str(path), "--out", str(out)]) == 0
+    dips, learns = (out / "runs/tiny/Dips/seed-1.json", out / "runs/tiny/Learns/seed-1.json")
+    first = json.loads(dips.read_text())
+    assert first["result"]["training"]["undertrained"]["reason"] == "early-best"
+    assert json.loads(learns.read_text())["result"]["training"]["undertrained"] is None
+    learns_before = learns.read_text()
+
+    assert cli.main(["bench", str(path), "--out", str(out), "--patience", "10"]) == 2
+    assert "--patience applies to --rerun-undertrained" in capsys.readouterr().err
+    assert cli.main(["bench", str(path), "--out", str(out), "--rerun-undertrained",
+                     "--patience", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "undertrained cells rerun: 1 ok" in printed
+    rerun = json.loads(dips.read_text())
+    assert learns.read_text() == learns_before  # not flagged: not touched
+    assert rerun["cell"] == first["cell"]  # still the spec's cell: reported as its result
+    assert rerun["rerun"]["because"]["reason"] == "early-best"
+    assert rerun["rerun"]["settings"] == {"stopping_step": 10}
+    assert rerun["rerun"]["first_run"]["training"]["best_epoch"] == 0
+    training = rerun["result"]["training"]
+    assert training["stopping_step"] == 10 and training["best_epoch"] == 8
+    assert training["undertrained"] is None
+    assert rerun["result"]["config"]["stopping_step"] == 10
+    assert not list((out / "runs").rglob("*rerun*"))  # the scratch record is not a result
+    # nothing flagged any more: a second call reruns nothing
+    assert cli.main(["bench", str(path), "--out", str(out), "--rerun-undertrained"]) == 0
+    assert "undertrained cells rerun: 0 ok" in capsys.readouterr().out
+
+
+def test_tune_reruns_undertrained_trials_before_choosing(tiny_dataset, tmp_path,
+                                                        curves_by_learning_rate):
+    import yaml
+
+    from recbole_vlm4rec.benchmark.grid import record_path
+    from recbole_vlm4rec.benchmark.spec import load_spec
+    from recbole_vlm4rec.benchmark.tune import plan, read_tuning, run_tune
+
+    _, _, overrides = tiny_dataset
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "tune-rerun", "datasets": {"tiny": {}}, "seeds": [1], "isolation": "inprocess",
+        "models": {"BPR": {}}, "overrides": {**overrides, "epochs": 30, "stopping_step": 3},
+        "search": {"space": {"BPR": {"learning_rate": [0.0011, 0.001]}}}}))
+    spec = load_spec(spec_file)
+    out = tmp_path / "tune"
+    run_tune(spec, out)
+    assert read_tuning(out)["datasets"]["tiny"]["BPR"]["chosen"] == {"learning_rate": 0.001}
+    run_tune(spec, out, rerun_undertrained=True, patience=10)
+    dipping = plan(spec)[0].trials[0]
+    record = json.loads(record_path(out, dipping).read_text())
+    assert record["rerun"]["settings"] == {"stopping_step": 10}
+    # recovered with more patience, the first grid point wins on validation (0.68 > 0.34)
+    assert read_tuning(out)["datasets"]["tiny"]["BPR"]["chosen"] == {"learning_rate": 0.0011}
