@@ -10,7 +10,7 @@ import logging
 import pytest
 from recbole.trainer import Trainer
 
-from recbole_vlm4rec.run.runner import run
+from recbole_vlm4rec.run.runner import format_metrics_table, run
 from recbole_vlm4rec.run.training import ValidCurve, undertrained
 
 
@@ -46,6 +46,7 @@ def test_a_run_stopped_by_patience_at_best_epoch_0_is_flagged_early_best(tiny_da
     assert [epoch for epoch, _ in training["valid_curve"]] == [0, 1, 2, 3, 4]
     assert any("undertrained (early-best): BPR" in r.getMessage() for r in caplog.records
                if r.levelno == logging.WARNING)
+    assert "UNDERTRAINED (early-best): stopped by patience" in format_metrics_table(result)
 
 
 def test_a_capped_run_still_improving_is_flagged_still_improving(tiny_dataset, monkeypatch):
@@ -69,6 +70,7 @@ def test_a_run_that_learns_and_stops_by_patience_is_not_flagged(tiny_dataset, mo
     assert (training["best_epoch"], training["epochs_run"]) == (4, 9)
     assert training["undertrained"] is None
     assert not any("undertrained" in r.getMessage() for r in caplog.records)
+    assert "UNDERTRAINED" not in format_metrics_table(result)
 
 
 def test_one_pass_models_are_never_flagged(tiny_dataset):
