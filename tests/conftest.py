@@ -14,7 +14,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+from recbole_vlm4rec import compat  # noqa: E402
 from recbole_vlm4rec.formats.features import save_feature  # noqa: E402
+
+# Where the suite's runs start: every RecBole patch, as vlm4rec and run_recbole.py install them
+# (tests/test_compat.py checks in a fresh process that nothing is patched before this call).
+compat.install()
 
 
 def write_inter(folder: Path, name: str, rows: list[tuple[str, str, float, int]]) -> Path:
@@ -65,23 +70,31 @@ def tiny_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def build_pipeline():
-    """Build (config, dataset, train, valid, test, model) exactly as runner.run does, untrained."""
-    from recbole.data import data_preparation
-    from recbole.utils import init_seed
-
-    from recbole_vlm4rec.models import get_model_class
-    from recbole_vlm4rec.run.protocol import build_config
-    from recbole_vlm4rec.run.runner import create_dataset
+    """Build (config, dataset, train, valid, test, model), untrained, through the run layer a
+    user's run goes through (run/protocol.prepare_run, run/runner.build_run): the same key and
+    value checks, declared features, top-k check, cold-start protocol and masking."""
+    from recbole_vlm4rec.run.protocol import prepare_run
+    from recbole_vlm4rec.run.runner import build_run
 
     def build(model: str, dataset: str, overrides: dict[str, Any]):
-        config = build_config(model, dataset, overrides=overrides)
-        init_seed(config["seed"], config["reproducibility"])
-        data = create_dataset(config)
-        train, valid, test = data_preparation(config, data)
-        instance = get_model_class(model)(config, train._dataset)
-        return config, data, train, valid, test, instance
+        prepared = prepare_run(model, dataset, overrides=overrides)
+        built = build_run(prepared.config, prepared.model_class)
+        return (built.config, built.dataset, built.train_data, built.valid_data, built.test_data,
+                built.model)
 
     return build
+
+
+def read_by(model_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``overrides`` that this model reads: a run refuses another model's keys
+    (run/accounting.py), e.g. FREEDOM's feat_embed_dim given to VBPR, so fixtures that serve
+    several models hand each only its own."""
+    from recbole_vlm4rec.models import get_model_class
+    from recbole_vlm4rec.run.accounting import known_keys
+
+    known = known_keys()
+    own = known.model_keys(model_name, get_model_class(model_name))
+    return {key: value for key, value in overrides.items() if key in known.general or key in own}
 
 
 def write_predefined_split(root: Path, name: str, splits: dict[str, list[tuple[str, str]]]) -> None:
