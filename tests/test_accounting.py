@@ -24,7 +24,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
      "unknown config key 'profile_agregation' (--profile_agregation=max); did you mean "
      "profile_aggregation?"),
     (["--model=BPR", "--reg_weight=1.0"], "config key 'reg_weight' (--reg_weight=1.0) is not read "
-     "by BPR (a setting of BPRMF, FREEDOM, LGMRec, MMGCN, SMORE, VBPR"),
+     "by BPR (a setting of READERS_OF_REG_WEIGHT"),
     (["--model=BPR", "--epochs=abc"], "config key 'epochs' takes an integer"),
     (["--model=BPR", "--learning_rate=abc"], "config key 'learning_rate' takes a number"),
     (["--profile_aggregation=maxx"],
@@ -37,9 +37,19 @@ def test_cli_mistakes_are_one_line_and_exit_2(tiny_dataset, capsys, args, messag
     _, name, overrides = tiny_dataset
     given = [f"--data_path={overrides['data_path']}", "--item_features={'emb': None}"]
     code, err = run_cli([f"--dataset={name}", *given, *args], capsys)
+    message = message.replace("READERS_OF_REG_WEIGHT", readers_of("reg_weight"))
     assert code == 2
     assert err.startswith("error: " + message), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def readers_of(key: str) -> str:
+    """The registry's models that read ``key``, as the error lists them (ours first, six shown)."""
+    from recbole_vlm4rec.models import project_models
+
+    known = known_keys()
+    return ", ".join(sorted(name for name, cls in project_models().items()
+                            if key in known.model_keys(name, cls))[:6])
 
 
 def test_keys_the_model_reads_are_accepted(tiny_dataset):
