@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -107,7 +108,22 @@ def test_our_config_ignores_sys_argv_recboles_own_still_reads_it(monkeypatch):
     config = compat.config_class()(model="BPR", dataset="ml-100k", config_dict={"gpu_id": ""})
     assert config["epochs"] != 7 and config["learning_rate"] != 0.5
     assert Config(model="BPR", dataset="ml-100k", config_dict={"gpu_id": ""})["epochs"] == 7
-    assert pickle.loads(pickle.dumps(config))["epochs"] == config["epochs"]  # checkpoints pickle it
+    # checkpoints pickle it: as the plain dict of its values, rebuilt by config_from_dict
+    values = pickle.loads(pickle.dumps(config))
+    assert type(values) is dict and values == config.final_config_dict
+    rebuilt = compat.config_from_dict(values)
+    assert isinstance(rebuilt, Config) and rebuilt["epochs"] == config["epochs"]
+    assert rebuilt.model == "BPR" and "Training Hyper Parameters" in str(rebuilt)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_use_gpu_says_whether_the_run_uses_a_gpu(monkeypatch, cuda):
+    """RecBole's yaml says use_gpu: True; our Config says what the device is."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    config = compat.config_class()(model="BPR", dataset="ml-100k", config_dict={"gpu_id": "0"})
+    assert config["device"].type == ("cuda" if cuda else "cpu")
+    assert config["use_gpu"] is cuda
 
 
 def test_traditional_models_evaluate_their_one_epoch_even_with_eval_step(tiny_dataset, build_pipeline):
