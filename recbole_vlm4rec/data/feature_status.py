@@ -17,6 +17,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass, field
+
 from recbole_vlm4rec.formats.images import is_url
 from recbole_vlm4rec.formats.items import read_item_table
 
@@ -33,6 +35,38 @@ def discover_feature_files(directory: Path) -> list[str]:
         return []
     return sorted(path.stem for path in directory.glob("*.npy")
                   if path.with_suffix(".tokens").is_file())
+
+
+@dataclass
+class DatasetFeatures:
+    """A prepared dataset's features as its yaml and its features folder state them."""
+
+    declared: dict[str, dict[str, Any]]  # name -> spec (files on disk are declared as {})
+    on_disk: set[str]
+    default: str | None  # default_item_feature
+    content: list[str] = field(default_factory=list)  # content_features, else [default]
+
+    def ready(self, feature: str) -> bool:
+        """On disk, or declared with a build recipe (built on first use)."""
+        return feature in self.on_disk or bool(self.declared.get(feature, {}).get("build"))
+
+
+def dataset_features(folder: Path, config_paths: list[Path]) -> DatasetFeatures:
+    """The features of the dataset in ``folder`` under its yaml layers ``config_paths`` (later
+    wins; missing files are skipped)."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    for path in config_paths:
+        if path.is_file():
+            config.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    on_disk = set(discover_feature_files(folder / "features"))
+    declared = {str(n): (spec if isinstance(spec, dict) else {})
+                for n, spec in (config.get("item_features") or {}).items()}
+    declared.update({n: {} for n in on_disk if n not in declared})
+    default = config.get("default_item_feature") or None
+    content = [str(n) for n in (config.get("content_features") or ([default] if default else []))]
+    return DatasetFeatures(declared, on_disk, default, content)
 
 
 def item_table_columns(item_file: Path, with_types: bool = False) -> list[str]:
