@@ -163,7 +163,8 @@ def prepare_mmrec_folder(
         missing = [i for i in item_ids if i not in raw_items]
         if missing:
             raise PrepareError(f"{item_map_path}: {len(missing)} itemIDs of {inter_path.name} "
-                               f"have no asin, e.g. {missing[:5]}; use --ids mmrec")
+                               f"have no asin, e.g. {missing[:5]}; use --ids mmrec"
+                               + _refused_lines(refusals, item_map_path))
         item_tokens = {i: raw_items[i] for i in item_ids}
     if ids == "raw" and user_map_path.is_file():
         raw_users = _read_id_mapping(user_map_path, ("user_id",), ("userID",), encoding, malformed)
@@ -171,7 +172,8 @@ def prepare_mmrec_folder(
         missing = [u for u in user_tokens if u not in raw_users]
         if missing:
             raise PrepareError(f"{user_map_path}: {len(missing)} userIDs of {inter_path.name} "
-                               f"have no raw id, e.g. {sorted(missing)[:5]}; use --ids mmrec")
+                               f"have no raw id, e.g. {sorted(missing)[:5]}; use --ids mmrec"
+                               + _refused_lines(refusals, user_map_path))
         user_tokens = {u: raw_users[u] for u in user_tokens}
     _check_unique(item_tokens, item_map_path)
     _check_unique(user_tokens, user_map_path)
@@ -209,6 +211,11 @@ def prepare_mmrec_folder(
     prepared.item_types = item_types
     refusals.record(prepared)
     return prepared
+
+
+def _refused_lines(refusals: Refusals, path: Path) -> str:
+    examples = refusals.examples(f"{path}:")
+    return f" (lines of it refused: {'; '.join(examples[:3])})" if examples else ""
 
 
 def _check_unique(tokens: dict[int, str], path: Path) -> None:

@@ -54,8 +54,7 @@ REASONS = {
     WRONG_TYPE: "JSON values of the wrong type: an object, list or boolean where an id, number "
                 "or text belongs",
 }
-REFUSAL_NOTE = ("; an interaction or id-table line with one is skipped, an item-metadata value is "
-                "left empty (each example says which)")
+REFUSAL_NOTE = "; the line is skipped, or only the value where an example says (left empty)"
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _TEXT_BREAKS = re.compile("[\\s\x00-\x1f\x7f-\x9f]+")
