@@ -144,8 +144,7 @@ def check_timestamp(value: Any, field: str) -> float:
     """A number in ``0 .. TIMESTAMP_MAX``."""
     number = check_number(value, field)
     if not 0 <= number <= TIMESTAMP_MAX:
-        raise BadValue(OUT_OF_RANGE, f"{field} {number:g} is outside 0 .. {TIMESTAMP_MAX:,} "
-                       "(Unix seconds, or milliseconds up to 2100)")
+        raise BadValue(OUT_OF_RANGE, f"{field} {number:g} is outside 0 .. {TIMESTAMP_MAX:,}")
     return number
 
 
