@@ -186,6 +186,32 @@ def test_mmrec_url_file_references_are_checked(tmp_path):
     assert prepared.counters[CONTROL] == 1 and "x_url.csv:3: " in prepared.reasons[CONTROL]
 
 
+def test_mmrec_feature_rows_that_are_not_finite_are_left_out(tmp_path, capsys):
+    """Was a FeatureFileError traceback when the folder was written."""
+    import numpy as np
+
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    (folder / "x.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n0\t1\t1\n0\t2\t2\n")
+    visual = np.ones((3, 4))
+    visual[1, 2] = np.nan
+    text = np.ones((3, 2))
+    text[2, 0] = 1e300  # finite as float64, infinite as float32
+    np.save(folder / "image_feat.npy", visual)
+    np.save(folder / "text_feat.npy", text)
+    root = tmp_path / "datasets"
+    assert cli.main(["prepare", "mmrec", str(folder), "--name", "mm", "--root", str(root)]) == 0
+    card = json.loads((root / "mm" / "card.json").read_text())
+    assert card["features"]["visual"]["items_covered"] == 2
+    assert card["features"]["text"]["items_covered"] == 2
+    assert card["counters"][NON_FINITE]["count"] == 2
+    assert "image_feat.npy:row 1: visual vector of item 1" in card["counters"][NON_FINITE]["reason"]
+    np.save(folder / "text_feat.npy", np.full((3, 2), np.inf))
+    assert cli.main(["prepare", "mmrec", str(folder), "--name", "mm", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "text_feat.npy: no row of the dataset's items is finite" in err and "Traceback" not in err
+
+
 def review(user="U1", asin="B1", overall=4.0, stamp=1_300_000_000) -> str:
     return json.dumps({"reviewerID": user, "asin": asin, "overall": overall,
                        "unixReviewTime": stamp})

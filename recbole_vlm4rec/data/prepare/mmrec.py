@@ -10,7 +10,8 @@ Input files (tab separated unless noted):
     default) the dataset's tokens are the raw ids (ASINs, reviewer ids), the same tokens the
     Amazon-dump source produces; otherwise MMRec's integers.
 ``image_feat.npy`` / ``text_feat.npy`` (optional)
-    row ``i`` = MMRec ``itemID`` ``i``; imported as features ``visual`` / ``text``.
+    row ``i`` = MMRec ``itemID`` ``i``; imported as features ``visual`` / ``text`` (as float32; a
+    row that is not finite there is left out and counted: that item has no vector).
 ``*url*.csv`` (optional, comma separated)
     ``itemID,asin,imUrl``: the image URL of each item, written to the ``image`` column.
 ``meta`` (optional argument)
@@ -33,6 +34,7 @@ import pandas as pd
 from recbole_vlm4rec.data.prepare.prepared import ImportedFeature, PrepareError, PreparedDataset
 from recbole_vlm4rec.data.prepare.readers import find_column, read_table
 from recbole_vlm4rec.data.prepare.values import (
+    NON_FINITE,
     Problems,
     Refusals,
     check_id,
@@ -201,7 +203,7 @@ def prepare_mmrec_folder(
         path = folder / file_name
         if path.is_file():
             prepared.features[feature_name] = _import_feature(
-                path, feature_name, item_ids, item_tokens, prepared)
+                path, feature_name, item_ids, item_tokens, prepared, refusals)
             prepared.sources.append(path)
 
     inter["user_id"] = inter["user_id"].map(user_tokens)
@@ -224,7 +226,9 @@ def _check_unique(tokens: dict[int, str], path: Path) -> None:
 
 
 def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dict[int, str],
-                    prepared: PreparedDataset) -> ImportedFeature:
+                    prepared: PreparedDataset, refusals: Refusals) -> ImportedFeature:
+    """Rows of the dataset's items, as float32; a row with a value that is not finite there
+    (NaN, inf, beyond float32) is left out and counted: that item has no vector of the feature."""
     try:
         matrix = load_array(path)
     except (ValueError, OSError, EOFError) as error:
@@ -239,9 +243,19 @@ def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dic
     if extra:
         prepared.count(f"{name}_rows_without_interactions", extra,
                        f"rows of {path.name} whose itemID has no interaction: not imported")
+    with np.errstate(over="ignore"):
+        rows = matrix[item_ids].astype(np.float32)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.any():
+        raise PrepareError(f"{path}: no row of the dataset's items is finite (NaN, inf or beyond "
+                           "float32 in every one)")
+    non_finite = refusals.counter(NON_FINITE)
+    for index in np.flatnonzero(~finite):
+        non_finite.add(f"{path}:row {item_ids[index]}", f"{name} vector of item "
+                       f"{item_tokens[item_ids[index]]} is not finite in float32 (left out)")
     return ImportedFeature(
-        matrix=matrix[item_ids].astype(np.float32),
-        tokens=[item_tokens[i] for i in item_ids],
+        matrix=rows[finite],
+        tokens=[item_tokens[i] for i, ok in zip(item_ids, finite) if ok],
         meta={"format_version": 2, "origin": "imported", "kind": "imported", "source": str(path),
               "format": "MMRec (row i = itemID i)", "rows_in_source": int(matrix.shape[0])},
     )
