@@ -131,7 +131,7 @@ def test_mmrec_ids_are_plain_row_numbers(tmp_path, value, key):
                                            for i in range(3)] + [f"1\t{value}\t0"]
     (folder / "x.inter").write_text("\n".join(lines) + "\n")
     prepared = prepare_mmrec_folder(folder, "mm")
-    assert prepared.counters[key] == 1 and f"x.inter:14: " in prepared.reasons[key]
+    assert prepared.counters[key] == 1 and "x.inter:14: " in prepared.reasons[key]
     assert sorted(set(prepared.inter["item_id"])) == ["0", "1", "2"]
 
 
@@ -209,7 +209,8 @@ def test_mmrec_feature_rows_that_are_not_finite_are_left_out(tmp_path, capsys):
     np.save(folder / "text_feat.npy", np.full((3, 2), np.inf))
     assert cli.main(["prepare", "mmrec", str(folder), "--name", "mm", "--root", str(root)]) == 2
     err = capsys.readouterr().err
-    assert "text_feat.npy: no row of the dataset's items is finite" in err and "Traceback" not in err
+    assert "text_feat.npy: no row of the dataset's items is finite" in err
+    assert "Traceback" not in err
 
 
 def review(user="U1", asin="B1", overall=4.0, stamp=1_300_000_000) -> str:
@@ -339,6 +340,15 @@ def test_an_over_long_or_undecodable_header_refuses_the_file(tmp_path):
     path.write_bytes(b"user\titem\xff\nu1\ti1\n")
     with pytest.raises(PrepareError, match=r"r.tsv:1: header line refused: not utf-8"):
         prepare_catalogue(path, "x")
+
+
+def test_an_unknown_encoding_is_one_line(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    write_table(path, ",", None)
+    assert cli.main(["prepare", "catalogue", "--interactions", str(path), "--name", "x",
+                     "--encoding", "klingon", "--root", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err == (
+        "error: unknown --encoding 'klingon' (e.g. utf-8, latin-1, cp1252)\n")
 
 
 def test_the_checks_one_by_one():

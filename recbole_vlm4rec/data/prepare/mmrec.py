@@ -112,9 +112,9 @@ def prepare_mmrec_folder(
         raise ValueError(f"ids must be 'raw' or 'mmrec', got {ids!r}")
     inter_path = Path(inter_file).resolve() if inter_file else find_inter_file(folder)
     refusals = Refusals()
-    malformed = refusals.counter("malformed_lines", "lines skipped: undecodable, wrong field count, "
-                                 "empty or non-integer id, non-numeric rating/timestamp, or "
-                                 "x_label not in 0/1/2")
+    malformed = refusals.counter("malformed_lines", "lines skipped: undecodable, wrong field "
+                                 "count, empty or non-integer id, non-numeric rating/timestamp, "
+                                 "or x_label not in 0/1/2")
     prepared = PreparedDataset(name=name, inter=pd.DataFrame(), source_kind="MMRec folder",
                                split_description=SPLIT_DESCRIPTION, sources=[inter_path])
 

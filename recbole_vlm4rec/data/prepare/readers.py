@@ -8,6 +8,7 @@ whole. A file where every record is broken raises :class:`PrepareError` in the s
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 from pathlib import Path
@@ -48,6 +49,11 @@ def iter_lines(path: Path, encoding: str, problems: Problems,
                header: bool = False) -> Iterator[tuple[int, str]]:
     """``(line_no, text)`` of non-blank lines; undecodable or over-long lines go to ``problems``
     (a header line that is either is a :class:`PrepareError`)."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise PrepareError(f"unknown --encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") \
+            from None
     with open_binary(path) as handle:
         for line_no, (raw, size) in enumerate(_raw_lines(handle), start=1):
             if size > MAX_LINE_BYTES:
