@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from recbole_vlm4rec.data.prepare.output import PreparedDataset
+from recbole_vlm4rec.data.prepare.prepared import PreparedDataset
 from recbole_vlm4rec.formats.files import atomic_write_text
 
 FEATURE_ORDER = ("vlm", "visual", "text")
