@@ -148,16 +148,20 @@ def test_weighted_fusion_is_the_weighted_average_of_cosines(two_features, build_
     torch.testing.assert_close(all_scores(data, fused), expected)
 
 
-def test_fusion_config_errors(two_features, build_pipeline):
+def test_fusion_config_errors(two_features):
+    from recbole_vlm4rec.run.accounting import ConfigValueError
+    from recbole_vlm4rec.run.protocol import prepare_run
+
     name, overrides = two_features
-    fusion = read_by("VLM4RecFusion", overrides)
-    with pytest.raises(ValueError, match="one weight per feature"):
-        build_pipeline("VLM4RecFusion", name, {**fusion, "fusion_weights": [1.0]})
-    with pytest.raises(ValueError, match="config key 'fusion' takes one of concat, weighted"):
-        build_pipeline("VLM4RecFusion", name, {**fusion, "fusion": "sum"})
-    with pytest.raises(ValueError, match="profile_aggregation=max"):
-        build_pipeline("VLM4RecFusion", name, {**fusion, "fusion": "weighted",
-                                               "profile_aggregation": "max"})
+    overrides = read_by("VLM4RecFusion", overrides)
+    for extra, message in (({"fusion_weights": [1.0]}, "has 1 values but there are 2 features"),
+                           ({"fusion_weights": [0, 0]}, "needs a positive sum"),
+                           ({"fusion": "sum"}, "'fusion' .*takes one of concat, weighted"),
+                           ({"fusion": "weighted", "profile_aggregation": "max"},
+                            "max matches on one embedding")):
+        with pytest.raises(ConfigValueError, match=message):
+            prepare_run("VLM4RecFusion", name, overrides={**overrides, **extra},
+                        build_features=False)
 
 
 @pytest.mark.parametrize("model_name", TRAINED + ["VLM4RecFusion", "BPR", "LightGCN", "ItemKNN"])
@@ -171,8 +175,8 @@ def test_learns_the_taste_groups_through_the_runner(taste_groups, model_name):
 
 
 def test_pop_through_the_runner_reports_what_its_scores_give(tiny_dataset):
-    """The runner's recall@10 and mrr@10 are the ones computed by hand from the checkpoint's scores, the split
-    and the masking rule (RecBole's Pop counts each item once per training batch, so on one
+    """The runner's recall@10 and mrr@10 are the ones computed by hand from the checkpoint's
+    scores, the split and the masking rule (RecBole's Pop counts each item once per training batch, so on one
     batch every score ties: the documented tie-break then decides, and the count says so)."""
     from conftest import metrics_by_hand
     from recbole_vlm4rec.run.runner import run

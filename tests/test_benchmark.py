@@ -48,7 +48,8 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
     assert len(refused.value.problems) == 3  # once per cell setting, not per seed
     problems = "\n".join(refused.value.problems)
     assert "VBPR-not-here on tiny: unknown model 'NoSuchModel'" in problems
-    assert "'profile_aggregation' takes one of mean, max; got 'median'" in problems
+    assert "'profile_aggregation' (--profile_aggregation=median) " in problems
+    assert "takes one of mean, max; got 'median'" in problems
     assert "'reg_weight' (--reg_weight=0.1) is not read by BPR" in problems
     assert not (out / "runs").exists()
     del models["Typo"], models["VBPR-not-here"], models["Not BPR's"]
@@ -225,13 +226,11 @@ def test_seeds_and_epochs_cap_from_the_command_line_and_capped_runs_marked(tiny_
 def test_cost_warning_on_a_cpu_names_the_cheaper_options(monkeypatch, tmp_path):
     import torch
 
-    from recbole.utils import ModelType
-
     from recbole_vlm4rec.benchmark.cli import cost_note
     from recbole_vlm4rec.benchmark.spec import load_spec, protocol_epochs
     from recbole_vlm4rec.data.registry import is_embedded
     from recbole_vlm4rec.formats.paths import configs_dir
-    from recbole_vlm4rec.models import get_model_class
+    from recbole_vlm4rec.models import get_model_info
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))  # only the embedded ml-100k is prepared
@@ -242,7 +241,7 @@ def test_cost_warning_on_a_cpu_names_the_cheaper_options(monkeypatch, tmp_path):
     cells = paper.cells()
     prepared = [cell for cell in cells if is_embedded(cell.dataset)]
     trained = [int(cell.overrides.get("epochs", protocol_epochs())) for cell in prepared
-               if get_model_class(cell.model).type != ModelType.TRADITIONAL]
+               if get_model_info(cell.model).trained]
     assert trained and len(prepared) < len(cells)
     assert (f"plan: {len(cells)} cells, {len(trained)} of them train a model (up to "
             f"{max(trained)} epochs") in note
