@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from recbole_vlm4rec.data.prepare.output import SPLIT_NAMES, PreparedDataset, sha256_of
+from recbole_vlm4rec.data.prepare.prepared import SPLIT_NAMES, PreparedDataset, sha256_of
 
 FORMAT_VERSION = 1
 
