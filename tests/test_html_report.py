@@ -22,7 +22,7 @@ from recbole_vlm4rec import cli
 from recbole_vlm4rec.benchmark.breakdowns import activity_buckets, cold_warm_pairs
 from recbole_vlm4rec.benchmark.cell import make_record
 from recbole_vlm4rec.benchmark.grid import record_path, run_grid
-from recbole_vlm4rec.benchmark.report import ModelSummary
+from recbole_vlm4rec.benchmark.report_data import ModelSummary
 from recbole_vlm4rec.benchmark.spec import Cell, load_spec
 from recbole_vlm4rec.formats.features import save_feature
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from recbole_vlm4rec.benchmark.catalogue import Catalogue, ItemView
 
 if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report import ModelSummary
+    from recbole_vlm4rec.benchmark.report_data import ModelSummary
 
 DEFAULT_EXAMPLE_USERS = 3
 DEFAULT_EXAMPLE_MODELS = 4

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report import Report
+    from recbole_vlm4rec.benchmark.report_data import Report
 
 
 PROTOCOL_KEYS = ("eval_args", "metrics", "topk", "valid_metric", "eval_history_mask",

@@ -34,7 +34,7 @@ from recbole_vlm4rec.benchmark.breakdowns import (  # noqa: E402
 from recbole_vlm4rec.benchmark.spec import safe_name  # noqa: E402
 
 if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report import Report
+    from recbole_vlm4rec.benchmark.report_data import Report
 
 
 def write_plots(report: "Report") -> list[Path]:
