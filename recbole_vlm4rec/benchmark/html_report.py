@@ -200,7 +200,8 @@ def examples_block(report: Report, dataset: str, seeds: list[int] | None,
                    example_models: list[str] | None, example_users: int) -> str:
     summaries = report.datasets[dataset]
     choice = choose_examples(summaries, report.references.get(dataset), example_models,
-                             example_users, seeds)
+                             example_users, seeds,
+                             report.metrics[0] if report.metrics else None)
     if choice is None:
         return ('<p class="note">No examples: no ok run recorded top-k lists (records made '
                 "before they were kept: rerun with --rerun).</p>")

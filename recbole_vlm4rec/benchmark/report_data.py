@@ -91,6 +91,13 @@ class ModelSummary:
         return [r for r in self.ok if (r["result"].get("training") or {}).get("capped")]
 
     @property
+    def trained(self) -> bool:
+        """Whether the model trains: its runs' trainer ran with more than one epoch allowed
+        (closed-form and content-only models record a cap of 1)."""
+        return any(int((r["result"].get("training") or {}).get("epochs") or 0) > 1
+                   for r in self.ok)
+
+    @property
     def undertrained(self) -> list[dict[str, Any]]:
         """Ok runs the runner flagged as possibly undertrained (``training.undertrained``)."""
         return [r for r in self.ok if undertrained_flag(r)]
