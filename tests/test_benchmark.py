@@ -143,6 +143,8 @@ def test_report_marks_best_and_significant_differences(tmp_path):
     assert "▲" in text.split("| Better |")[1].splitlines()[0]
     assert "**" in text.split("| Better |")[1].splitlines()[0]  # best in its column
     assert "▲" not in text.split("| Same |")[1].splitlines()[0]
+    models = text.split("## Models")[1]
+    assert "| Better | Better | - |" in models and "| Ref | Ref | - |" in models
 
 
 def test_holm_matches_hand_computation():

@@ -156,6 +156,10 @@ def test_page_has_every_section_and_a_row_per_model(bench):
     assert "Error" in rows["Fails"]["text"]
     assert "±" in rows["VLM4Rec"]["text"] and "†" in rows["BPR"]["text"]  # 2 of 2 epochs: capped
     assert "†" not in rows["Pop"]["text"]
+    # each label says which model (and settings) it runs
+    assert '<small class="model" title="epochs=2">BPR</small>' in page
+    assert '<small class="model" title="model=VLM4Rec, item_feature=vlm">' not in page
+    assert '<small class="model" title="item_feature=vlm">VLM4Rec</small>' in page
     assert parser.scripts == 0 and "http://" not in page and "https://" not in page
     assert all(h.startswith("#") and h[1:] in parser.ids for h in parser.hrefs), parser.hrefs
     commit = json.loads(record_path(out, spec.cells()[0]).read_text())["result"]["environment"]

@@ -30,6 +30,7 @@ from recbole_vlm4rec.benchmark.report_data import (
     WORSE,
     ModelSummary,
     Report,
+    settings_text,
     training_notes,
     undertrained_flag,
     undertrained_reason_text,
@@ -55,7 +56,7 @@ table.kv th{text-align:left;color:#3b4454;font-weight:600}table.kv td{text-align
 table.plain td,table.plain th{text-align:left}
 tr.skipped td,tr.failed td,tr.missing td{color:#7a8291;background:#f7f8fa}
 td.reason{text-align:left;font-style:italic}.best{font-weight:700;background:#e6f4ea}
-.up{color:#137333}.down{color:#b3261e}.capped,.undertrained{color:#8a4b00}
+small.model{color:#5b6474}.up{color:#137333}.down{color:#b3261e}.capped,.undertrained{color:#8a4b00}
 figure.plot{display:inline-block;margin:8px 16px 8px 0;vertical-align:top}
 figure.plot img{max-width:580px;border:1px solid #e3e7ee}
 figure.plot figcaption{font-size:12px;color:#5b6474;max-width:580px}
@@ -140,6 +141,9 @@ def results_table(report: Report, dataset: str, summaries: dict[str, ModelSummar
     for label, summary in summaries.items():
         runs = f"{len(summary.ok)}/{report.n_seeds or len(summary.records)}"
         name = escape(label) + (" <small>(ref)</small>" if label == reference else "")
+        settings = report.label_settings.get(label)
+        name += (f'<br><small class="model" title="{escape(settings_text(settings))}">'
+                 f"{escape(summary.model)}</small>")
         if not summary.ok:
             reason = "; ".join(summary.reasons) or summary.status
             rows.append(f'<tr class="{escape(summary.status)}" data-model="{escape(label)}">'

@@ -16,6 +16,7 @@ Training marks, from each run's ``result.training``:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,16 @@ class Report:
     seeds: list[int] | None = None  # the spec's seeds, in its order
     tests: dict[tuple[str, str], dict[str, PairedTest]] = field(default_factory=dict)
     tuning: dict[str, Any] | None = None  # tuning.json of `vlm4rec tune` (benchmark/tune.py)
+    # label -> the settings its spec entry gives (beside `model`); empty without a spec.yaml
+    label_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def label_models(self) -> dict[str, tuple[str, dict[str, Any] | None]]:
+        """``label -> (model class, the label's settings or None when unknown)``, table order."""
+        found: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        for summaries in self.datasets.values():
+            for label, summary in summaries.items():
+                found.setdefault(label, (summary.model, self.label_settings.get(label)))
+        return found
 
 
 def load_report(folder: str | Path) -> Report:
@@ -173,7 +184,9 @@ def load_report(folder: str | Path) -> Report:
     metrics = list(spec.metrics) if spec and spec.metrics else _all_metrics(records)
     report = Report(folder, metrics, spec.alpha if spec else 0.05, datasets,
                     n_seeds=len(spec.seeds) if spec else None,
-                    seeds=list(spec.seeds) if spec else None, tuning=tuning)
+                    seeds=list(spec.seeds) if spec else None, tuning=tuning,
+                    label_settings={label: dict(entry["overrides"])
+                                    for label, entry in spec.models.items()} if spec else {})
     candidates = list(spec.reference) if spec else []
     for dataset, summaries in datasets.items():
         usable = [label for label in candidates if label in summaries and summaries[label].ok]
@@ -196,6 +209,14 @@ def _all_metrics(records: list[dict[str, Any]]) -> list[str]:
         if record["status"] == "ok":
             return list(record["result"]["test_result"])
     return []
+
+
+def settings_text(settings: dict[str, Any] | None) -> str:
+    """``item_feature=vlm, fusion=concat``; ``-`` for none, ``?`` when the spec is not there."""
+    if settings is None:
+        return "?"
+    return ", ".join(f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+                     for key, value in settings.items()) or "-"
 
 
 def training_notes(summaries: dict[str, ModelSummary]) -> list[str]:

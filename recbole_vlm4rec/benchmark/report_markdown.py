@@ -14,6 +14,7 @@ from recbole_vlm4rec.benchmark.report_data import (
     WORSE,
     ModelSummary,
     Report,
+    settings_text,
     training_notes,
 )
 from recbole_vlm4rec.benchmark.spec import safe_name
@@ -24,6 +25,14 @@ def training_marks(summary: ModelSummary) -> str:
     """`` †``, `` ‡`` or both after a label: some runs capped / flagged as undertrained."""
     return (f" {CAPPED}" if summary.capped else "") + (
         f" {UNDERTRAINED}" if summary.undertrained else "")
+
+
+def label_lines(report: Report) -> list[str]:
+    """Which model and settings each label runs (one label, one model: the labels are names)."""
+    lines = ["", "| label | model | settings |", "|---|---|---|"]
+    for label, (model, settings) in report.label_models().items():
+        lines.append(f"| {label} | {model} | {settings_text(settings)} |")
+    return lines
 
 
 def significance_marker(report: Report, dataset: str, metric: str, label: str) -> str:
@@ -82,6 +91,9 @@ def markdown(report: Report) -> str:
                           ("cold-vs-warm", "cold vs warm")):
             if (report.folder / "plots" / f"{safe_name(dataset)}-{stem}.png").is_file():
                 lines.append(f"![{alt}](plots/{safe_name(dataset)}-{stem}.png)")
+    lines += ["", "## Models", "", "What each label runs: the model and the settings its spec entry "
+              "gives (the protocol and the spec's overrides apply to every label)."]
+    lines += label_lines(report)
     lines += ["", "Examples (training items and each model's top-10 for a few test users), "
               "plots and how the run was made: [report.html](report.html)."]
     return "\n".join(lines) + "\n"
