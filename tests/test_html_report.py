@@ -161,6 +161,10 @@ def test_page_has_every_section_and_a_row_per_model(bench):
     assert '<small class="model" title="model=VLM4Rec, item_feature=vlm">' not in page
     assert '<small class="model" title="item_feature=vlm">VLM4Rec</small>' in page
     assert parser.scripts == 0 and "http://" not in page and "https://" not in page
+    # no folder of this machine (the page may be mailed): the bench folder, the dataset's, /tmp
+    tmp = str(out.parent.resolve())
+    assert tmp not in page and str(Path.home()) not in page and "/tmp/" not in page
+    assert "from the folder <code>bench</code>" in page and "data_path: …/datasets" in page
     assert all(h.startswith("#") and h[1:] in parser.ids for h in parser.hrefs), parser.hrefs
     commit = json.loads(record_path(out, spec.cells()[0]).read_text())["result"]["environment"]
     assert commit["commit"] in page and "reference:" in page  # provenance: commit and the spec

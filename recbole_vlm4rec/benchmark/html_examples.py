@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recbole_vlm4rec.benchmark.catalogue import Catalogue, ItemView
 
-if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report_data import ModelSummary
+from recbole_vlm4rec.benchmark.report_data import ModelSummary, without_machine_paths
 
 DEFAULT_EXAMPLE_USERS = 3
 DEFAULT_EXAMPLE_MODELS = 4
@@ -42,7 +41,7 @@ class ExampleChoice:
     roles: dict[str, str] = field(default_factory=dict)  # label -> why it is shown, if chosen
 
 
-def default_example_labels(summaries: dict[str, "ModelSummary"], candidates: list[str],
+def default_example_labels(summaries: dict[str, ModelSummary], candidates: list[str],
                            reference: str | None, metric: str | None) -> tuple[list[str],
                                                                               dict[str, str]]:
     """The reference, the best trained model, then the rest best first by ``metric`` (ties in
@@ -66,12 +65,12 @@ def default_example_labels(summaries: dict[str, "ModelSummary"], candidates: lis
     return labels, {label: role for label, role in roles.items() if label in labels}
 
 
-def _examples_by_seed(summary: "ModelSummary") -> dict[int, dict[str, Any]]:
+def _examples_by_seed(summary: ModelSummary) -> dict[int, dict[str, Any]]:
     return {r["cell"]["seed"]: r["result"]["examples"] for r in summary.ok
             if (r["result"].get("examples") or {}).get("users")}
 
 
-def choose_examples(summaries: dict[str, "ModelSummary"], reference: str | None,
+def choose_examples(summaries: dict[str, ModelSummary], reference: str | None,
                     wanted: list[str] | None = None, n_users: int = DEFAULT_EXAMPLE_USERS,
                     seeds: list[int] | None = None,
                     metric: str | None = None) -> ExampleChoice | None:
@@ -141,7 +140,8 @@ def render_examples(choice: ExampleChoice, catalogue: Catalogue) -> str:
              f"hit: an item of the user's test set. Models: "
              f"{', '.join(_named(label, choice.roles.get(label)) for label in choice.labels)}."
              "</p>"]
-    parts += [f'<p class="note">{escape(note)}</p>' for note in choice.notes + catalogue.notes]
+    parts += [f'<p class="note">{escape(without_machine_paths(note))}</p>'
+              for note in choice.notes + catalogue.notes]
     if not choice.users:
         parts.append('<p class="note">No test user was recorded by every chosen model.</p>')
     for user in choice.users:

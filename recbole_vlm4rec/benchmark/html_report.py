@@ -33,6 +33,7 @@ from recbole_vlm4rec.benchmark.report_data import (
     settings_text,
     training_notes,
     undertrained_flag,
+    without_machine_paths,
     undertrained_reason_text,
 )
 from recbole_vlm4rec.benchmark.spec import safe_name
@@ -155,7 +156,7 @@ def results_table(report: Report, dataset: str, summaries: dict[str, ModelSummar
                   f"<td>{summary.seconds('test'):.2f}</td>", f"<td>{runs}</td>"]
         rows.append(f'<tr class="{escape(summary.status)}" data-model="{escape(label)}">'
                     f"<td>{name}</td>{''.join(cells)}</tr>")
-        if summary.reasons:  # a partial model: some seeds failed
+        if summary.reasons:  # a partial model: some seeds failed (reasons carry no machine path)
             rows.append(f'<tr class="failed"><td></td><td class="reason" '
                         f'colspan="{len(head) - 1}">other runs: '
                         f'{escape("; ".join(summary.reasons))}'
@@ -228,8 +229,8 @@ def html_page(report: Report, seeds: list[int] | None = None,
              f'{name}</title><meta name="viewport" content="width=device-width">'
              f"<style>{STYLE}</style></head><body>",
              f"<header><h1>Benchmark report: {name}</h1><p class=\"meta\">{len(statuses)} cells: "
-             f"{counts}. Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from "
-             f"<code>{escape(str(report.folder.resolve()))}</code> by "
+             f"{counts}. Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the "
+             f"folder <code>{escape(report.folder.resolve().name)}</code> by "
              "<code>vlm4rec report</code>.</p>"
              f'<nav>{nav} <a href="#run">how the run was made</a></nav></header>']
     for dataset, summaries in report.datasets.items():

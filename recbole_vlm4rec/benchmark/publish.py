@@ -172,7 +172,7 @@ def provenance(folder: Path) -> dict[str, Any]:
                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
     spec = folder / "spec.yaml"
     return {"published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source_folder": str(folder),
+            "source_folder": folder.resolve().name,  # its name: no machine path in the docs
             "spec_sha256": hashlib.sha256(spec.read_bytes()).hexdigest() if spec.is_file() else None,
             "code_versions": code, "runs": runs}
 

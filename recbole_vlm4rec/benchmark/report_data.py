@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,16 @@ UNDERTRAINED_REASONS = {
     "early-best": "stopped by patience with its best epoch among the first few",
     "still-improving": "reached the epoch cap with its best epoch at or near the cap",
 }
+
+
+# An absolute path (at least one folder deep) not inside a URL or a relative path.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+-]+/)+([\w.@+-]*)")
+
+
+def without_machine_paths(text: str) -> str:
+    """Absolute paths shortened to ``…/<last part>``: the report names no folder of the machine
+    the runs were made on, so it can be mailed or published as it is."""
+    return _ABSOLUTE_PATH.sub(lambda match: "…/" + match.group(1), text)
 
 
 def undertrained_flag(record: dict[str, Any]) -> dict[str, str] | None:
@@ -77,7 +88,9 @@ class ModelSummary:
 
     @property
     def reasons(self) -> list[str]:
-        return sorted({r["reason"] for r in self.records if r["status"] != "ok" and r["reason"]})
+        """Why runs were skipped or failed (machine paths shortened)."""
+        return sorted({without_machine_paths(str(r["reason"])) for r in self.records
+                       if r["status"] != "ok" and r["reason"]})
 
     def metric(self, name: str) -> tuple[float, float]:
         values = [r["result"]["test_result"][name] for r in self.ok

@@ -94,8 +94,10 @@ def markdown(report: Report) -> str:
     lines += ["", "## Models", "", "What each label runs: the model and the settings its spec entry "
               "gives (the protocol and the spec's overrides apply to every label)."]
     lines += label_lines(report)
+    # Not a link: published copies of report.md (docs/results/) leave report.html behind.
     lines += ["", "Examples (training items and each model's top-10 for a few test users), "
-              "plots and how the run was made: [report.html](report.html)."]
+              "plots and how the run was made: report.html, beside report.md in the benchmark "
+              "folder."]
     return "\n".join(lines) + "\n"
 
 
