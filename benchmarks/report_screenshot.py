@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 WIDTH = 1280
 # Folders of one machine, as tests/test_docs.py refuses them in committed docs.
-MACHINE_PATH = re.compile(r"(?<![\w.<>-])/(?:work|tmp|root|home|Users)\b(?:/[\w.-]+)?")
+MACHINE_PATH = re.compile(r"(?<![\w.-])/(?:work|tmp|root|home|Users)\b(?:/[\w.-]+)?")
 
 
 def machine_paths(page: str) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "recbole_vlm4rec"
 # Paths of one machine: the workspace, temp folders, root's and users' home folders.
-MACHINE_PATH = re.compile(r"(?<![\w.<>-])(/work/|/tmp/|/root\b|/home/[\w.-]+|/Users/[\w.-]+"
+MACHINE_PATH = re.compile(r"(?<![\w.-])(/work/|/tmp/|/root\b|/home/[\w.-]+|/Users/[\w.-]+"
                           r"|[A-Za-z]:\\Users\\)")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 # A script named in the text (`step_bench.py`, `benchmarks/x.py`) or a path under a folder of the
