@@ -172,7 +172,7 @@ def plan_of(spec, prepared: Callable[[Path | None], Iterable[str]] | None = None
     """The spec's plan; ``prepared(data_path)`` names the datasets that can run under a data
     path (default: every dataset of the spec counts as prepared)."""
     from recbole_vlm4rec.benchmark.spec import protocol_epochs
-    from recbole_vlm4rec.models import UnknownModelError, get_model_class
+    from recbole_vlm4rec.models import UnknownModelError, get_model_info
 
     cells = spec.cells()
     if prepared is None:
@@ -187,11 +187,10 @@ def plan_of(spec, prepared: Callable[[Path | None], Iterable[str]] | None = None
     trained_epochs = []
     for cell in runnable:
         try:
-            model_class = get_model_class(cell.model)
+            if not get_model_info(cell.model).trained:
+                continue  # one pass, nothing trained (its contract / RecBole type says so)
         except UnknownModelError:
             continue  # recorded as failed by the grid
-        if str(getattr(model_class, "type", "")).endswith("TRADITIONAL"):
-            continue  # one pass, nothing trained (VLM4Rec, Pop, ItemKNN)
         trained_epochs.append(int(cell.overrides.get("epochs", protocol_epochs())))
     return Plan(len(cells), len(runnable), trained_epochs)
 

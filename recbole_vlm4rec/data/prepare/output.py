@@ -10,7 +10,6 @@ function of the inputs (no times, fixed row order), so preparing twice gives ide
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,42 +18,13 @@ import numpy as np
 import pandas as pd
 
 from recbole_vlm4rec.data.prepare.card import write_card
-
-# ImportedFeature and sha256_of are imported from here by the source modules and scripts.
-from recbole_vlm4rec.data.prepare.prepared import (  # noqa: F401
-    SPLIT_NAMES,
-    ImportedFeature,
-    PreparedDataset,
-    sha256_of,
-)
+from recbole_vlm4rec.data.prepare.prepared import SPLIT_NAMES, PreparedDataset
+from recbole_vlm4rec.data.prepare.values import clean_text
 from recbole_vlm4rec.formats.features import save_feature
 
 # Files written by later stages (features/, descriptions/ and the grounding cache) and downloaded
 # images survive a re-prepare: they are carried into the new folder unless prepare rewrites them.
 CARRIED_OVER = ("features", "images", "descriptions")
-_WHITESPACE = re.compile(r"\s+")
-
-
-class PrepareError(ValueError):
-    """Input that cannot become a dataset; the message names the file (and line) at fault."""
-
-
-def clean_text(value: Any) -> str:
-    """One line of text: tabs, newlines and runs of spaces become one space (atomic files are TSV)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return _WHITESPACE.sub(" ", str(value)).strip()
-
-
-def check_token(value: str, where: str, field: str = "id") -> str:
-    """A user/item id as a RecBole token: non-empty, no tab or newline; ``field`` names it in the
-    error."""
-    token = "" if value is None else str(value).strip()
-    if not token:
-        raise PrepareError(f"{where}: empty {field}")
-    if any(c in token for c in "\t\r\n"):
-        raise PrepareError(f"{where}: invalid {field} {value!r} (contains a tab/newline)")
-    return token
 
 
 def format_number(value: Any) -> str:

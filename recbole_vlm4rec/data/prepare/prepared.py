@@ -1,9 +1,12 @@
-"""What a source produces before it is written: :class:`PreparedDataset`, shared by output.py
-(which writes it) and card.py (which describes it), so neither imports the other's module."""
+"""What a source builds before anything is written: :class:`PreparedDataset` and its parts.
+
+A leaf of ``data/prepare``: the sources, the value checks (``values.py``), the card and the writer
+(``output.py``) all import it and it imports none of them, so the package's import graph has no
+cycle.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,10 @@ import numpy as np
 import pandas as pd
 
 SPLIT_NAMES = ("train", "valid", "test")
+
+
+class PrepareError(ValueError):
+    """Input that cannot become a dataset; the message names the file (and line) at fault."""
 
 
 @dataclass
@@ -53,11 +60,3 @@ class PreparedDataset:
     @property
     def predefined_split(self) -> bool:
         return "split" in self.inter.columns
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
