@@ -18,7 +18,6 @@ from html import escape
 from typing import Any
 
 from recbole_vlm4rec.benchmark.catalogue import Catalogue, ItemView
-
 from recbole_vlm4rec.benchmark.report_data import ModelSummary, without_machine_paths
 
 DEFAULT_EXAMPLE_USERS = 3

@@ -33,7 +33,6 @@ from recbole_vlm4rec.benchmark.report_data import (
     settings_text,
     training_notes,
     undertrained_flag,
-    without_machine_paths,
     undertrained_reason_text,
 )
 from recbole_vlm4rec.benchmark.spec import safe_name
@@ -156,7 +155,7 @@ def results_table(report: Report, dataset: str, summaries: dict[str, ModelSummar
                   f"<td>{summary.seconds('test'):.2f}</td>", f"<td>{runs}</td>"]
         rows.append(f'<tr class="{escape(summary.status)}" data-model="{escape(label)}">'
                     f"<td>{name}</td>{''.join(cells)}</tr>")
-        if summary.reasons:  # a partial model: some seeds failed (reasons carry no machine path)
+        if summary.reasons:  # a partial model: some seeds failed
             rows.append(f'<tr class="failed"><td></td><td class="reason" '
                         f'colspan="{len(head) - 1}">other runs: '
                         f'{escape("; ".join(summary.reasons))}'
