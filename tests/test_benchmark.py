@@ -14,7 +14,9 @@ from scipy import stats as scipy_stats
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.benchmark.cell import make_record, write_record
 from recbole_vlm4rec.benchmark.grid import GridConfigError, record_path, run_grid
-from recbole_vlm4rec.benchmark.report import load_report, markdown, write_report
+from recbole_vlm4rec.benchmark.report import write_report
+from recbole_vlm4rec.benchmark.report_data import load_report
+from recbole_vlm4rec.benchmark.report_markdown import markdown
 from recbole_vlm4rec.benchmark.spec import Cell, SpecError, load_spec, parse_spec
 from recbole_vlm4rec.benchmark.stats import compare_to_reference, holm, paired_test
 from recbole_vlm4rec.formats.features import save_feature
@@ -142,6 +144,8 @@ def test_report_marks_best_and_significant_differences(tmp_path):
     assert "▲" in text.split("| Better |")[1].splitlines()[0]
     assert "**" in text.split("| Better |")[1].splitlines()[0]  # best in its column
     assert "▲" not in text.split("| Same |")[1].splitlines()[0]
+    models = text.split("## Models")[1]
+    assert "| Better | Better | - |" in models and "| Ref | Ref | - |" in models
 
 
 def test_holm_matches_hand_computation():
@@ -217,7 +221,7 @@ def test_seeds_and_epochs_cap_from_the_command_line_and_capped_runs_marked(tiny_
     assert "† epochs capped" in report and "BPR (1/1 runs, limit 2 epochs)" in report
     assert "BPR short (1/1 runs, limit 1 epochs)" not in report  # limit 1: not a cap
     runs = (out / "runs.csv").read_text().splitlines()
-    assert runs[0].endswith("epochs_run,epochs,capped")
+    assert runs[0].endswith("epochs_run,epochs,capped,undertrained")
     assert yaml.safe_load((out / "spec.yaml").read_text())["seeds"] == [7]
     assert cli.main(["bench", str(path), "--out", str(out), "--seeds", "x"]) == 2
     assert "--seeds takes comma-separated integers, got 'x'" in capsys.readouterr().err
