@@ -15,6 +15,7 @@ examples:
   vlm4rec bench configs/benchmarks/paper.yaml           # the VLM4Rec comparison: hours on a CPU
   vlm4rec bench configs/benchmarks/paper.yaml --seeds 2020 --max-epochs 20   # cheaper, marked †
   vlm4rec bench configs/benchmarks/paper.yaml --out results/benchmarks/paper-v2 --rerun
+  vlm4rec bench configs/benchmarks/posters.yaml --rerun-undertrained --patience 50
   vlm4rec report results/benchmarks/paper              # tables/plots/tests again, no rerun
 
 Each cell (model x dataset x seed) runs through the same code as run_recbole.py, by default in
@@ -22,8 +23,11 @@ its own process (isolated peak memory; a crash fails only that cell). Finished c
 on rerun (Ctrl-C is safe: rerun to resume); skipped/failed cells are retried. Cells that need a
 feature or dataset that is not there are recorded as skipped with the reason. Every cell is
 checked before any runs: an unknown model, config key or value stops the grid at once (exit 2),
-listing each cell setting at fault. --publish DIR copies the report under DIR and refreshes the
-docs tables citing it (docs/results.md).
+listing each cell setting at fault. A trained run stopped by patience with its best epoch among
+the first validations (early-best) or still improving at its epoch cap (still-improving) is
+flagged undertrained in its record and the report; --rerun-undertrained reruns only those cells
+with more patience (docs/protocol.md, "Undertrained runs"). --publish DIR copies the report under
+DIR and refreshes the docs tables citing it (docs/results.md).
 """
 
 
@@ -56,6 +60,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--publish", metavar="DIR",
                        help="copy the report to DIR (e.g. docs/results/<spec>) and refresh the "
                        "README/docs tables citing DIR/summary.csv (docs/results.md)")
+    _add_rerun_undertrained(bench)
     bench.set_defaults(func=_bench)
 
     tune = subparsers.add_parser(
@@ -77,6 +82,7 @@ def register(subparsers: Any) -> None:
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override for every cell and trial, above all spec layers")
     tune.add_argument("--publish", metavar="DIR", help="as `vlm4rec bench --publish`")
+    _add_rerun_undertrained(tune)
     tune.set_defaults(func=_tune)
 
     report = subparsers.add_parser(
@@ -97,11 +103,32 @@ def register(subparsers: Any) -> None:
     report.set_defaults(func=_report)
 
 
+def _add_rerun_undertrained(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rerun-undertrained", action="store_true",
+                        help="after the grid, rerun the cells flagged undertrained (early-best: "
+                        "stopped by patience with the best epoch among the first validations; "
+                        "still-improving: best epoch at the epoch cap) with more patience, and "
+                        "twice the epochs for still-improving ones; other cells are kept")
+    parser.add_argument("--patience", type=int, metavar="N",
+                        help="with --rerun-undertrained: the reruns' stopping_step (default: "
+                        "twice each run's own)")
+
+
+def _check_rerun_args(args: argparse.Namespace) -> str | None:
+    if args.patience is not None and not args.rerun_undertrained:
+        return ("--patience applies to --rerun-undertrained; to give every cell another "
+                "patience use --set stopping_step=N")
+    if args.patience is not None and args.patience < 1:
+        return f"--patience must be at least 1, got {args.patience}"
+    return None
+
+
 TUNE_EPILOG = """\
 examples:
   vlm4rec tune configs/benchmarks/tune-posters.yaml           # the README's tuning run
   vlm4rec tune configs/benchmarks/paper.yaml --datasets ml-100k-posters --max-trials 4
   vlm4rec report results/tune/tune-posters                   # tables again, no rerun
+  vlm4rec tune configs/benchmarks/tune-posters.yaml --rerun-undertrained   # flagged runs only
 
 Output: trials/ (validation only), runs/ (the choices on every seed), tuning.json / tuning.csv,
 report.md. docs/tuning.md describes the search block and the model search spaces.
@@ -215,7 +242,7 @@ def cost_note(spec) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from recbole_vlm4rec.benchmark.grid import GridConfigError, run_grid
+    from recbole_vlm4rec.benchmark.grid import GridConfigError, rerun_undertrained, run_grid
     from recbole_vlm4rec.benchmark.report import write_report
     from recbole_vlm4rec.benchmark.spec import SpecError, load_spec
 
@@ -227,6 +254,9 @@ def _bench(args: argparse.Namespace) -> int:
     spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
     spec.models = _subset(spec.models, args.models, "models")
     spec.with_forced(_parse_set(args.set))
+    if problem := _check_rerun_args(args):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         spec.with_seeds(_parse_seeds(args.seeds))
         if args.max_epochs is not None and args.max_epochs < 1:
@@ -245,6 +275,14 @@ def _bench(args: argparse.Namespace) -> int:
               "was started", file=sys.stderr)
         return 2
     print(f"cells: {summary.line()}")
+    if args.rerun_undertrained and not summary.interrupted:
+        reruns = rerun_undertrained(spec.cells(), summary.out_dir,
+                                    args.isolation or spec.isolation, spec.timeout_s,
+                                    patience=args.patience, max_epochs=spec.max_epochs)
+        print(f"undertrained cells rerun: {reruns.line()}")
+        summary.interrupted = reruns.interrupted
+        if reruns.counts.get("failed"):
+            summary.counts["failed"] = summary.counts.get("failed", 0) + reruns.counts["failed"]
     try:
         written = write_report(summary.out_dir)
     except FileNotFoundError as error:
@@ -271,10 +309,15 @@ def _tune(args: argparse.Namespace) -> int:
     spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
     spec.models = _subset(spec.models, args.models, "models")
     spec.with_forced(_parse_set(args.set))
+    if problem := _check_rerun_args(args):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     out = args.out or default_out_dir(spec)
     try:
         trials, finals = run_tune(spec, out, isolation=args.isolation,
-                                  max_trials=args.max_trials, max_minutes=args.max_minutes)
+                                  max_trials=args.max_trials, max_minutes=args.max_minutes,
+                                  rerun_undertrained=args.rerun_undertrained,
+                                  patience=args.patience)
     except GridConfigError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)

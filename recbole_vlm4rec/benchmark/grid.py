@@ -119,10 +119,13 @@ def check_cells(cells: list[Cell]) -> dict[str, dict[str, Any] | None]:
     return outcome
 
 
-def run_in_subprocess(cell: Cell, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
-    """Run a cell in a fresh interpreter: isolated memory peak, a crash kills only the cell."""
-    path = record_path(out_dir, cell)
-    log_path = out_dir / "logs" / f"{cell.slug}.log"
+def run_in_subprocess(cell: Cell, out_dir: Path, timeout_s: float | None,
+                      path: Path | None = None) -> dict[str, Any]:
+    """Run a cell in a fresh interpreter: isolated memory peak, a crash kills only the cell.
+    The record goes to ``path`` (default: the cell's record path)."""
+    path = path or record_path(out_dir, cell)
+    suffix = "" if path == record_path(out_dir, cell) else "-rerun"
+    log_path = out_dir / "logs" / f"{cell.slug}{suffix}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
@@ -211,4 +214,68 @@ def run_cells(cells: list[Cell], out_dir: Path, isolation: str = "subprocess",
         summary.interrupted = True
     finally:
         progress.close()
+    return summary
+
+
+def _undertrained(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not record or record["status"] != "ok":
+        return None
+    return ((record.get("result") or {}).get("training") or {}).get("undertrained")
+
+
+def rerun_undertrained(cells: list[Cell], out_dir: Path, isolation: str = "subprocess",
+                       timeout_s: float | None = None, patience: int | None = None,
+                       max_epochs: int | None = None, description: str = "rerun undertrained"
+                       ) -> GridSummary:
+    """Rerun the ``cells`` whose record is flagged undertrained (run/training.py) with more
+    patience: ``stopping_step`` = ``patience`` (default: twice the run's), and for a run that was
+    still improving at its cap also twice the ``epochs`` (never above ``max_epochs``). The new
+    run replaces the record only when it finishes ok; it keeps the spec's cell (its key: the
+    grid treats it as that cell's result) and says, under ``rerun``, what changed and how the
+    first run had ended. Other cells are not touched."""
+    summary = GridSummary(out_dir)
+    flagged = [(c, r) for c in cells if _undertrained(r := read_record(record_path(out_dir, c)))
+               and r["cell"].get("key") == c.key]
+    for number, (cell, record) in enumerate(flagged, start=1):
+        training = record["result"]["training"]
+        flag = training["undertrained"]
+        settings = {"stopping_step": patience or 2 * int(training.get("stopping_step") or 10)}
+        if flag["reason"] == "still-improving":
+            epochs = 2 * int(training["epochs"])
+            if max_epochs is not None and training["epochs"] >= max_epochs:
+                tqdm.write(f"[{number}/{len(flagged)}] {cell.describe()}: {flag['reason']}, not "
+                           f"rerun: its {training['epochs']} epochs are the cap (--max-epochs)")
+                summary.counts["skipped"] = summary.counts.get("skipped", 0) + 1
+                continue
+            settings["epochs"] = min(epochs, max_epochs) if max_epochs else epochs
+        boosted = Cell(cell.label, cell.model, cell.dataset, cell.seed,
+                       {**cell.overrides, **settings}, cell.config_files, cell.stage)
+        tqdm.write(f"[{number}/{len(flagged)}] {cell.describe()}: {flag['reason']} "
+                   f"(best epoch {training['best_epoch']} of {training['epochs_run']}), rerun with "
+                   + ", ".join(f"{k}={v}" for k, v in settings.items()))
+        try:
+            if isolation == "subprocess":
+                scratch = out_dir / "reruns" / f"{cell.slug}.json"  # never read as a result
+                new = run_in_subprocess(boosted, out_dir, timeout_s, path=scratch)
+                scratch.unlink(missing_ok=True)
+            else:
+                new = run_cell(boosted, out_dir / "saved")
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            break
+        summary.counts[new["status"]] = summary.counts.get(new["status"], 0) + 1
+        if new["status"] != "ok":
+            tqdm.write(f"  rerun {new['status']}: {new['reason']}; the first run's record is kept")
+            continue
+        new["cell"] = cell.to_json()
+        new["rerun"] = {"because": flag, "settings": settings,
+                        "first_run": {"training": {k: v for k, v in training.items()
+                                                   if k != "valid_curve"},
+                                      "best_valid_result": record["result"]["best_valid_result"],
+                                      "test_result": record["result"]["test_result"],
+                                      "wall_seconds": record["wall_seconds"]}}
+        write_record(record_path(out_dir, cell), new)
+        still = _undertrained(new)
+        tqdm.write(f"  {_describe(new, None)}; " + (f"still {still['reason']}" if still
+                                                    else "no longer flagged"))
     return summary

@@ -35,8 +35,8 @@ from typing import Any
 import yaml
 
 from recbole_vlm4rec.benchmark.cell import read_record
-from recbole_vlm4rec.benchmark.grid import (GridSummary, check_cells, record_path,
-                                            run_cells)
+from recbole_vlm4rec.benchmark.grid import GridSummary, check_cells, record_path, run_cells
+from recbole_vlm4rec.benchmark.grid import rerun_undertrained as grid_rerun
 from recbole_vlm4rec.benchmark.spec import BenchSpec, Cell, SearchSpec, check_space, safe_name
 from recbole_vlm4rec.formats.files import atomic_write_text
 
@@ -136,9 +136,12 @@ def final_cells(spec: BenchSpec, searches: list[Search]) -> list[Cell]:
 
 
 def run_tune(spec: BenchSpec, out_dir: Path | None = None, isolation: str | None = None,
-             max_trials: int | None = None, max_minutes: float | None = None
+             max_trials: int | None = None, max_minutes: float | None = None,
+             rerun_undertrained: bool = False, patience: int | None = None
              ) -> tuple[GridSummary, GridSummary]:
-    """Trials, choice, final seeds; writes tuning.json. Returns (trials, finals) summaries."""
+    """Trials, choice, final seeds; writes tuning.json. Returns (trials, finals) summaries.
+    ``rerun_undertrained``: trials and final runs flagged undertrained are rerun with more
+    patience (grid.rerun_undertrained) before the choice and the report see them."""
     out_dir = Path(out_dir or default_out_dir(spec)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "spec.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
@@ -165,6 +168,10 @@ def run_tune(spec: BenchSpec, out_dir: Path | None = None, isolation: str | None
             trials_summary.counts[status] = trials_summary.counts.get(status, 0) + count
         if summary.stopped:
             found.stopped = summary.stopped
+        if rerun_undertrained and not summary.interrupted:
+            reruns = grid_rerun(found.trials, out_dir, isolation, spec.timeout_s, patience,
+                                spec.max_epochs, f"rerun undertrained trials of {found.label}")
+            summary.interrupted = reruns.interrupted
         if summary.interrupted:
             trials_summary.interrupted = True
             write_tuning(out_dir, spec, searches, [])
@@ -175,6 +182,13 @@ def run_tune(spec: BenchSpec, out_dir: Path | None = None, isolation: str | None
     primary = spec.metrics[0] if spec.metrics else None
     final_summary = run_cells(finals, out_dir, isolation, spec.timeout_s, metric=primary,
                               description=f"tune {spec.name}: chosen settings on every seed")
+    if rerun_undertrained and not final_summary.interrupted:
+        reruns = grid_rerun(finals, out_dir, isolation, spec.timeout_s, patience, spec.max_epochs,
+                            "rerun undertrained final runs")
+        final_summary.interrupted = reruns.interrupted
+        if reruns.counts.get("failed"):
+            final_summary.counts["failed"] = (final_summary.counts.get("failed", 0)
+                                              + reruns.counts["failed"])
     return trials_summary, final_summary
 
 

@@ -31,7 +31,8 @@ from recbole.utils import ModelType, get_trainer, init_logger, init_seed
 from recbole_vlm4rec import compat
 from recbole_vlm4rec.data.registry import DEFAULT_DATASET
 from recbole_vlm4rec.formats import paths
-from recbole_vlm4rec.run.cold_start import cold_start_splits
+from recbole_vlm4rec.run.cold_start import (cold_start_splits, evaluate_by_target,
+                                            restrict_candidates)
 from recbole_vlm4rec.run.masking import apply_eval_history_mask
 from recbole_vlm4rec.run.per_user import (
     choose_example_users,
@@ -41,6 +42,7 @@ from recbole_vlm4rec.run.per_user import (
 )
 from recbole_vlm4rec.run.protocol import prepare_run
 from recbole_vlm4rec.run.ranking import count_ties
+from recbole_vlm4rec.run.training import ValidCurve, training_summary
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,8 @@ class RunResult:
     features: dict[str, Any] = field(default_factory=dict)  # name -> file, sha256, coverage
     checkpoint: str | None = None  # the evaluated model (vlm4rec export --checkpoint serves it)
     # epochs (the trainer's cap), epochs_run, best_epoch, stopped_early, capped (ran every epoch
-    # of a multi-epoch cap without early stopping: possibly under-trained)
+    # of a multi-epoch cap without early stopping), stopping_step, eval_step, valid_curve, and
+    # undertrained: None or {"reason": "early-best" | "still-improving", "message"} (training.py)
     training: dict[str, Any] = field(default_factory=dict)
     # a few test users' top-k, training and test items (raw tokens): per_user.examples_json
     examples: dict[str, Any] | None = None
@@ -175,11 +178,13 @@ def run(
     loaded = time.perf_counter()  # model construction counts as loading (VLM4Rec's profiles)
     recbole_logger.info(model_instance)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_instance)
+    restrict_candidates(config, data, trainer)  # cold start: rank the cold items only
     compat.trust_checkpoint_dir(config["checkpoint_dir"])
     show_progress = bool(config["show_progress"])
+    curve = ValidCurve()
     try:
         best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=True, show_progress=show_progress
+            train_data, valid_data, saved=True, show_progress=show_progress, callback_fn=curve
         )
     except KeyboardInterrupt:
         # RecBole saves the best epoch as it goes: say where it is, then stop as asked.
@@ -190,6 +195,10 @@ def run(
         )
         raise
     trained = time.perf_counter()
+    training = training_summary(trainer, curve, str(config["valid_metric"]).lower())
+    if training["undertrained"]:
+        flag = training["undertrained"]
+        recbole_logger.warning(f"undertrained ({flag['reason']}): {model} {flag['message']}")
     uid_field = config["USER_ID_FIELD"]
     user_tokens = data.field2id_token[uid_field]
     item_tokens = data.field2id_token[config["ITEM_ID_FIELD"]]
@@ -198,9 +207,16 @@ def run(
             record_per_user(trainer, uid_field, config["topk"], watch_users=watched) as per_user:
         test_result = (trainer.evaluate(test_data, load_best_model=True,
                                         show_progress=show_progress) if evaluate_test else {})
+    cold_start = getattr(data, "cold_start_summary", None)
     if evaluate_test:
         log = recbole_logger.warning if ties.users_all_equal else recbole_logger.info
         log(f"test {ties.line()}")
+        by_target = evaluate_by_target(config, trainer, train_data, test_data)
+        if by_target is not None:
+            cold_start = {**cold_start, "test_by_target": by_target}
+            for kind, part in by_target.items():
+                recbole_logger.info(f"test, {kind} targets only ({part['interactions']} "
+                                    f"interactions, {part['users']} users): {part['metrics']}")
     finished = time.perf_counter()
     train_counts = training_counts(train_data._dataset, uid_field, data.user_num)
 
@@ -224,11 +240,11 @@ def run(
         dataset_card_sha256=dataset_card_checksum(config),
         per_user_test=(per_user.to_json(user_tokens, train_counts=train_counts)
                        if evaluate_test else {}),
-        cold_start=getattr(data, "cold_start_summary", None),
+        cold_start=cold_start,
         config_layers=[layer.to_json() for layer in prepared.layers],
         features={name: feature_record(data.item_feature(name)) for name in prepared.features},
         checkpoint=str(Path(trainer.saved_model_file).resolve()),
-        training=_training_summary(trainer),
+        training=training,
         examples=examples_json(per_user, train_data._dataset, config, user_tokens, item_tokens)
         if evaluate_test and per_user.ranked else None,
         ranking=ties.to_json(seed=int(config["seed"])) if evaluate_test else {},
@@ -252,18 +268,31 @@ def write_result(result: RunResult, results_dir: Path) -> Path:
 
 
 def format_metrics_table(result: RunResult) -> str:
-    """Metrics as rows, best-valid and test as columns."""
+    """Metrics as rows, best-valid and test as columns (under the mixed cold-start protocol also
+    test over warm and over cold targets); a line naming an undertrained run's flag."""
     names = list(result.test_result) or list(result.best_valid_result)
     width = max([len(n) for n in names] + [len("metric")])
+    by_target = (result.cold_start or {}).get("test_by_target") or {}
+    extra = {f"test {kind}": part["metrics"] for kind, part in by_target.items()}
+    heads = ["valid", "test", *extra]
+    widths = [max(8, len(head)) for head in heads]
     lines = [
         f"{result.model} on {result.dataset} (best epoch chosen by {result.valid_metric})",
-        f"{'metric':<{width}}  {'valid':>8}  {'test':>8}",
-        f"{'-' * width}  {'-' * 8}  {'-' * 8}",
+        f"{'metric':<{width}}" + "".join(f"  {h:>{w}}" for h, w in zip(heads, widths)),
+        "-" * width + "".join(f"  {'-' * w}" for w in widths),
     ]
     for name in names:
-        valid = result.best_valid_result.get(name)
-        test = result.test_result.get(name)
-        lines.append(f"{name:<{width}}  {_fmt(valid):>8}  {_fmt(test):>8}")
+        values = [result.best_valid_result.get(name), result.test_result.get(name),
+                  *(metrics.get(name) for metrics in extra.values())]
+        lines.append(f"{name:<{width}}" + "".join(f"  {_fmt(v):>{w}}"
+                                                  for v, w in zip(values, widths)))
+    if by_target:
+        lines.append("test warm / cold: the same ranking, targets = test items with / without "
+                     "training interactions (" + ", ".join(
+                         f"{kind} {part['users']} users" for kind, part in by_target.items()) + ")")
+    flag = (result.training or {}).get("undertrained")
+    if flag:
+        lines.append(f"UNDERTRAINED ({flag['reason']}): {flag['message']}")
     return "\n".join(lines)
 
 
@@ -320,17 +349,6 @@ def dataset_card_checksum(config: Config) -> str | None:
         if card.is_file():
             return hashlib.sha256(card.read_bytes()).hexdigest()
     return None
-
-
-def _training_summary(trainer: Any) -> dict[str, Any]:
-    """How training ended: RecBole keeps a loss per epoch run and the evaluations since the best."""
-    cap, eval_step = int(trainer.epochs), max(int(trainer.eval_step or 1), 1)
-    epochs_run = len(trainer.train_loss_dict)
-    evaluated = epochs_run // eval_step * eval_step  # the last epoch that was validated
-    best = evaluated - int(trainer.cur_step) * eval_step if evaluated else None
-    stopped_early = epochs_run < cap
-    return {"epochs": cap, "epochs_run": epochs_run, "best_epoch": best,
-            "stopped_early": stopped_early, "capped": cap > 1 and not stopped_early}
 
 
 def _peak_memory_mb() -> dict[str, float]:
