@@ -222,7 +222,7 @@ def test_a_fatal_stop_keeps_every_row_and_says_what_to_fix(tmp_path: Path, monke
         assert cli.main(argv + ["--model", "stub"]) == 0
         before = description_rows(output)
         capsys.readouterr()
-        assert cli.main(argv + ["--model", "Qwen/typo"]) == 1
+        assert cli.main(argv + ["--model", "Qwen/typo", "--redo"]) == 1  # --redo: a model switch
         err = capsys.readouterr().err
     after = description_rows(output)
     ok_rows = [r for r in before if r["status"] == "ok"]
