@@ -301,9 +301,9 @@ class OpenAIClient:
         loop = asyncio.get_running_loop()
         error, detail, tried = "connection_error", "", set()
         for attempt in range(self.max_retries + 1):
-            endpoint = self._pick(tried, loop.time())
             retry_after = None
             async with live.slots:
+                endpoint = self._pick(tried, loop.time())  # once a slot is free: counts are current
                 endpoint.in_flight += 1
                 endpoint.sent += 1
                 try:

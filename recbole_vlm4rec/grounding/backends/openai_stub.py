@@ -199,8 +199,9 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
 
 class StubProcess:
     """A :class:`StubServer` in a child process (``spawn``: nothing of the parent's threads is
-    copied). ``policy`` must be importable (a module-level function). ``answered()`` counts the
-    chat completions it received, ``cpu_seconds()`` its CPU time so far, ``kill()`` is SIGKILL."""
+    copied). ``policy`` must be importable (a module-level function). ``received()`` counts the
+    requests (chat completions and embeddings) it has received, ``cpu_seconds()`` its CPU time
+    so far, ``kill()`` is SIGKILL."""
 
     def __init__(self, latency: float = 0.0, capacity: int | None = None,
                  policy: Policy = default_policy, models: tuple[str, ...] = ("stub",)) -> None:
@@ -219,8 +220,8 @@ class StubProcess:
         self._control.send(question)
         return self._control.recv()
 
-    def answered(self) -> int:
-        return int(self._ask("answered"))
+    def received(self) -> int:
+        return int(self._ask("received"))
 
     def cpu_seconds(self) -> float:
         return self._ask("cpu")
@@ -246,7 +247,7 @@ def _serve(control: Any, latency: float, capacity: int | None, policy: Policy,
         control.send(server.base_url)
         while True:
             question = control.recv()
-            if question == "answered":
+            if question == "received":
                 with server.lock:
                     control.send(sum(server.requests.values()))
             elif question == "cpu":
