@@ -116,7 +116,7 @@ class TextEncoder:
             )
         model = self._load()
         if self.processes > 1 and self._pool is None:
-            self._pool = model.start_multi_process_pool(self.pool_devices())
+            self._pool = self._start_pool(model)
         vectors = model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -126,6 +126,18 @@ class TextEncoder:
             pool=self._pool,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _start_pool(self, model):
+        devices = self.pool_devices()
+        if devices[0] != "cpu" or "OMP_NUM_THREADS" in os.environ:
+            return model.start_multi_process_pool(devices)
+        # N CPU workers share the cores: each gets cores / N threads (torch reads the variable
+        # when a spawned worker imports it) instead of every worker using every core
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.processes))
+        try:
+            return model.start_multi_process_pool(devices)
+        finally:
+            del os.environ["OMP_NUM_THREADS"]
 
     def close(self) -> None:
         """Stop the worker processes (``processes > 1``)."""
