@@ -205,3 +205,18 @@ def test_prompt_reaches_the_server_unchanged():
     with StubServer(policy=echo) as server:
         post_all(OpenAIClient(server.base_url), [chat_body("naïve café — 漢字")])
     assert seen == ["naïve café — 漢字"]
+
+
+def test_a_request_cut_off_by_its_deadline_never_gets_its_late_answer_read_as_the_next():
+    """The first attempt times out while the server is still answering it; the retry must get
+    its own answer, not the late one on a reused connection."""
+    def late_then_right(payload, seen):
+        if seen == 1:
+            return 200, {"X-Stub-Delay": "0.6"}, completion("late")
+        return 200, {}, completion("right")
+
+    with StubServer(policy=late_then_right) as server:
+        client = OpenAIClient(server.base_url, concurrency=1, timeout=0.3, max_retries=1,
+                              backoff_base=0.01)
+        (outcome,) = post_all(client, [chat_body("x")])
+    assert outcome.value == "right" and server.requests["x"] == 2
