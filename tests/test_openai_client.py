@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from recbole_vlm4rec.encoding.lvlm import OpenAILVLMEmbedder
-from recbole_vlm4rec.formats.openai_client import (BadAnswer, OpenAIClient, base_urls,
-                                                   error_message, read_base_urls,
-                                                   retry_after_seconds)
+from recbole_vlm4rec.formats.openai_client import BadAnswer, OpenAIClient
+from recbole_vlm4rec.formats.openai_messages import (base_urls, error_message, read_base_urls,
+                                                     retry_after_seconds)
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend
 from recbole_vlm4rec.grounding.backends.openai_stub import (STUB_ANSWER, StubServer, completion,

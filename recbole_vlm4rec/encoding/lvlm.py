@@ -237,7 +237,7 @@ class OpenAILVLMEmbedder(LVLMEmbedder):
         self._run(self.client.preflight())
 
     def embed(self, requests: Sequence[GroundingRequest]) -> list[LVLMOutput]:
-        from recbole_vlm4rec.formats.openai_client import user_message
+        from recbole_vlm4rec.formats.openai_messages import user_message
 
         bodies = [json.dumps({"model": self.model, "encoding_format": "float",
                               "messages": user_message(r.prompt, r.image, r.image_bytes,

@@ -2,7 +2,8 @@
 used by grounding (``POST /chat/completions``, ``grounding/backends/openai_compatible.py``) and by
 LVLM embeddings (``POST /embeddings``, ``encoding/lvlm.py``). It lives in ``formats/`` because two
 stages use it; everything about talking to such a server is written here once: retries,
-``Retry-After``, deadlines, fatal statuses, error texts, the image data URL, a fleet of servers.
+``Retry-After``, deadlines, fatal statuses, error texts, a fleet of servers (the request and answer
+pieces, e.g. the image data URL, are ``formats/openai_messages.py``).
 
 Transport: one ``aiohttp`` session (C HTTP parser, kept-alive connections, proxies named by
 ``HTTP(S)_PROXY`` honoured) on one event loop; requests are coroutines, so hundreds in flight cost
@@ -36,21 +37,17 @@ gives per-endpoint counts (requests sent, answered, failed by reason).
 from __future__ import annotations
 
 import asyncio
-import base64
-import email.utils
-import io
 import json
 import os
 import random
-import time
 import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
-DEFAULT_BASE_URL = "http://localhost:8000/v1"  # vLLM's default; $OPENAI_BASE_URL overrides
+from recbole_vlm4rec.formats.openai_messages import base_urls, error_message, retry_after_seconds
+
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 FATAL_STATUSES = {401: "the endpoint rejected the API key", 403: "access denied",
                   404: "no such path or model"}
@@ -75,101 +72,6 @@ class Outcome(Generic[T]):
     value: T | None = None
     error: str | None = None
     detail: str = ""
-
-
-# ---------------------------------------------------------------- endpoints and messages
-
-def base_urls(value: str | Sequence[str] | None) -> list[str]:
-    """Endpoint base URLs from a URL, a comma-separated list, or a list of either (default:
-    ``$OPENAI_BASE_URL``, else vLLM's localhost); ValueError naming a URL that is not http(s)."""
-    given = [value] if isinstance(value, str) else list(value or [])
-    given = given or [os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL]
-    urls: list[str] = []
-    for entry in given:
-        for url in str(entry).split(","):
-            url = url.strip().rstrip("/")
-            if not url:
-                continue
-            parts = urllib.parse.urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"base URL {url!r}: expected http(s)://host[:port]/path, e.g. "
-                                 "http://localhost:8000/v1")
-            if url not in urls:
-                urls.append(url)
-    if not urls:
-        raise ValueError("no base URL given")
-    return urls
-
-
-def read_base_urls(path: str | Path) -> list[str]:
-    """One base URL per line (blank lines and ``#`` comments ignored); ValueError naming
-    ``file:line`` for a line that is not an http(s) URL."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the base URL list ({error})") from error
-    urls: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            try:
-                urls += base_urls(line)
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: {error}") from None
-    if not urls:
-        raise ValueError(f"{path}: no base URL in it (one per line)")
-    return urls
-
-
-def image_data_url(image: Any, image_bytes: bytes | None, jpeg_quality: int = 90) -> str:
-    """A base64 data URL: ``image_bytes`` as they are when given (an original JPEG/PNG: no
-    re-encoding cost, no generation loss), else the PIL ``image`` as a JPEG."""
-    if image_bytes:
-        data, mime = image_bytes, "png" if image_bytes[:3] == b"\x89PN" else "jpeg"
-    else:
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=jpeg_quality)
-        data, mime = buffer.getvalue(), "jpeg"
-    return f"data:image/{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-def user_message(prompt: str, image: Any, image_bytes: bytes | None = None,
-                 jpeg_quality: int = 90) -> list[dict[str, Any]]:
-    """One user turn: the prompt as a text part, then the image as a data URL part."""
-    return [{"role": "user", "content": [
-        {"type": "text", "text": prompt},
-        {"type": "image_url", "image_url": {"url": image_data_url(image, image_bytes, jpeg_quality)}},
-    ]}]
-
-
-def error_message(content: bytes, reason: str = "") -> str:
-    """The server's own words: ``error.message`` of a JSON error body, else the body's start,
-    else the status line's reason."""
-    try:
-        error = json.loads(content).get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or content[:200].decode("utf-8", "replace") or reason)
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date; a past date is 0), None
-    when absent or unparsable. Uncapped: the caller caps it."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _proxy_for(url: str) -> str | None:

@@ -133,7 +133,7 @@ def backend_options(args: argparse.Namespace, backend_class: type) -> dict[str, 
 def _ground(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.grounding.backends import BackendUnavailableError, get_backend_class
     from recbole_vlm4rec.formats.items import read_item_table
-    from recbole_vlm4rec.formats.openai_client import read_base_urls
+    from recbole_vlm4rec.formats.openai_messages import read_base_urls
     from recbole_vlm4rec.grounding.items import (items_of_named_dataset, items_from_table,
                                                  with_local_image)
     from recbole_vlm4rec.grounding.prompts import PromptError, load_prompt

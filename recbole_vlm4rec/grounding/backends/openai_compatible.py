@@ -28,8 +28,8 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-from recbole_vlm4rec.formats.openai_client import (BadAnswer, EndpointUnavailableError,
-                                                   OpenAIClient, user_message)
+from recbole_vlm4rec.formats.openai_client import BadAnswer, EndpointUnavailableError, OpenAIClient
+from recbole_vlm4rec.formats.openai_messages import user_message
 from recbole_vlm4rec.grounding.backends.base import (
     AsyncGroundingBackend,
     BackendUnavailableError,
