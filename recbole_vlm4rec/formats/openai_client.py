@@ -44,9 +44,11 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
+from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 from recbole_vlm4rec.formats.openai_messages import base_urls, error_message, retry_after_seconds
+from recbole_vlm4rec.formats.openai_transport import (TRANSPORTS, Transport, answer_errors,
+                                                      connection_errors)
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 FATAL_STATUSES = {401: "the endpoint rejected the API key", 403: "access denied",
@@ -116,9 +118,12 @@ class OpenAIClient:
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 120.0, max_retries: int = 5, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, retry_after_max: float = 300.0,
-                 abort_after: int | None = None) -> None:
+                 abort_after: int | None = None, transport: str = "http11") -> None:
         if concurrency < 1 or max_retries < 0 or not timeout > 0:
             raise ValueError("concurrency >= 1, max_retries >= 0 and timeout > 0 are needed")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
+        self.transport = transport
         self.endpoints = [Endpoint(url, _proxy_for(url)) for url in base_urls(base_url)]
         self.model = model
         self.api_key_env = api_key_env
@@ -157,15 +162,18 @@ class OpenAIClient:
     async def preflight(self) -> None:
         """``GET /models`` on every endpoint: an unreachable one, a rejected key or a model no
         endpoint lists fail here, before any item."""
-        async with self._session() as session:
-            for endpoint in self.endpoints:
-                await self._preflight_one(session, endpoint)
-
-    async def _preflight_one(self, session: Any, endpoint: Endpoint) -> None:
+        transport = self._transport()
         try:
-            answer = await _within(_exchange(session, endpoint, "GET", "/models", None),
+            for endpoint in self.endpoints:
+                await self._preflight_one(transport, endpoint)
+        finally:
+            await transport.aclose()
+
+    async def _preflight_one(self, transport: Transport, endpoint: Endpoint) -> None:
+        try:
+            answer = await _within(transport.exchange(endpoint.url, endpoint.proxy, "GET", "/models", None),
                                    min(self.timeout, 10.0))
-        except (asyncio.TimeoutError, OSError, _client_errors()) as error:
+        except (asyncio.TimeoutError, *answer_errors(), *connection_errors()) as error:
             raise EndpointUnavailableError(
                 f"cannot reach {endpoint.url} ({type(error).__name__}: {error}); is the server "
                 "running and --base-url right (it usually ends in /v1)? (a fleet: drop it from "
@@ -209,14 +217,14 @@ class OpenAIClient:
                 endpoint.in_flight += 1
                 endpoint.sent += 1
                 try:
-                    answer = await _within(_exchange(live.session, endpoint, "POST", path, body),
-                                           self.timeout)
+                    answer = await _within(live.transport.exchange(endpoint.url, endpoint.proxy, "POST",
+                                                                   path, body), self.timeout)
                 except asyncio.TimeoutError as exc:
                     answer, error = None, "timeout"
                     detail = f"no complete answer within {self.timeout:g} s ({type(exc).__name__})"
-                except _bad_answer_errors() as exc:  # connected, but the answer is not HTTP or broke off
+                except answer_errors() as exc:  # connected, but the answer is not HTTP or broke off
                     answer, error, detail = None, "bad_response", _describe(exc)
-                except (OSError, _client_errors()) as exc:
+                except connection_errors() as exc:
                     answer, error, detail = None, "connection_error", _describe(exc)
                 finally:
                     endpoint.in_flight -= 1
@@ -297,19 +305,12 @@ class OpenAIClient:
 
     # ------------------------------------------------------------ the loop's state
 
-    def _session(self) -> Any:
-        """An aiohttp session: kept-alive connections, ``concurrency`` at most (deadlines are
-        ours: aiohttp's own total timeout is off)."""
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(limit=self.concurrency + len(self.endpoints),
-                                         limit_per_host=0, ttl_dns_cache=300)
-        return aiohttp.ClientSession(connector=connector, headers=self.headers,
-                                     timeout=aiohttp.ClientTimeout(total=None))
+    def _transport(self) -> Transport:
+        return Transport(self.headers, self.concurrency + len(self.endpoints), self.transport)
 
     async def _ready(self) -> "_Live":
         if self._live is None:
-            self._live = _Live(self._session(), asyncio.Semaphore(self.concurrency), asyncio.Event(), set())
+            self._live = _Live(self._transport(), asyncio.Semaphore(self.concurrency), asyncio.Event(), set())
         return self._live
 
     async def aclose(self, grace_s: float = 2.0) -> None:
@@ -326,43 +327,15 @@ class OpenAIClient:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await live.session.close()
-
-
-async def _exchange(session: Any, endpoint: Endpoint, method: str, path: str,
-                    body: bytes | None) -> "_Answer":
-    """One HTTP exchange (the caller sets the deadline)."""
-    async with session.request(method, endpoint.url + path, data=body, proxy=endpoint.proxy) as response:
-        return _Answer(response.status, response.reason or "", response.headers.get("Retry-After"),
-                       await response.read())
-
-
-@dataclass
-class _Answer:
-    status: int
-    reason: str
-    retry_after: str | None
-    content: bytes
+        await live.transport.aclose()
 
 
 @dataclass
 class _Live:
-    session: Any                 # aiohttp.ClientSession
+    transport: Transport
     slots: asyncio.Semaphore     # requests in flight, all endpoints together
     stop: asyncio.Event          # set by aclose(): retries give up
     tasks: set                   # post() calls running
-
-
-def _client_errors() -> type[Exception]:
-    import aiohttp
-
-    return aiohttp.ClientError
-
-
-def _bad_answer_errors() -> tuple[type[Exception], ...]:
-    import aiohttp
-
-    return aiohttp.ClientResponseError, aiohttp.ClientPayloadError
 
 
 def _tries(count: int) -> str:

@@ -59,6 +59,7 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
         backoff_max: float = 60.0,
         abort_after: int | None = None,
         json_mode: bool = False,
+        transport: str = "http11",
     ) -> None:
         if not model:
             raise ValueError("the openai backend needs --model: the model name the endpoint serves "
@@ -67,7 +68,7 @@ class OpenAICompatibleBackend(AsyncGroundingBackend):
             self.client = OpenAIClient(
                 base_url, model=model, api_key_env=api_key_env, concurrency=concurrency,
                 timeout=timeout, max_retries=max_retries, backoff_base=backoff_base,
-                backoff_max=backoff_max, abort_after=abort_after)
+                backoff_max=backoff_max, abort_after=abort_after, transport=transport)
         except ValueError as error:
             raise ValueError(f"openai backend: {error}") from None
         self.model = model
