@@ -6,9 +6,10 @@ Why not httpx for this: in a micro-benchmark (128 in flight, 200 ms server) http
 (httpcore 1.0) spent 13 ms of CPU per request with one pool of 128 connections (the pool scans
 and polls every connection per request) and 0.75-1.1 ms split into pools of 1-8 connections,
 which on a 2-core machine caps a run far below what a GPU fleet serves. This client costs
-~0.08 ms per request. Why not aiohttp: ~0.17 ms per request on the same exchange loop, which on
-the grounding throughput bench misses the >= 80%-of-ideal target this client meets (figures in
-``formats/openai_client.py`` and docs/grounding.md, Throughput). It speaks what chat-completion
+~0.08 ms per request. Why not aiohttp: 0.1-0.15 ms more client CPU per request on the grounding
+throughput bench, where it misses the >= 80%-of-ideal target this client meets (70-71% against
+80-82% at 256 in flight; figures in ``formats/openai_client.py`` and docs/grounding.md,
+Throughput). It speaks what chat-completion
 servers answer (HTTP/1.1, ``Content-Length`` or chunked bodies, or a body ended by closing the
 connection; TLS through an ``ssl`` context) and nothing more: no redirects, no compression (it asks
 for none), no proxies: the client sends requests to a server the environment names a proxy for

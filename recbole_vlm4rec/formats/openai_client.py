@@ -5,11 +5,16 @@ stages use it; everything about talking to such a server is written here once: r
 ``Retry-After``, deadlines, fatal statuses, error texts, a fleet of servers (the request and answer
 pieces, e.g. the image data URL, are ``formats/openai_messages.py``).
 
-Transport: one ``aiohttp`` session (C HTTP parser, kept-alive connections, proxies named by
-``HTTP(S)_PROXY`` honoured) on one event loop; requests are coroutines, so hundreds in flight cost
-no threads. On the grounding throughput bench (``benchmarks/bench_openai_backend.py``, 64-256 in
-flight against a 0.2-1 s stub) it holds the >= 80%-of-ideal target, interleaved with the
-hand-written HTTP/1.1 client it replaced (figures in docs/grounding.md, Throughput).
+Transport (``formats/openai_transport.py``): the hand-written HTTP/1.1 pools of
+``formats/http11.py`` on one event loop (requests are coroutines, so hundreds in flight cost no
+threads), and aiohttp for a server the environment names a proxy for. aiohttp was measured as the
+transport for every server and kept out of the fast path because it misses the >= 80%-of-ideal
+target the hand-written client meets: on the grounding throughput bench, side by side and
+interleaved (``benchmarks/bench_openai_backend.py --transports http11 aiohttp``, 3 repeats, a
+2-core machine under load), 256 requests in flight against a 1 s server got 70-71% of ideal
+through aiohttp against 80-82% (0.86-0.89x the requests/s), 64 against a 200 ms server 71-84%
+against 81-88% (0.88-0.95x), its client spending 0.1-0.15 ms more CPU per request (figures and
+commands: docs/grounding.md, Throughput).
 
 Per request (:meth:`OpenAIClient.post`):
 

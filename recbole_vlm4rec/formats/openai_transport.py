@@ -4,7 +4,9 @@
 reached directly, and aiohttp to a server the environment names a proxy for (``HTTP(S)_PROXY``
 minus ``NO_PROXY``), which http11 does not speak. ``aiohttp``: every server through one aiohttp
 session; kept so the throughput bench can compare the two side by side
-(``benchmarks/bench_openai_backend.py --transports http11 aiohttp``).
+(``benchmarks/bench_openai_backend.py --transports http11 aiohttp``): aiohttp misses the
+throughput target http11 meets (``formats/openai_client.py`` says by how much), so it is not the
+default.
 """
 
 from __future__ import annotations
