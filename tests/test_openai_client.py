@@ -1,6 +1,6 @@
 """formats/openai_client.py, the one HTTP client of grounding and LVLM embeddings: Retry-After,
-broken answers, a fleet balanced by requests in flight, URL lists, and the same failure handling
-seen from both stages."""
+broken answers and deadlines on both transports, a fleet balanced by requests in flight, URL
+lists, and the same failure handling seen from both stages."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from recbole_vlm4rec.encoding.lvlm import OpenAILVLMEmbedder
 from recbole_vlm4rec.formats.openai_client import BadAnswer, OpenAIClient
 from recbole_vlm4rec.formats.openai_messages import (base_urls, error_message, read_base_urls,
                                                      retry_after_seconds)
+from recbole_vlm4rec.formats.openai_transport import TRANSPORTS
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
 from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend
 from recbole_vlm4rec.grounding.backends.openai_stub import (STUB_ANSWER, StubServer, completion,
@@ -113,16 +114,17 @@ async def _scripted_server(reply: bytes):
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("reply", [
     b"SSH-2.0-OpenSSH_9.0\r\n\r\n",                                                  # not HTTP
     b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"short\"",                      # cut off
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",                  # bad chunk
     b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nnot json at!",                    # not JSON
 ])
-def test_answers_that_are_not_a_chat_completion_are_bad_responses(reply):
+def test_answers_that_are_not_a_chat_completion_are_bad_responses(reply, transport):
     async def main():
         server, url = await _scripted_server(reply)
-        client = OpenAIClient(url, max_retries=1, backoff_base=0.01)
+        client = OpenAIClient(url, max_retries=1, backoff_base=0.01, transport=transport)
         try:
             return await client.post("/chat/completions", b"{}", text_of)
         finally:
@@ -207,7 +209,8 @@ def test_prompt_reaches_the_server_unchanged():
     assert seen == ["naïve café — 漢字"]
 
 
-def test_a_request_cut_off_by_its_deadline_never_gets_its_late_answer_read_as_the_next():
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_request_cut_off_by_its_deadline_never_gets_its_late_answer_read_as_the_next(transport):
     """The first attempt times out while the server is still answering it; the retry must get
     its own answer, not the late one on a reused connection."""
     def late_then_right(payload, seen):
@@ -217,6 +220,6 @@ def test_a_request_cut_off_by_its_deadline_never_gets_its_late_answer_read_as_th
 
     with StubServer(policy=late_then_right) as server:
         client = OpenAIClient(server.base_url, concurrency=1, timeout=0.3, max_retries=1,
-                              backoff_base=0.01)
+                              backoff_base=0.01, transport=transport)
         (outcome,) = post_all(client, [chat_body("x")])
     assert outcome.value == "right" and server.requests["x"] == 2
