@@ -149,6 +149,25 @@ def test_close_stops_items_that_are_waiting_to_retry():
     assert server.requests["always-500"] == 1
 
 
+def test_close_while_a_request_is_in_flight_stops_its_retries():
+    """Ctrl-C lands while the server is still answering: the 500 that then arrives is not retried
+    and the item is recorded as interrupted, not as the server's failure."""
+    def slow_500(payload, seen):
+        return 500, {"X-Stub-Delay": "0.5"}, {"error": {"message": "engine crashed"}}
+
+    with StubServer(policy=slow_500) as server:
+        client = backend(server, backoff_base=30.0, max_retries=5)
+        outputs = []
+        worker = threading.Thread(target=lambda: outputs.extend(client.describe([request("in flight")])))
+        worker.start()
+        while server.requests["in flight"] < 1:
+            time.sleep(0.01)
+        client.close()  # in-flight requests get 2 s to finish: this one answers after 0.5 s
+        worker.join(timeout=20)
+    assert not worker.is_alive() and outputs[0].error == "interrupted"
+    assert "http_500" in outputs[0].detail and server.requests["in flight"] == 1
+
+
 def test_json_mode_asks_for_json_on_structured_prompts_only():
     client = OpenAICompatibleBackend(model="m", base_url="http://127.0.0.1:9/v1", json_mode=True)
     structured = GroundingRequest("a", Image.new("RGB", (8, 8)), "0" * 64, "fill", ("category", "style"))

@@ -102,7 +102,7 @@ class Endpoint:
     failures: Counter = field(default_factory=Counter)   # reason -> failed requests
     down_until: float = 0.0                             # loop time; set aside until then
     failing: int = 0                                    # retryable failures in a row
-    down_for: float = 0.0                               # the last time it was set aside (s)
+    down_for: float = 0.0                               # how long it was last set aside (s)
 
     def report(self) -> str:
         failed = sum(self.failures.values())
@@ -259,9 +259,9 @@ class OpenAIClient:
             endpoint.failures[error] += 1
             self._set_aside(endpoint, error, retry_after, loop.time())
             tried.add(endpoint.url)
-            if attempt == self.max_retries or live.stop.is_set():
+            if attempt == self.max_retries:
                 break
-            if not self._another_is_ready(tried, loop.time()):
+            if not live.stop.is_set() and not self._another_is_ready(tried, loop.time()):
                 try:
                     await asyncio.wait_for(live.stop.wait(), self._backoff(attempt, retry_after))
                 except asyncio.TimeoutError:
