@@ -109,7 +109,10 @@ def test_feature_written_by_encode_is_what_the_next_run_uses(tiny_dataset, monke
         "item_id:token\ttitle:token_seq\n" + "".join(f"i{i}\tthing {i}\n" for i in range(40)))
 
     class HashEncoder:
-        def __init__(self, spec, device=None, batch_size=64):
+        def __init__(self, spec, device=None, batch_size=64, processes=1):
+            pass
+
+        def close(self):
             pass
 
         def encode(self, texts, show_progress=True):
