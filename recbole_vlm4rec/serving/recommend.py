@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from recbole_vlm4rec.serving.bundle import Bundle, load_bundle
+from recbole_vlm4rec.formats.ranking import top_k_by_priority, user_priorities
+from recbole_vlm4rec.serving.bundle import Bundle, block_profile, load_bundle
 
 
 class ServingError(ValueError):
@@ -197,16 +198,8 @@ class Recommender:
 
     # --- ranking ---------------------------------------------------------------------------
     def _profile(self, rows: np.ndarray) -> np.ndarray:
-        """The model's mean profile of ``rows``: per feature block, the normalised sum of the
-        items' (unit) block vectors, scaled by the square root of the block's weight."""
-        summed = self.bundle.embeddings[rows].sum(axis=0)
-        parts, start = [], 0
-        for block in self.bundle.meta["blocks"]:
-            part = summed[start:start + block["dim"]]
-            norm = float(np.linalg.norm(part))
-            parts.append(part / norm * np.sqrt(block["weight"]) if norm > 0 else part)
-            start += block["dim"]
-        return np.concatenate(parts).astype(np.float32)
+        """The model's mean profile of ``rows`` (bundle.block_profile)."""
+        return block_profile(self.bundle.embeddings[rows].sum(axis=0), self.bundle.meta["blocks"])
 
     def _search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         n = min(n, len(self.bundle.item_tokens))
@@ -241,34 +234,25 @@ class Recommender:
 
     def _tie_priorities(self, user_row: int | None) -> np.ndarray:
         """Per item row, the evaluation's tie priority for this user (item id = row + 1; a
-        query that is no known user ranks as RecBole's padding user 0)."""
-        import torch
-
-        from recbole_vlm4rec.formats.ranking import priorities
-
-        user = torch.tensor([0 if user_row is None else user_row + 1])
+        query that is no known user ranks as RecBole's padding user 0). numpy only: a first
+        query must not pay for importing torch."""
+        user = 0 if user_row is None else user_row + 1
         n_ids = len(self.bundle.item_tokens) + 1
-        return priorities(user, n_ids, int(self.bundle.meta["tie_break_seed"]))[0, 1:].numpy()
+        return user_priorities(user, n_ids, int(self.bundle.meta["tie_break_seed"]))[1:]
 
     def _exact_top(self, vectors: np.ndarray, profile: np.ndarray | None, excluded: np.ndarray,
                    k: int, user_row: int | None) -> list[tuple[int, float]]:
-        """Every item scored (a tie reached the search depth): formats/ranking.tie_safe_topk."""
-        import torch
-
-        from recbole_vlm4rec.formats.ranking import tie_safe_topk
-
+        """Every item scored (a tie reached the search depth), ordered as
+        formats/ranking.tie_safe_topk orders the evaluation's row."""
         embeddings = self.bundle.embeddings
         if profile is None:
             scores = (vectors @ embeddings.T).max(axis=0)
         else:
             scores = embeddings @ profile
-        row_scores = torch.full((1, len(scores) + 1), -torch.inf)  # column 0: padding item
-        row_scores[0, 1:] = torch.from_numpy(scores.astype(np.float32))
-        row_scores[0, torch.from_numpy(np.asarray(excluded, np.int64) + 1)] = -torch.inf
-        user = torch.tensor([0 if user_row is None else user_row + 1])
-        top = tie_safe_topk(row_scores, k, user, int(self.bundle.meta["tie_break_seed"]))
-        return [(int(i) - 1, float(row_scores[0, i])) for i in top.indices[0]
-                if row_scores[0, i] > -torch.inf]
+        scores = scores.astype(np.float32)
+        scores[np.asarray(excluded, np.int64)] = -np.inf
+        top = top_k_by_priority(scores, k, self._tie_priorities(user_row))
+        return [(int(row), float(scores[row])) for row in top]
 
     def _describe(self, row: int) -> str | None:
         return self.bundle.descriptions.get(self.bundle.item_tokens[row])
