@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 EXPORT_EPILOG = """\
 examples:
@@ -39,6 +39,20 @@ encoder other than the bundle's.
 """
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse turns the ValueError into a one-line
+    usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 def register(subparsers: Any) -> None:
     export = subparsers.add_parser(
         "export", help="write a serving bundle of a model (feature-based, or from a checkpoint)",
@@ -51,7 +65,7 @@ def register(subparsers: Any) -> None:
                         help="feature-based model to export (default VLM4Rec)")
     export.add_argument("--checkpoint", help="a RecBole checkpoint (.pth) of any model: export "
                         "its top-n per known user")
-    export.add_argument("--top-n", type=int, default=100,
+    export.add_argument("--top-n", type=at_least(1), default=100,
                         help="with --checkpoint: best items kept per user (default 100)")
     export.add_argument("--feature", help="VLM4Rec's item feature (default: the dataset's "
                         "default feature); same as --item_feature=...")
@@ -77,8 +91,8 @@ def register(subparsers: Any) -> None:
     query.add_argument("--user", help="a user token of the bundle's dataset")
     query.add_argument("--items", help="comma-separated item tokens: the history of a new user")
     query.add_argument("--text", help="a free-text wish, encoded with the bundle's encoder")
-    recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
-    recommend.add_argument("--explain", type=int, default=2,
+    recommend.add_argument("-k", type=at_least(1), default=10, help="how many items (default 10)")
+    recommend.add_argument("--explain", type=at_least(0), default=2,
                            help="history items shown per recommendation (default 2)")
     recommend.add_argument("--encoder", help="text queries: the encoder to use (must match the "
                            "bundle's; default: the bundle's)")

@@ -49,6 +49,17 @@ class EncoderMismatchError(ServingError):
     pass
 
 
+class InvalidQueryError(ServingError):
+    """A query argument out of range (k < 1, explain < 0)."""
+
+
+def check_counts(k: int, explain: int = 0) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidQueryError(f"k must be an integer >= 1, got {k!r}")
+    if isinstance(explain, bool) or not isinstance(explain, (int, np.integer)) or explain < 0:
+        raise InvalidQueryError(f"explain must be an integer >= 0, got {explain!r}")
+
+
 @dataclass
 class Because:
     item: str
@@ -90,6 +101,7 @@ class Recommender:
     # --- queries ---------------------------------------------------------------------------
     def for_user(self, user: str, k: int = 10, explain: int = 2) -> list[Recommendation]:
         """Top-k for a user of the bundle, the evaluation's masked items left out."""
+        check_counts(k, explain)
         row = self.user_row.get(str(user))
         if row is None:
             raise UnknownUserError(_unknown("user", [str(user)], self.bundle.user_tokens))
@@ -108,6 +120,7 @@ class Recommender:
 
     def for_items(self, items: Sequence[str], k: int = 10, explain: int = 2) -> list[Recommendation]:
         """Top-k for a new user given the item tokens they interacted with."""
+        check_counts(k, explain)
         self._require_profile("an ad-hoc history")
         items = [str(i).strip() for i in items if str(i).strip()]
         if not items:
@@ -129,6 +142,7 @@ class Recommender:
 
     def for_text(self, text: str, k: int = 10, encoder: str | None = None) -> list[Recommendation]:
         """Top-k items for a free-text wish, encoded with the bundle's own text encoder."""
+        check_counts(k)
         self._require_profile("a text query")
         if not text.strip():
             raise EmptyHistoryError("empty text query")
