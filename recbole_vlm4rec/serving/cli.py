@@ -1,4 +1,5 @@
-"""``vlm4rec export`` (write a serving bundle) and ``vlm4rec recommend`` (top-k from one)."""
+"""``vlm4rec export`` (write a serving bundle) and ``vlm4rec recommend`` (top-k from one);
+``vlm4rec serve`` and ``vlm4rec audit`` are in serve_cli.py."""
 
 from __future__ import annotations
 
@@ -98,6 +99,10 @@ def register(subparsers: Any) -> None:
                            "bundle's; default: the bundle's)")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of text")
     recommend.set_defaults(func=_recommend)
+
+    from recbole_vlm4rec.serving import serve_cli
+
+    serve_cli.register(subparsers)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -131,14 +131,21 @@ class Recommender:
         rows = np.unique([self.item_row[i] for i in items])
         # Like the model's profiles: items the feature does not cover cannot enter one.
         usable = rows[self.bundle.has_vector[rows]]
-        self.ignored_items = [self.bundle.item_tokens[r] for r in rows
-                              if not self.bundle.has_vector[r]]
+        self.ignored_items = self.without_vector(items)
         if not len(usable):
             raise EmptyHistoryError(
                 f"none of the history items has a '{self.feature}' vector "
                 f"({', '.join(self.ignored_items[:5])}): nothing to build a profile from")
         profile = self._profile(usable) if self.aggregation == "mean" else None
         return self._rank(usable, rows, k, explain, profile)
+
+    def without_vector(self, items: Sequence[str]) -> list[str]:
+        """The known items of ``items`` that the bundle's feature has no vector for (left out of
+        a profile), sorted as the bundle lists them."""
+        if self.kind != "profile":
+            return []
+        rows = np.unique([self.item_row[i] for i in items if i in self.item_row])
+        return [self.bundle.item_tokens[r] for r in rows if not self.bundle.has_vector[r]]
 
     def for_text(self, text: str, k: int = 10, encoder: str | None = None) -> list[Recommendation]:
         """Top-k items for a free-text wish, encoded with the bundle's own text encoder."""
@@ -193,15 +200,20 @@ class Recommender:
 
     def load_text_encoder(self, encoder: str | None = None):
         """The (loaded) encoder text queries use; loading it is the slow part of a first query,
-        so callers that time queries load it first."""
-        from recbole_vlm4rec.encoding.text import TextEncoder
+        so callers that time queries load it first. BERT sentence encoders (the default MiniLM)
+        run in numpy (query_encoder.py: no torch import), others through sentence-transformers."""
+        from recbole_vlm4rec.serving.query_encoder import load_query_encoder
 
         self._require_profile("a text query")
         name = self.check_encoder(encoder)
         if self._encoder is None or self._encoder.spec != name:
-            self._encoder = TextEncoder(name)
-            self._encoder.dim  # loads the weights
+            self._encoder = load_query_encoder(name)
         return self._encoder
+
+    def use_text_encoder(self, encoder) -> None:
+        """Share an encoder loaded elsewhere (a service serving several bundles built with the
+        same one); the caller has checked it with :meth:`check_encoder`."""
+        self._encoder = encoder
 
     def encode_query(self, text: str, encoder: str | None = None) -> np.ndarray:
         vector = self.load_text_encoder(encoder).encode([text], show_progress=False)[0]
@@ -237,7 +249,7 @@ class Recommender:
             candidates = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
         # a search stops at `depth`: an item scoring the last returned score may be cut off
         bound = float(scores[:, -1].max()) if depth < len(self.bundle.item_tokens) else -np.inf
-        priority = self._tie_priorities(user_row)
+        priority = self.tie_priorities(user_row)
         skip = set(np.asarray(excluded).tolist())
         top = sorted(((row, score) for row, score in candidates if row not in skip),
                      key=lambda rs: (-rs[1], -priority[rs[0]]))[:k]
@@ -246,7 +258,7 @@ class Recommender:
             top = self._exact_top(vectors, profile, excluded, k, user_row)
         return [self._recommendation(row, score, history, vectors, explain) for row, score in top]
 
-    def _tie_priorities(self, user_row: int | None) -> np.ndarray:
+    def tie_priorities(self, user_row: int | None) -> np.ndarray:
         """Per item row, the evaluation's tie priority for this user (item id = row + 1; a
         query that is no known user ranks as RecBole's padding user 0). numpy only: a first
         query must not pay for importing torch."""
@@ -265,7 +277,7 @@ class Recommender:
             scores = embeddings @ profile
         scores = scores.astype(np.float32)
         scores[np.asarray(excluded, np.int64)] = -np.inf
-        top = top_k_by_priority(scores, k, self._tie_priorities(user_row))
+        top = top_k_by_priority(scores, k, self.tie_priorities(user_row))
         return [(int(row), float(scores[row])) for row in top]
 
     def _describe(self, row: int) -> str | None:
