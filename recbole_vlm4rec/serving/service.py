@@ -309,10 +309,13 @@ class Service:
                                  "co_count": int(c), "in_co_top": True} for t, c in co.top]})
                 continue
             served, note, found = columns[feature_name], None, []
-            try:
+            row = served.recommender.item_row.get(item)
+            if row is None:
+                note = f"item {item!r} is not in bundle {served.name!r}"
+            elif not served.recommender.bundle.has_vector[row]:
+                note = f"item {item!r} has no '{feature_name}' vector (e.g. no image)"
+            else:
                 found = served.recommender.for_items([item], k, 0)
-            except (EmptyHistoryError, UnknownItemError) as error:
-                note = str(error)
             out.append({"feature": feature_name, "bundle": served.name, "note": note,
                         "neighbours": [{**self.card(bundles, r.item, name), "score": r.score,
                                         "co_count": co.count(r.item),
