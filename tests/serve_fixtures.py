@@ -3,7 +3,6 @@ two bundles: what the service, explorer and browser tests serve."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -74,7 +73,9 @@ class LiveServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        from recbole_vlm4rec.serving.serve_cli import listen_socket
+
+        self.sock = listen_socket("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},

@@ -77,8 +77,11 @@ class NumpyBertEncoder:
         self.n_layers = int(config["num_hidden_layers"])
         weights = load_file(str(folder / "model.safetensors"))
         prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
-        self.w = {k[len(prefix):]: v.astype(np.float32) for k, v in weights.items()
-                  if k.startswith(prefix)}
+        # dense weights stored (in, out), contiguous: x @ w runs ~2x faster than x @ W.T
+        self.w = {k[len(prefix):]: np.ascontiguousarray(
+                      v.T if k.endswith("dense.weight") or k.split(".")[-2] in ("query", "key", "value")
+                      else v, dtype=np.float32)
+                  for k, v in weights.items() if k.startswith(prefix)}
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(min(max_length, int(config["max_position_embeddings"])))
@@ -89,7 +92,7 @@ class NumpyBertEncoder:
         return int(self.w["embeddings.word_embeddings.weight"].shape[1])
 
     def _dense(self, x: np.ndarray, name: str) -> np.ndarray:
-        return x @ self.w[f"{name}.weight"].T + self.w[f"{name}.bias"]
+        return x @ self.w[f"{name}.weight"] + self.w[f"{name}.bias"]
 
     def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
         return _layer_norm(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.eps)

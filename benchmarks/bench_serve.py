@@ -1,0 +1,256 @@
+"""`vlm4rec serve` over HTTP on loopback: startup to the first answer, and latency under load.
+
+    python benchmarks/bench_serve.py --posters bundles/posters-vlm bundles/posters-visual \\
+        bundles/posters-text [--items 100000] [--users 10000] [--clients 1,16,64] \\
+        [--requests 300] [--seconds 15] [--workdir /tmp/bench-serve]
+
+Startup (a fresh `vlm4rec serve` process on the text bundle, ``--startup-runs`` times, median):
+seconds from spawning the process to the first 200 of /healthz, of /recommend?user= and of
+/search?q= (the text query needs the encoder). Beside it, what a first text answer cost before
+this service: importing sentence-transformers, loading MiniLM and encoding one query in a fresh
+process (the path `vlm4rec recommend --text` took), and `vlm4rec recommend --text` end to end now.
+
+Load: for each served set of bundles, a separate server process (`--threads 1`) and, in this
+process, N asyncio clients (httpx, one connection each) sending requests back to back; each cell
+stops after ``--requests`` answers or ``--seconds``, whichever comes first (after 20 warm-up
+requests). Reported: answers, p50 / p99 latency (ms, client side: includes HTTP and JSON) and
+throughput (answers per second of wall time); any non-200 answer is counted and printed.
+
+  recommend  GET /recommend?user=U&k=10          a random known user (explanations on)
+  similar    GET /similar/I?k=10                 a random item, neighbours under every feature
+                                                 of its dataset plus co-interaction counts
+  search     GET /search?q=...&k=10              a random phrase, embedded by the bundle's encoder
+
+Served sets: ml-100k-posters (the ``--posters`` bundles: one per feature; recommend on the first,
+search on the first that can embed text) and a synthetic catalogue of ``--items`` items x 384
+float32 (clustered unit vectors, ``--users`` users with 10-50 training items each, the MiniLM
+encoder recorded so /search embeds real queries), once with a flat index and once with HNSW.
+Client and server share the machine: on 2 cores the 64-client figures measure contention too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's package
+
+PHRASES = ["space opera with robots", "a cosy romantic comedy in paris", "dark crime thriller",
+           "animated film for children", "war drama in the jungle", "horror in a haunted house",
+           "musical with singing and dancing", "western with cowboys", "documentary about music",
+           "a funny road trip with friends", "detective mystery", "epic fantasy adventure"]
+
+
+def synthetic_bundle(folder: Path, n_items: int, n_users: int, index: str) -> Path:
+    """A profile bundle of ``n_items`` clustered unit vectors (384-d, MiniLM recorded)."""
+    from recbole_vlm4rec.encoding.text import encoder_fingerprint
+    from recbole_vlm4rec.serving.bundle import write_profile_arrays
+
+    if (folder / "bundle.json").is_file():
+        return folder
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(512, 384)).astype(np.float32)
+    vectors = centres[rng.integers(0, 512, n_items)] + rng.normal(
+        scale=0.6, size=(n_items, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    histories = [np.sort(rng.choice(n_items, size=rng.integers(10, 51), replace=False))
+                 for _ in range(n_users)]
+    meta = {"model": "VLM4Rec", "dataset": f"synthetic-{index}", "item_feature": "synthetic",
+            "features": ["synthetic"], "train_items": histories,
+            "encoder": {"name": "all-MiniLM-L6-v2",
+                        "fingerprint": encoder_fingerprint("all-MiniLM-L6-v2")}}
+    started = time.perf_counter()
+    write_profile_arrays(folder, [f"item{i}" for i in range(n_items)], vectors,
+                         np.ones(n_items, bool), [f"user{u}" for u in range(n_users)], histories,
+                         histories, meta, index_kind=index)
+    print(f"  wrote {folder.name}: {n_items} items, {n_users} users, {index} index, "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+def start_server(bundles: list[Path], env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
+    """A `vlm4rec serve` process on a free port; returns it, its URL and its start time."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "recbole_vlm4rec.cli", "serve",
+                                *map(str, bundles), "--port", "0", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while True:
+        line = process.stdout.readline()
+        if not line:
+            raise SystemExit(f"server did not start: {process.stderr.read()}")
+        if line.startswith("serving "):
+            return process, line.split(" on ", 1)[1].split("/ ", 1)[0], started
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def first_answer(url: str, path: str, started: float) -> float:
+    import httpx
+
+    while True:
+        try:
+            if httpx.get(url + path, timeout=60).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            time.sleep(0.01)
+
+
+def startup(bundle: Path, user: str, runs: int, env: dict[str, str]) -> None:
+    rows = {"/healthz": [], f"/recommend?user={user}": [], "/search?q=space+opera": []}
+    for _ in range(runs):
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "recbole_vlm4rec.cli", "serve",
+                                    str(bundle), "--port", "0"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        line = process.stdout.readline()
+        while line and not line.startswith("serving "):
+            line = process.stdout.readline()
+        if not line:
+            raise SystemExit(f"server did not start: {process.stderr.read()}")
+        url = line.split(" on ", 1)[1].split("/ ", 1)[0]
+        for path in rows:  # in order: each first answer after the one before
+            rows[path].append(first_answer(url, path, started))
+        stop(process)
+    before = []
+    code = ("from recbole_vlm4rec.encoding.text import TextEncoder; "
+            "TextEncoder().encode(['space opera'], show_progress=False)")
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+        before.append(time.perf_counter() - started)
+    cli = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "recbole_vlm4rec.cli", "recommend", str(bundle),
+                        "--text", "space opera", "-k", "5"], check=True, env=env,
+                       capture_output=True)
+        cli.append(time.perf_counter() - started)
+    print(f"\nstartup, text bundle {bundle.name} (median of {runs}, seconds from spawning the "
+          "process)")
+    print("| first answer | seconds |\n|---|---|")
+    for path, times in rows.items():
+        print(f"| `vlm4rec serve`: GET {path} | {statistics.median(times):.2f} |")
+    print(f"| before: import sentence-transformers + load MiniLM + encode one query | "
+          f"{statistics.median(before):.2f} |")
+    print(f"| `vlm4rec recommend --text` (one process per question) | "
+          f"{statistics.median(cli):.2f} |")
+
+
+async def load_cell(url: str, paths: list[str], clients: int, requests: int,
+                    seconds: float) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    rng = np.random.default_rng(clients)
+    deadline = [0.0]
+
+    async def client(http: httpx.AsyncClient, budget: list[int]) -> None:
+        while budget[0] > 0 and time.perf_counter() < deadline[0]:
+            budget[0] -= 1
+            path = paths[int(rng.integers(len(paths)))]
+            started = time.perf_counter()
+            answer = await http.get(path)
+            latencies.append(time.perf_counter() - started)
+            if answer.status_code != 200:
+                errors.append(f"{answer.status_code} {path}: {answer.text[:120]}")
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
+        deadline[0] = time.perf_counter() + seconds
+        await asyncio.gather(*(client(http, [20 // clients + 1]) for _ in range(clients)))
+        latencies.clear()
+        budget = [requests]
+        started = time.perf_counter()
+        deadline[0] = started + seconds
+        await asyncio.gather(*(client(http, budget) for _ in range(clients)))
+        wall = time.perf_counter() - started
+    for error in errors[:3]:
+        print(f"    error: {error}")
+    return {"n": len(latencies), "p50": 1000 * float(np.percentile(latencies, 50)),
+            "p99": 1000 * float(np.percentile(latencies, 99)), "rps": len(latencies) / wall,
+            "errors": len(errors)}
+
+
+def queries(url: str, n: int = 400) -> dict[str, list[str]]:
+    """Request paths per endpoint for the served set at ``url`` (random users, items, phrases)."""
+    import httpx
+
+    info = httpx.get(url + "/bundles", timeout=60).json()["bundles"]
+    rng = np.random.default_rng(1)
+    first = info[0]
+    searcher = next(b for b in info if b["search"])
+    users = [t for t in Path(first["folder"], "users.tokens").read_text().splitlines()]
+    items = [t for t in Path(first["folder"], "items.tokens").read_text().splitlines()]
+    return {
+        "recommend": [f"/recommend?user={users[i]}&k=10&bundle={first['name']}"
+                      for i in rng.integers(0, len(users), n)],
+        "similar": [f"/similar/{items[i]}?k=10" for i in rng.integers(0, len(items), n)],
+        "search": [f"/search?q={PHRASES[i].replace(' ', '+')}&k=10&bundle={searcher['name']}"
+                   for i in rng.integers(0, len(PHRASES), n)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--posters", nargs="+", type=Path, required=True,
+                        help="ml-100k-posters bundles, one per feature (the text one last)")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="keep the synthetic bundles here "
+                        "(default: a temporary folder)")
+    args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    text_bundle = args.posters[-1]
+    user = Path(text_bundle, "users.tokens").read_text().splitlines()[0]
+    startup(text_bundle, user, args.startup_runs, env)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    print(f"\nsynthetic bundles in {workdir}", flush=True)
+    sets = {"ml-100k-posters": list(args.posters)}
+    for index in ("flat", "hnsw"):
+        sets[f"synthetic {args.items // 1000}k {index}"] = [
+            synthetic_bundle(workdir / f"synthetic-{args.items}-{index}", args.items, args.users,
+                             index)]
+    clients = [int(c) for c in args.clients.split(",")]
+    print(f"\nload: at most {args.requests} answers or {args.seconds:.0f} s per cell, k=10")
+    print("| bundles | endpoint | clients | answers | p50 ms | p99 ms | answers/s | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, bundles in sets.items():
+        process, url, _ = start_server(bundles, env)
+        try:
+            paths = queries(url)
+            for endpoint, endpoint_paths in paths.items():
+                for n in clients:
+                    cell = asyncio.run(load_cell(url, endpoint_paths, n, args.requests,
+                                                 args.seconds))
+                    print(f"| {name} | {endpoint} | {n} | {cell['n']} | {cell['p50']:.1f} | "
+                          f"{cell['p99']:.1f} | {cell['rps']:.1f} | {cell['errors']} |",
+                          flush=True)
+        finally:
+            stop(process)
+
+
+if __name__ == "__main__":
+    main()
