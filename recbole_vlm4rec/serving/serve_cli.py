@@ -77,6 +77,13 @@ def register(subparsers: Any) -> None:
     audit.add_argument("-k", type=at_least(1), default=10, help="neighbours per item (default 10)")
     audit.add_argument("--category-column", help="item-table column with categories (default: "
                        "the first of genre, genres, class, categories, category)")
+    audit.add_argument("--co-measure", choices=("count", "cosine"), default="count",
+                       help="co-interaction strength: users in common (default), or cosine "
+                       "(that count over the geometric mean of both items' user counts: "
+                       "less dominated by popular items)")
+    audit.add_argument("--sample", type=at_least(1), default=5000,
+                       help="query items at most (a seeded sample on larger catalogues; "
+                       "default 5000)")
     audit.add_argument("--out", help="output folder (default results/audit/<dataset>)")
     audit.set_defaults(func=_audit, accepts_overrides=True)
 
@@ -153,7 +160,8 @@ def _audit(args: argparse.Namespace) -> int:
     overrides = split_overrides(argparse.ArgumentParser(prog="vlm4rec audit"), args.overrides)
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     try:
-        run_audit(args.dataset, features, args.k, args.out, args.category_column, overrides)
+        run_audit(args.dataset, features, args.k, args.out, args.category_column, overrides,
+                  args.sample, args.co_measure)
     except AuditError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
