@@ -84,6 +84,17 @@ def build_pipeline():
     return build
 
 
+def read_by(model_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The settings in ``overrides`` that ``model_name`` reads: a run refuses another model's
+    keys (run/accounting.py), e.g. FREEDOM's feat_embed_dim given to VBPR."""
+    from recbole_vlm4rec.models import get_model_class
+    from recbole_vlm4rec.run.accounting import known_keys
+
+    known = known_keys()
+    own = known.model_keys(model_name, get_model_class(model_name))
+    return {key: value for key, value in overrides.items() if key in known.general or key in own}
+
+
 def write_predefined_split(root: Path, name: str, splits: dict[str, list[tuple[str, str]]]) -> None:
     """``<name>.train/.valid/.test.inter`` for RecBole's ``benchmark_filename``."""
     folder = root / name

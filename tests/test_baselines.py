@@ -11,6 +11,7 @@ from recbole.data.interaction import Interaction
 
 from recbole_vlm4rec.data.dataset import MissingFeatureError
 from recbole_vlm4rec.formats.features import save_feature
+from conftest import read_by
 
 TRAINED = ["VBPR", "MMGCN", "FREEDOM"]
 # Parameters through which each model's content features enter (gradients must reach them).
@@ -143,15 +144,20 @@ def test_weighted_fusion_is_the_weighted_average_of_cosines(two_features, build_
     torch.testing.assert_close(all_scores(data, fused), expected)
 
 
-def test_fusion_config_errors(two_features, build_pipeline):
+def test_fusion_config_errors(two_features):
+    from recbole_vlm4rec.run.accounting import ConfigValueError
+    from recbole_vlm4rec.run.protocol import prepare_run
+
     name, overrides = two_features
-    with pytest.raises(ValueError, match="one weight per feature"):
-        build_pipeline("VLM4RecFusion", name, {**overrides, "fusion_weights": [1.0]})
-    with pytest.raises(ValueError, match="fusion must be one of"):
-        build_pipeline("VLM4RecFusion", name, {**overrides, "fusion": "sum"})
-    with pytest.raises(ValueError, match="profile_aggregation=max"):
-        build_pipeline("VLM4RecFusion", name, {**overrides, "fusion": "weighted",
-                                               "profile_aggregation": "max"})
+    overrides = read_by("VLM4RecFusion", overrides)
+    for extra, message in (({"fusion_weights": [1.0]}, "has 1 values but there are 2 features"),
+                           ({"fusion_weights": [0, 0]}, "needs a positive sum"),
+                           ({"fusion": "sum"}, "'fusion' .*takes one of concat, weighted"),
+                           ({"fusion": "weighted", "profile_aggregation": "max"},
+                            "max matches on one embedding")):
+        with pytest.raises(ConfigValueError, match=message):
+            prepare_run("VLM4RecFusion", name, overrides={**overrides, **extra},
+                        build_features=False)
 
 
 @pytest.mark.parametrize("model_name", TRAINED + ["VLM4RecFusion"])
@@ -162,17 +168,6 @@ def test_runs_through_the_runner(two_features, model_name):
     result = run(model_name, name, overrides={**read_by(model_name, overrides), "epochs": 1},
                  write_results=False)
     assert 0.0 <= result.test_result["recall@20"] <= 1.0
-
-
-def read_by(model_name: str, overrides: dict) -> dict:
-    """The fixture's settings this model reads: a run refuses another model's keys
-    (run/accounting.py), e.g. FREEDOM's feat_embed_dim given to VBPR."""
-    from recbole_vlm4rec.models import get_model_class
-    from recbole_vlm4rec.run.accounting import known_keys
-
-    known = known_keys()
-    own = known.model_keys(model_name, get_model_class(model_name))
-    return {key: value for key, value in overrides.items() if key in known.general or key in own}
 
 
 @pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "ItemKNN", "Pop"])

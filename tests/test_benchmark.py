@@ -48,7 +48,8 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
     assert len(refused.value.problems) == 3  # once per cell setting, not per seed
     problems = "\n".join(refused.value.problems)
     assert "VBPR-not-here on tiny: unknown model 'NoSuchModel'" in problems
-    assert "'profile_aggregation' takes one of mean, max; got 'median'" in problems
+    assert "'profile_aggregation' (--profile_aggregation=median) " in problems
+    assert "takes one of mean, max; got 'median'" in problems
     assert "'reg_weight' (--reg_weight=0.1) is not read by BPR" in problems
     assert not (out / "runs").exists()
     del models["Typo"], models["VBPR-not-here"], models["Not BPR's"]

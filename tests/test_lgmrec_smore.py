@@ -13,6 +13,7 @@ from recbole.data.interaction import Interaction
 from recbole_vlm4rec.data.dataset import MissingFeatureError
 from recbole_vlm4rec.formats.features import save_feature
 from recbole_vlm4rec.models._graph import elementwise_max_union, knn_item_graph
+from conftest import read_by
 
 MODELS = ["LGMRec", "SMORE"]
 # A parameter per feature through which that feature enters the model.
@@ -99,18 +100,28 @@ def test_undeclared_feature_is_a_clear_error(two_features, build_pipeline, model
         build_pipeline(model_name, name, {**overrides, "content_features": ["emb", "visual"]})
 
 
-def test_smore_needs_two_modalities(two_features, build_pipeline):
+def test_smore_needs_two_modalities(two_features):
+    from recbole_vlm4rec.run.accounting import ConfigValueError
+    from recbole_vlm4rec.run.protocol import prepare_run
+
     name, overrides = two_features
-    with pytest.raises(ValueError, match="two or more modalities.*\\(emb\\)"):
-        build_pipeline("SMORE", name, {**overrides, "content_features": ["emb"]})
-    with pytest.raises(ValueError, match="knn_k has 3 values"):
-        build_pipeline("SMORE", name, {**overrides, "knn_k": [3, 4, 5]})
+    with pytest.raises(ConfigValueError, match=r"names 1 feature\(s\) \(emb\); this model needs "
+                       "at least 2"):
+        prepare_run("SMORE", name, overrides={**read_by("SMORE", overrides),
+                                              "content_features": ["emb"]}, build_features=False)
+    with pytest.raises(ConfigValueError, match="'knn_k' .*has 3 values but there are 2 features"):
+        prepare_run("SMORE", name, overrides={**read_by("SMORE", overrides), "knn_k": [3, 4, 5]},
+                    build_features=False)
 
 
 def test_lgmrec_one_modality_only_without_the_contrastive_loss(two_features, build_pipeline):
     name, overrides = two_features
-    with pytest.raises(ValueError, match="set cl_weight=0"):
-        build_pipeline("LGMRec", name, {**overrides, "content_features": ["emb"]})
+    from recbole_vlm4rec.run.accounting import ConfigValueError
+    from recbole_vlm4rec.run.protocol import prepare_run
+
+    with pytest.raises(ConfigValueError, match="set --cl_weight=0"):
+        prepare_run("LGMRec", name, overrides={**read_by("LGMRec", overrides),
+                                               "content_features": ["emb"]}, build_features=False)
     _, _, train, *_, model = build_pipeline("LGMRec", name, {
         **overrides, "content_features": ["emb"], "cl_weight": 0.0})
     assert np.isfinite(train_steps(model, train, 2)).all()

@@ -131,12 +131,16 @@ def test_predict_equals_full_sort_predict(hybrid_data, build_pipeline):
     torch.testing.assert_close(pairs, full)
 
 
-def test_config_errors(hybrid_data, build_pipeline):
+def test_config_errors(hybrid_data):
+    from recbole_vlm4rec.run.accounting import ConfigValueError
+    from recbole_vlm4rec.run.protocol import prepare_run
+
     _, name, overrides = hybrid_data
-    with pytest.raises(ValueError, match="new_item_scoring must be one of"):
-        build_pipeline("VLM4RecHybrid", name, {**overrides, "new_item_scoring": "boost"})
-    with pytest.raises(ValueError, match="reg_weight > 0"):
-        build_pipeline("VLM4RecHybrid", name, {**overrides, "reg_weight": 0.0})
+    for extra, message in (({"new_item_scoring": "boost"}, "takes one of parity, adapter, none"),
+                           ({"reg_weight": 0.0}, "'reg_weight' .*takes float > 0")):
+        with pytest.raises(ConfigValueError, match=message):
+            prepare_run("VLM4RecHybrid", name, overrides={**overrides, **extra},
+                        build_features=False)
 
 
 def test_runs_through_the_runner_and_the_cold_start_protocol(hybrid_data):

@@ -56,7 +56,18 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean
                                            log_sum_exp_rows, register_feature_buffers,
                                            sparse_matmul, to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
+from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
+                                             equal_settings)
+from recbole_vlm4rec.models.features import require_content_features
+
+
+def _contrast_needs_two_features(values: Any) -> str | None:
+    names = values.get(CONTENT_FEATURES_KEY) or []
+    if float(values.get("cl_weight") or 0) > 0 and len(names) < 2:
+        return (f"LGMRec's hypergraph contrastive loss contrasts modalities: content_features "
+                f"names {len(names)} feature ({', '.join(names)}); give two or more, e.g. "
+                "--content_features=[visual,text], or set --cl_weight=0")
+    return None
 
 
 @register_model
@@ -64,7 +75,32 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
     r"""Local graph + global hypergraph multimodal recommender (Guo et al., AAAI'24)."""
 
     input_type = InputType.PAIRWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    contract = ModelContract(
+        settings=(
+            Setting("embedding_size", int, "user / item ID embedding size", minimum=1),
+            Setting("feat_embed_dim", int, "size each feature is projected to (added to the ID "
+                    "embeddings)", minimum=1),
+            Setting("n_ui_layers", int, "LightGCN layers of the collaborative embedding (0 = MF, "
+                    "MMRec's cf_model: mf)", minimum=0),
+            Setting("n_mm_layers", int, "propagations of each modality's embeddings over the "
+                    "user-item graph", minimum=0),
+            Setting("n_hyper_layer", int, "hypergraph message-passing layers", minimum=1),
+            Setting("hyper_num", int, "hyperedges per modality", minimum=1),
+            Setting("keep_rate", float, "share of hyperedge dependencies kept by dropout while "
+                    "training", above=0, maximum=1),
+            Setting("alpha", float, "weight of the global (hypergraph) embedding in the final "
+                    "one", minimum=0),
+            Setting("cl_weight", float, "weight of the hypergraph contrastive loss between "
+                    "modalities (needs >= 2 features when > 0)", minimum=0),
+            Setting("reg_weight", float, "weight of the unsquared L2 norms of the batch "
+                    "embeddings", minimum=0),
+            Setting("temperature", float, "Gumbel-softmax and contrastive temperature", above=0),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, doc="one modality per feature, e.g. [visual, text]"),
+        checks=(equal_settings("feat_embed_dim", "embedding_size",
+                               "LGMRec adds modality embeddings to ID embeddings"),
+                _contrast_needs_two_features),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -77,17 +113,7 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
         self.cl_weight = float(config["cl_weight"])
         self.reg_weight = float(config["reg_weight"])
         self.temperature = float(config["temperature"])
-        if self.n_hyper_layer < 1:
-            raise ValueError(f"LGMRec: n_hyper_layer must be >= 1, got {self.n_hyper_layer}")
-        if int(config["feat_embed_dim"]) != self.embedding_size:
-            raise ValueError(
-                f"LGMRec adds modality embeddings to ID embeddings: feat_embed_dim "
-                f"({config['feat_embed_dim']}) must equal embedding_size ({self.embedding_size})")
         features = require_content_features(config, dataset)
-        if len(features) < 2 and self.cl_weight > 0:
-            raise ValueError(
-                f"LGMRec's hypergraph contrastive loss contrasts modalities: content_features "
-                f"names {len(features)} feature; give two or more, or set cl_weight=0")
         self.feature_names = [feature.name for feature in features]
         register_feature_buffers(self, features)
 

@@ -57,7 +57,8 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_m
                                            register_feature_buffers, sparse_matmul,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
+from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
+from recbole_vlm4rec.models.features import require_content_features
 
 
 @register_model
@@ -65,7 +66,29 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
     r"""Spectrum-based modality fusion graph network (Ong & Khong, WSDM'25)."""
 
     input_type = InputType.PAIRWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    contract = ModelContract(
+        settings=(
+            Setting("embedding_size", int, "ID embedding size; every feature is projected to it",
+                    minimum=1),
+            Setting("n_ui_layers", int, "LightGCN layers of the behavioural (user-item) view",
+                    minimum=0),
+            Setting("n_layers", int, "propagations of each item view over its item-item graph",
+                    minimum=0),
+            Setting("knn_k", int, "neighbours per item in each feature's kNN graph (MMRec: "
+                    "image_knn_k, text_knn_k)", minimum=1, per_feature=True),
+            Setting("reg_weight", float, "weight of the squared L2 norms of the batch embeddings",
+                    minimum=0),
+            Setting("cl_weight", float, "weight of the InfoNCE between side and behavioural "
+                    "embeddings (MMRec: cl_loss)", minimum=0),
+            Setting("temperature", float, "InfoNCE temperature", above=0),
+            Setting("dropout", float, "dropout on the modality preference gates (MMRec: "
+                    "dropout_rate)", minimum=0, maximum=1),
+            Setting("train_features", bool, "fine-tune a copy of the raw feature matrices "
+                    "(MMRec, authors' code); False = fixed, cheaper"),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, minimum=2,
+                          doc="two or more modalities whose spectra are fused, e.g. [visual, text]"),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -76,13 +99,8 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         self.cl_weight = float(config["cl_weight"])
         self.temperature = float(config["temperature"])
         features = require_content_features(config, dataset)
-        if len(features) < 2:
-            raise ValueError(
-                f"SMORE fuses the spectra of two or more modalities: content_features names "
-                f"{len(features)} feature ({features[0].name}); give two or more, e.g. "
-                "[visual, text]")
         self.feature_names = [feature.name for feature in features]
-        knn_k = _per_feature(config["knn_k"], len(features), "knn_k")
+        knn_k = _per_feature(config["knn_k"], len(features))
         self.train_features = bool(config["train_features"])
         if self.train_features:
             # A trainable copy: the dataset's features stay as loaded.
@@ -182,11 +200,9 @@ def _gate(size: int) -> nn.Module:
     return nn.Sequential(nn.Linear(size, size), nn.Sigmoid())
 
 
-def _per_feature(configured: Any, n_features: int, key: str) -> list[int]:
+def _per_feature(configured: Any, n_features: int) -> list[int]:
+    """One value per feature (the contract checked the length before anything loaded)."""
     values = configured if isinstance(configured, (list, tuple)) else [configured] * n_features
-    if len(values) != n_features:
-        raise ValueError(f"{key} has {len(values)} values but content_features names "
-                         f"{n_features} features: give one value, or one per feature")
     return [int(value) for value in values]
 
 

@@ -38,7 +38,9 @@ from torch import nn
 
 from recbole_vlm4rec.models._graph import EvaluationCache
 from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
+from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Capabilities, Features,
+                                             ModelContract, Setting)
+from recbole_vlm4rec.models.features import require_content_features
 
 
 @register_model
@@ -46,7 +48,16 @@ class VBPR(EvaluationCache, GeneralRecommender):
     r"""BPR-MF with a content-based item factor (He & McAuley, AAAI'16)."""
 
     input_type = InputType.PAIRWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    contract = ModelContract(
+        settings=(
+            Setting("embedding_size", int, "size of gamma and of the projected content E f_i "
+                    "(user vector: 2x)", minimum=1),
+            Setting("reg_weight", float, "weight of (sum of unsquared Frobenius norms of the "
+                    "batch's user / item rows, both biases included) / batch size", minimum=0),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, doc="features concatenated into f_i"),
+        capabilities=Capabilities(scores_new_items=True),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)

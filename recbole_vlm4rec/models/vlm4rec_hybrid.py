@@ -58,8 +58,9 @@ from recbole.utils import InputType, ModelType
 
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models._graph import to_torch_sparse
-from recbole_vlm4rec.models.features import (CONTENT_FEATURES_KEY, feature_weights,
-                                             require_content_features)
+from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Capabilities, Features,
+                                             ModelContract, Setting, positive_weights)
+from recbole_vlm4rec.models.features import feature_weights, require_content_features
 
 NEW_ITEM_SCORINGS = ("parity", "adapter", "none")
 
@@ -69,8 +70,28 @@ class VLM4RecHybrid(GeneralRecommender):
     r"""Semantic-prior EASE + a content adapter for new items (see the module docstring)."""
 
     input_type = InputType.POINTWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
     type = ModelType.TRADITIONAL
+    contract = ModelContract(
+        settings=(
+            Setting("content_weights", float, "one weight per feature in the semantic graph "
+                    "F F^T, normalised to sum 1; ~ = equal", minimum=0, optional=True,
+                    per_feature=True),
+            Setting("center_features", bool, "subtract each feature's mean item vector before "
+                    "normalising (removes the similarity all items share)"),
+            Setting("reg_weight", float, "lambda: ridge weight of the item-item regression "
+                    "(EASE's)", above=0),
+            Setting("semantic_weight", float, "alpha: weight of the semantic graph added to the "
+                    "co-occurrence graph X^T X (0 = plain EASE for warm items)", minimum=0),
+            Setting("adapter_reg", float, "mu: ridge weight of the bilinear content adapter "
+                    "fitted to the collaborative weights", above=0),
+            Setting("new_item_scoring", str, "items without training interactions: parity "
+                    "(adapter score placed in the user's warm-score distribution), adapter (raw "
+                    "adapter score), none (semantic prior only)", choices=NEW_ITEM_SCORINGS),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, doc="content embeddings, e.g. [vlm], [text, vlm]"),
+        capabilities=Capabilities(scores_new_items=True),
+        checks=(positive_weights("content_weights"),),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -78,12 +99,6 @@ class VLM4RecHybrid(GeneralRecommender):
         semantic_weight = float(config["semantic_weight"])
         adapter_reg = float(config["adapter_reg"])
         self.new_item_scoring = config["new_item_scoring"]
-        if self.new_item_scoring not in NEW_ITEM_SCORINGS:
-            raise ValueError(f"new_item_scoring must be one of {NEW_ITEM_SCORINGS}, "
-                             f"got {self.new_item_scoring!r}")
-        if reg_weight <= 0 or semantic_weight < 0 or adapter_reg <= 0:
-            raise ValueError("VLM4RecHybrid: reg_weight > 0, semantic_weight >= 0 and "
-                             "adapter_reg > 0 are required")
         features = require_content_features(config, dataset)
         weights = feature_weights(config["content_weights"], len(features), "content_weights")
         content = torch.cat([

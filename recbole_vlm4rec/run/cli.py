@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from recbole_vlm4rec.models import DEFAULT_MODEL
+
 DESCRIPTION = """\
 Train and evaluate one model on one dataset through RecBole's trainer and full-ranking evaluator,
 under the protocol shipped with the package (configs/overall.yaml + the model's and the dataset's
@@ -41,10 +43,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default="VLM4Rec",
-                        help="model class name: ours (VLM4Rec, ...) or any RecBole general model "
-                        "(BPR, LightGCN, ItemKNN, Pop, ...); `vlm4rec models` lists them. "
-                        "Default: VLM4Rec")
+    parser.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                        help="model class name: ours or any RecBole general model; `vlm4rec "
+                        "models` lists them and what each needs. Default: %(default)s")
     parser.add_argument("--dataset", "-d", default=None,
                         help="dataset name (default: ml-100k, embedded, runs offline); "
                         "`vlm4rec datasets` lists them")
@@ -143,7 +144,7 @@ def _features(args: argparse.Namespace) -> int:
         overrides: dict[str, Any] = {"state": "WARNING"}
         if args.data_path:
             overrides["data_path"] = args.data_path
-        config = build_config("VLM4Rec", args.dataset, overrides=overrides)
+        config = build_config(DEFAULT_MODEL, args.dataset, overrides=overrides)
         declared = declared_item_features(config)
     except (UnknownDatasetError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -35,10 +35,11 @@ from recbole_vlm4rec.data.registry import (DEFAULT_DATASET, NAMED_DATASETS, chec
                                            is_embedded)
 from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.formats.paths import ProtocolMissingError
-from recbole_vlm4rec.models import get_model_class, project_models
+from recbole_vlm4rec.models import get_model_class, model_yaml, project_models
 from recbole_vlm4rec.models.features import features_read_by
 from recbole_vlm4rec.run import ranking
-from recbole_vlm4rec.run.accounting import Accounting, check_keys, check_values, given_keys
+from recbole_vlm4rec.run.accounting import (Accounting, ConfigValueError, check_general_values,
+                                            check_keys, check_values, given_keys)
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,12 @@ def config_layers(model: str, dataset: str, data_path: str | Path,
     raises ProtocolMissingError, a missing ``extra`` file FileNotFoundError."""
     configs = paths.configs_dir()
     layers = [ConfigLayer("overall", configs / "overall.yaml")]
-    model_yaml = configs / "model" / f"{model}.yaml"
-    if model_yaml.is_file():
-        layers.append(ConfigLayer("model", model_yaml))
+    values = model_yaml(get_model_class(model))
+    if values is not None and values.is_file():
+        layers.append(ConfigLayer("model", values))
     elif model in project_models():
-        raise ProtocolMissingError(f"model {model} has no defaults file {model_yaml}: every "
-                                   "project model ships one (reinstall, or add the yaml)")
+        raise ProtocolMissingError(f"model {model} has no values file {values}: every model "
+                                   "with a contract ships one (reinstall, or add the yaml)")
     shipped = configs / "dataset" / f"{dataset}.yaml"
     if shipped.is_file():
         layers.append(ConfigLayer("dataset", shipped))
@@ -144,9 +145,15 @@ def prepare_run(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequen
     model_class = get_model_class(model)
     compat.apply()  # RecBole's yaml rules read the layers
     accounting = check_keys(model, model_class, layers, overrides or {})
+    check_general_values(layers, overrides or {})
     config = build_config(model, dataset, config_files, overrides)
-    check_values(config, model_class, given_keys(layers, overrides or {}))
-    features = features_read_by(model_class, config)
+    given = given_keys(layers, overrides or {})
+    try:
+        features = features_read_by(model_class, config)
+    except ValueError as error:  # no feature named and no default, or a name given twice
+        check_values(config, model_class, given, None, overrides or {})  # its own mistakes first
+        raise ConfigValueError(str(error)) from None
+    check_values(config, model_class, given, features, overrides or {})
     check_features_declared(config, features)
     prepared = PreparedRun(config, model_class, layers, features, accounting=accounting)
     if build_features:

@@ -10,6 +10,8 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable
 
+from recbole_vlm4rec.models import DEFAULT_MODEL
+
 EXPORT_EPILOG = """\
 examples:
   vlm4rec export ml-100k                                # VLM4Rec on the default feature (text)
@@ -62,8 +64,9 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("dataset", nargs="?", help="dataset name, e.g. ml-100k (not with "
                         "--checkpoint: the checkpoint names its dataset)")
-    export.add_argument("--model", default="VLM4Rec", choices=("VLM4Rec", "VLM4RecFusion"),
-                        help="feature-based model to export (default VLM4Rec)")
+    export.add_argument("--model", default=DEFAULT_MODEL,
+                        help="feature-based model to export: one whose contract says "
+                        "profile-servable (`vlm4rec models`; default %(default)s)")
     export.add_argument("--checkpoint", help="a RecBole checkpoint (.pth) of any model: export "
                         "its top-n per known user")
     export.add_argument("--top-n", type=at_least(1), default=100,
@@ -114,7 +117,8 @@ def _export(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.formats.descriptions import DescriptionsFileError
     from recbole_vlm4rec.formats.features import FeatureFileError
     from recbole_vlm4rec.run.cli import split_overrides
-    from recbole_vlm4rec.serving.export import export_bundle, export_checkpoint_bundle
+    from recbole_vlm4rec.serving.export import (export_bundle, export_checkpoint_bundle,
+                                                profile_models)
 
     overrides: dict[str, Any] = split_overrides(argparse.ArgumentParser(prog="vlm4rec export"),
                                                 args.overrides)
@@ -127,6 +131,10 @@ def _export(args: argparse.Namespace) -> int:
         descriptions = str(paths.descriptions_dir(args.dataset) / f"{descriptions}.jsonl")
     try:
         started = time.perf_counter()
+        if not args.checkpoint and args.model not in profile_models():
+            raise ValueError(f"--model {args.model} cannot be served from features: profile "
+                             f"bundles serve {', '.join(profile_models())}; export a trained "
+                             "run's checkpoint instead (vlm4rec export --checkpoint saved/...pth)")
         if args.checkpoint:
             if args.dataset or overrides:
                 raise ValueError("--checkpoint exports the checkpoint's own model, dataset and "

@@ -30,7 +30,12 @@ from recbole_vlm4rec.formats import descriptions
 from recbole_vlm4rec.models.features import features_read_by
 from recbole_vlm4rec.serving.bundle import write_profile_bundle, write_topn_bundle
 
-PROFILE_MODELS = ("VLM4Rec", "VLM4RecFusion")
+def profile_models() -> list[str]:
+    """Models whose contract says serving can rebuild a new user's profile (a profile bundle)."""
+    from recbole_vlm4rec.models import all_model_info
+
+    return [name for name, info in all_model_info().items()
+            if info.contract.capabilities.profile_servable]
 
 
 def read_descriptions(path: str | Path) -> dict[str, str]:
@@ -202,11 +207,12 @@ def _write(built: Any, model: str, dataset: str, out: str | Path,
         "tie_break_seed": int(built.config["seed"]),
         **(source or {}),
     }
+    servable = profile_models()
     if profile is None:
-        profile = model in PROFILE_MODELS
+        profile = model in servable
     if profile:
-        if type(instance).__name__ not in PROFILE_MODELS:
-            raise ValueError(f"profile bundles serve {', '.join(PROFILE_MODELS)}; {model} is "
+        if type(instance).__name__ not in servable:
+            raise ValueError(f"profile bundles serve {', '.join(servable)}; {model} is "
                              "served as a top-n bundle (vlm4rec export --checkpoint)")
         return write_profile_bundle(out, instance, built.train_data.dataset, item_tokens,
                                     user_tokens, masked, meta, texts, index_kind)
