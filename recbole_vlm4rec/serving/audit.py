@@ -39,7 +39,6 @@ from recbole_vlm4rec.formats.ranking import top_k_by_priority, user_priorities
 from recbole_vlm4rec.serving.co_interactions import CoInteractions
 
 CATEGORY_COLUMNS = ("genre", "genres", "class", "categories", "category")
-SPLIT_MODEL = "Pop"  # RecBole's popularity model: building it costs nothing; only its split is used
 METRICS = ("jaccard", "ndcg", "purity")
 REFERENCES = ("co-interaction", "popular", "random")
 
@@ -137,6 +136,30 @@ def co_strength(co: CoInteractions, query: int, popularity: np.ndarray,
     return shared
 
 
+def training_split(dataset: str, overrides: dict[str, Any] | None) -> tuple[Any, Any, Any]:
+    """``(config, dataset, training split)`` exactly as run/runner.build_run makes them (same
+    seed, cold-start protocol and split), without building a model. The config is that of the
+    first registered model that reads no feature (no model key changes the split; one that
+    reads features would demand them)."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_vlm4rec.models import all_model_info
+    from recbole_vlm4rec.run.cold_start import apply_cold_start
+    from recbole_vlm4rec.run.protocol import prepare_run
+    from recbole_vlm4rec.run.runner import create_dataset
+
+    featureless = next(name for name, info in all_model_info().items()
+                       if info.contract.features is None)
+    config = prepare_run(featureless, dataset, overrides={"state": "WARNING", **(overrides or {})},
+                         build_features=False).config
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    apply_cold_start(config, data)
+    train, _, _ = data_preparation(config, data)
+    return config, data, train.dataset
+
+
 def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Path | None = None,
               category_column: str | None = None, overrides: dict[str, Any] | None = None,
               sample: int = 5000, measure: str = "count") -> dict[str, Any]:
@@ -145,8 +168,7 @@ def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Pat
     from recbole_vlm4rec.data.dataset import MissingFeatureError, item_file
     from recbole_vlm4rec.data.registry import UnknownDatasetError
     from recbole_vlm4rec.formats.features import FeatureFileError
-    from recbole_vlm4rec.run.protocol import build_declared_features, prepare_run
-    from recbole_vlm4rec.run.runner import build_run
+    from recbole_vlm4rec.run.protocol import build_declared_features
 
     if measure not in CO_MEASURES:
         raise AuditError(f"co-interaction measure {measure!r}: use one of {', '.join(CO_MEASURES)}")
@@ -158,22 +180,18 @@ def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Pat
         raise AuditError(f"feature names {clash} are repeated or clash with the reference rows "
                          f"({', '.join(REFERENCES)})")
     try:
-        prepared = prepare_run(SPLIT_MODEL, dataset, overrides={"state": "WARNING",
-                                                                **(overrides or {})},
-                               build_features=False)
-        build_declared_features(prepared.config, list(features))
-        built = build_run(prepared.config, prepared.model_class)
-        aligned = {name: built.dataset.item_feature(name) for name in features}
+        config, data, train = training_split(dataset, overrides)
+        build_declared_features(config, list(features))
+        aligned = {name: data.item_feature(name) for name in features}
     except (MissingFeatureError, FeatureFileError, UnknownDatasetError, FileNotFoundError,
             ValueError) as error:
         raise AuditError(str(error).strip().splitlines()[0]) from None
-    data = built.dataset
     tokens = [str(t) for t in data.field2id_token[data.iid_field]]
-    history = built.train_data.dataset.inter_matrix(form="csr")
+    history = train.inter_matrix(form="csr")
     co = CoInteractions(history.indptr.astype(np.int64), history.indices.astype(np.int64),
                         len(tokens))
     popularity = np.diff(co.item_indptr)
-    seed = int(built.config["seed"])
+    seed = int(config["seed"])
     priority = user_priorities(0, len(tokens), seed)
     universe = popularity > 0
     universe[0] = False
@@ -193,7 +211,7 @@ def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Pat
     if not len(queries):
         raise AuditError(f"no item of {dataset} has a co-interacted item among the "
                          f"{len(candidates)} items every feature covers")
-    column, categories = categories_of(item_file(built.config), tokens, data.iid_field,
+    column, categories = categories_of(item_file(config), tokens, data.iid_field,
                                        category_column)
     lists = {name: knn_lists(feature.matrix, queries, candidates, k, priority)
              for name, feature in aligned.items()}
@@ -221,7 +239,7 @@ def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Pat
         "co_measure": measure,
         "n_items": len(tokens) - 1, "universe": int(len(candidates)), "queries": int(len(queries)),
         "category_column": column, "split": "the shared protocol's training split "
-        f"(eval_args {built.config['eval_args']})", "rows": [r.summary() for r in rows],
+        f"(eval_args {config['eval_args']})", "rows": [r.summary() for r in rows],
         "command": "vlm4rec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["audit"] else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
