@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recbole_vlm4rec.encoding.text import TextEncoder, resolve_encoder
+from recbole_vlm4rec.encoding import text
 
 _MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
             "sentence_transformers.models.Normalize"]
@@ -97,9 +97,9 @@ class NumpyBertEncoder:
     def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
         return _layer_norm(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.eps)
 
-    def _embed_one(self, text: str) -> np.ndarray:
+    def _embed_one(self, sentence: str) -> np.ndarray:
         with self._lock:
-            ids = np.asarray(self.tokenizer.encode(text).ids, np.int64)
+            ids = np.asarray(self.tokenizer.encode(sentence).ids, np.int64)
         w = self.w
         x = (w["embeddings.word_embeddings.weight"][ids]
              + w["embeddings.position_embeddings.weight"][:len(ids)]
@@ -127,19 +127,19 @@ class NumpyBertEncoder:
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """``(len(texts), dim)`` float32 unit rows (``show_progress`` kept for TextEncoder's
         signature: a few query texts need no bar)."""
-        empty = [i for i, text in enumerate(texts) if not str(text).strip()]
+        empty = [i for i, given in enumerate(texts) if not str(given).strip()]
         if empty:
             raise ValueError(f"{len(empty)} empty texts cannot be encoded (first at position "
                              f"{empty[0]})")
-        return np.stack([self._embed_one(str(text)) for text in texts])
+        return np.stack([self._embed_one(str(given)) for given in texts])
 
 
 def load_query_encoder(spec: str) -> Any:
     """The fastest loader that gives the encoder's own vectors: numpy for BERT sentence encoders
     (the default MiniLM), sentence-transformers for anything else."""
-    resolved = Path(resolve_encoder(spec))
+    resolved = Path(text.resolve_encoder(spec))
     if resolved.is_dir() and numpy_unsupported(resolved) is None:
         return NumpyBertEncoder(resolved, spec)
-    encoder = TextEncoder(spec)
+    encoder = text.TextEncoder(spec)  # looked up now: tests stand in an encoder there
     encoder.dim  # loads the weights now, not at the first query
     return encoder
