@@ -142,7 +142,7 @@ def startup(bundle: Path, user: str, runs: int, env: dict[str, str]) -> None:
                        capture_output=True)
         cli.append(time.perf_counter() - started)
     print(f"\nstartup, text bundle {bundle.name} (median of {runs}, seconds from spawning the "
-          "process)")
+          "process)", flush=True)
     print("| first answer | seconds |\n|---|---|")
     for path, times in rows.items():
         print(f"| `vlm4rec serve`: GET {path} | {statistics.median(times):.2f} |")
@@ -218,13 +218,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--parts", default="startup,load",
+                        help="what to measure: startup, load or both (default both)")
     parser.add_argument("--workdir", type=Path, help="keep the synthetic bundles here "
                         "(default: a temporary folder)")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    parts = set(args.parts.split(","))
     text_bundle = args.posters[-1]
     user = Path(text_bundle, "users.tokens").read_text().splitlines()[0]
-    startup(text_bundle, user, args.startup_runs, env)
+    if "startup" in parts:
+        startup(text_bundle, user, args.startup_runs, env)
+    if "load" not in parts:
+        return
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     print(f"\nsynthetic bundles in {workdir}", flush=True)
