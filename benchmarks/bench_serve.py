@@ -166,16 +166,24 @@ async def load_cell(url: str, paths: list[str], clients: int, requests: int,
             budget[0] -= 1
             path = paths[int(rng.integers(len(paths)))]
             started = time.perf_counter()
-            answer = await http.get(path)
+            try:
+                answer = await http.get(path)
+            except httpx.TransportError as error:  # counted, never retried: a failed request
+                errors.append(f"{type(error).__name__} {path}")
+                continue
             latencies.append(time.perf_counter() - started)
             if answer.status_code != 200:
                 errors.append(f"{answer.status_code} {path}: {answer.text[:120]}")
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # warm-up and measurement on separate clients: a connection left idle by the warm-up could
+    # outlive the server's keep-alive (5 s) and fail on reuse, which is not the server's failure
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
         deadline[0] = time.perf_counter() + seconds
         await asyncio.gather(*(client(http, [20 // clients + 1]) for _ in range(clients)))
-        latencies.clear()
+    latencies.clear()
+    errors.clear()
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
         budget = [requests]
         started = time.perf_counter()
         deadline[0] = started + seconds
