@@ -169,6 +169,7 @@ def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Pat
     from recbole_vlm4rec.data.registry import UnknownDatasetError
     from recbole_vlm4rec.formats.features import FeatureFileError
     from recbole_vlm4rec.run.protocol import build_declared_features
+    from recbole_vlm4rec.run.runner import _machine, _source_commit  # as a run records them
 
     if measure not in CO_MEASURES:
         raise AuditError(f"co-interaction measure {measure!r}: use one of {', '.join(CO_MEASURES)}")
@@ -242,6 +243,7 @@ def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Pat
         f"(eval_args {config['eval_args']})", "rows": [r.summary() for r in rows],
         "command": "vlm4rec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["audit"] else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": _source_commit(), "machine": _machine(),
     }
     folder = Path(out) if out else Path("results") / "audit" / dataset
     write_audit(folder, result)
