@@ -203,9 +203,10 @@ def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Pat
     co_top: dict[int, np.ndarray] = {}  # query -> its top-k co-interaction neighbours
     for query in (candidates if len(candidates) <= sample else rng.permutation(candidates)):
         shared = co_strength(co, int(query), popularity, measure)[candidates]
-        if (shared > 0).any():
-            co_top[int(query)] = candidates[top_k_by_priority(
-                np.where(shared > 0, shared, -np.inf).astype(np.float64), k, priority[candidates])]
+        partners = np.flatnonzero(shared > 0)
+        if len(partners):
+            co_top[int(query)] = candidates[partners[top_k_by_priority(
+                shared[partners], k, priority[candidates][partners])]]
             if len(co_top) == sample:
                 break
     queries = np.sort(np.fromiter(co_top, np.int64, len(co_top)))
