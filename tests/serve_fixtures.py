@@ -52,7 +52,8 @@ def write_explorer_dataset(root: Path, name: str = "shop") -> dict[str, Any]:
                           "item_table": str(folder / f"{name}.item")})
     return {"data_path": str(root), "show_progress": False, "state": "WARNING", "gpu_id": "",
             "item_features": {"emb": None, "text": None}, "default_item_feature": "emb",
-            "checkpoint_dir": str(root.parent / "saved"), "results_dir": str(root.parent / "results")}
+            "checkpoint_dir": str(root.parent / "saved"),
+            "results_dir": str(root.parent / "results")}
 
 
 def export_explorer_bundles(tmp: Path) -> tuple[dict[str, Path], dict[str, Any]]:

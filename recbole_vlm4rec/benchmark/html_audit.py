@@ -26,6 +26,10 @@ def _cell(row: dict[str, Any], metric: str) -> str:
     return f"<td{hover}>{value:.4f}</td>"
 
 
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def audit_section(folder: Path, dataset: str) -> str:
     """The section's HTML, or "" when the benchmark folder holds no audit of ``dataset``."""
     path = audit_file(folder, dataset)
@@ -45,7 +49,7 @@ def audit_section(folder: Path, dataset: str) -> str:
     body = "".join(
         f'<tr class="{escape(str(r.get("kind", "")))}"><td>{escape(str(r["label"]))}</td>'
         f"{_cell(r, 'jaccard')}{_cell(r, 'ndcg')}{_cell(r, 'purity')}"
-        f"<td>{r['reach']:.3f}</td><td>{'–' if r.get('coverage') is None else format(r['coverage'], '.3f')}</td></tr>"
+        f"<td>{r['reach']:.3f}</td><td>{_share(r.get('coverage'))}</td></tr>"
         for r in rows)
     picture = path.with_name("audit.png")
     figure = (f'<figure class="plot"><img alt="audit plot" src="data:image/png;base64,'

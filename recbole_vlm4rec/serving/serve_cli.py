@@ -34,7 +34,8 @@ dataset (one per feature) appear side by side in /similar and /users. docs/servi
 AUDIT_EPILOG = """\
 examples:
   vlm4rec audit ml-100k-posters --features visual,vlm,text
-  vlm4rec audit ml-100k-posters --features visual,vlm,text --out results/benchmarks/posters/audit/ml-100k-posters
+  vlm4rec audit ml-100k-posters --features visual,vlm,text \
+      --out results/benchmarks/posters/audit/ml-100k-posters    # a section of its report.html
   vlm4rec audit amazon-baby --features visual,text -k 20 --category-column categories
 
 For each feature, its k nearest items (cosine) against the items most co-interacted with in the

@@ -168,7 +168,8 @@ class Service:
         with self._reload_lock:
             current = self.snapshot
             if only is not None and only not in current.bundles:
-                raise NotFoundError(f"unknown bundle {only!r}; serving {', '.join(current.bundles)}")
+                raise NotFoundError(f"unknown bundle {only!r}; serving "
+                                    f"{', '.join(current.bundles)}")
             bundles, reloaded, failed = dict(current.bundles), [], []
             for name, served in current.bundles.items():
                 if only is not None and name != only:
