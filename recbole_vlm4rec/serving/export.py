@@ -103,16 +103,6 @@ def item_images(item_file: str | Path, item_field: str,
             if str(v).strip() and not is_url(str(v).strip())}
 
 
-def held_out_items(test_data: Any, n_users: int) -> list[np.ndarray]:
-    """Per internal user id, the test split's items (the evaluation's positives)."""
-    positives = getattr(test_data, "uid2positive_item", None)
-    out = []
-    for uid in range(n_users):
-        items = positives[uid] if positives is not None and uid < len(positives) else None
-        out.append(np.zeros(0, np.int64) if items is None else np.asarray(items, np.int64))
-    return out
-
-
 def _numeric(values: Any) -> bool:
     """True for a column of numbers (a price, a year): not a title."""
     import pandas as pd
@@ -121,14 +111,22 @@ def _numeric(values: Any) -> bool:
     return bool(pd.to_numeric(filled, errors="coerce").notna().all())
 
 
-def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
-    """Per internal user id, the items the test evaluation masks (the run's eval_history_mask)."""
-    history = getattr(test_data, "uid2history_item", None)
+def _per_user(lists: Any, n_users: int) -> list[np.ndarray]:
     out = []
     for uid in range(n_users):
-        items = history[uid] if history is not None and uid < len(history) else None
+        items = lists[uid] if lists is not None and uid < len(lists) else None
         out.append(np.zeros(0, np.int64) if items is None else np.asarray(items, np.int64))
     return out
+
+
+def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
+    """Per internal user id, the items the test evaluation masks (the run's eval_history_mask)."""
+    return _per_user(getattr(test_data, "uid2history_item", None), n_users)
+
+
+def held_out_items(test_data: Any, n_users: int) -> list[np.ndarray]:
+    """Per internal user id, the test split's items (the evaluation's positives)."""
+    return _per_user(getattr(test_data, "uid2positive_item", None), n_users)
 
 
 def export_bundle(
