@@ -1,7 +1,10 @@
-"""Screenshot a benchmark's report.html in headless Chromium for the docs.
+"""Screenshot a benchmark's report.html (or a page `vlm4rec serve` serves) in headless Chromium
+for the docs.
 
     python benchmarks/report_screenshot.py results/benchmarks/posters-quick/report.html \\
         docs/images/report-screenshot.png --bands 0:535,1570:2650,2960:3262 --scale 0.75
+    python benchmarks/report_screenshot.py "http://127.0.0.1:8000/#/item/ml-100k-posters/7" \\
+        docs/images/explorer-item.png --bands 0:1000 --scale 0.75
 
 Renders the page at 1280 px wide, keeps the given horizontal pixel bands (top:bottom, in page
 pixels; several bands are stacked with a dashed line where the page was cut), scales the result and
@@ -21,7 +24,7 @@ from PIL import Image, ImageDraw
 WIDTH = 1280
 
 
-def render(page: Path, height: int) -> Image.Image:
+def render(page: str, height: int) -> Image.Image:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         raise SystemExit("error: chromium not found on PATH (apt-get install -y chromium)")
@@ -31,13 +34,16 @@ def render(page: Path, height: int) -> Image.Image:
                         "--disable-background-networking", "--disable-component-update",
                         "--disable-sync", "--no-first-run", f"--user-data-dir={folder}/profile",
                         f"--screenshot={shot}", f"--window-size={WIDTH},{height}",
-                        page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+                        "--virtual-time-budget=20000",  # a served page fetches before it draws
+                        page if page.startswith(("http://", "https://"))
+                        else Path(page).resolve().as_uri()],
+                       check=True, capture_output=True, timeout=180)
         return Image.open(shot).convert("RGB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("page", type=Path)
+    parser.add_argument("page", help="a report.html, or a URL")
     parser.add_argument("out", type=Path)
     parser.add_argument("--bands", default="0:1400", help="top:bottom[,top:bottom...] in pixels")
     parser.add_argument("--scale", type=float, default=0.75)

@@ -116,3 +116,23 @@ def test_cosine_strength_and_bad_input(audited, tmp_path, capsys):
                      "--item_features={'emb': None, 'behaviour': None, 'genre': None}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "smell" in err
+
+
+def test_published_audit_tables_are_the_committed_files():
+    """docs/serving.md shows the audit tables committed under docs/results/audit/ (written by the
+    command printed beside them), line for line."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    docs = (repo / "docs" / "serving.md").read_text(encoding="utf-8")
+    folders = sorted((repo / "docs" / "results" / "audit").iterdir())
+    assert folders
+    for folder in folders:
+        saved = json.loads((folder / "audit.json").read_text())
+        assert saved["command"] and saved["commit"] and saved["machine"]
+        assert f"`{saved['command']}`" in docs, saved["command"]
+        table = [line for line in (folder / "audit.md").read_text().splitlines()
+                 if line.startswith("|")]
+        assert len(table) == 2 + len(saved["rows"])
+        for line in table[2:]:
+            assert line in docs, line
