@@ -16,8 +16,12 @@ end now.
 Load: for each served set of bundles, a separate server process (`--threads 1`) and, in this
 process, N asyncio clients (httpx, one connection each) sending requests back to back; each cell
 stops after ``--requests`` answers or ``--seconds``, whichever comes first (after 20 warm-up
-requests). Reported: answers, p50 / p99 latency (ms, client side: includes HTTP and JSON) and
-throughput (answers per second of wall time); any non-200 answer is counted and printed.
+requests). Reported: answers, p50 / p99 latency (ms, client side: includes HTTP and JSON),
+throughput (answers per second of wall time), the server process's CPU milliseconds per answer
+(what one answer costs, whatever else runs on the machine: an idle core would serve about 1000 /
+that many per second), failed requests (printed), and requests resent once because the server had
+closed their kept-alive connection (uvicorn closes one idle for 5 s; on an overloaded machine a
+starved client can leave it that long).
 
   recommend  GET /recommend?user=U&k=10          a random known user (explanations on)
   similar    GET /similar/I?k=10                 a random item, neighbours under every feature
@@ -81,16 +85,18 @@ def synthetic_bundle(folder: Path, n_items: int, n_users: int, index: str) -> Pa
     return folder
 
 
-def start_server(bundles: list[Path], env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
-    """A `vlm4rec serve` process on a free port; returns it, its URL and its start time."""
+def start_server(bundles: list[Path], env: dict[str, str],
+                 log: Path) -> tuple[subprocess.Popen, str, float]:
+    """A `vlm4rec serve` process on a free port (its stderr to ``log``); returns it, its URL and
+    its start time."""
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "recbole_vlm4rec.cli", "serve",
                                 *map(str, bundles), "--port", "0", "--threads", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env)
     while True:
         line = process.stdout.readline()
         if not line:
-            raise SystemExit(f"server did not start: {process.stderr.read()}")
+            raise SystemExit(f"server did not start: {log.read_text()}")
         if line.startswith("serving "):
             return process, line.split(" on ", 1)[1].split("/ ", 1)[0], started
 
@@ -169,11 +175,12 @@ def startup(bundle: Path, user: str, runs: int, env: dict[str, str]) -> None:
 
 
 async def load_cell(url: str, paths: list[str], clients: int, requests: int,
-                    seconds: float) -> dict[str, float]:
+                    seconds: float, pid: int) -> dict[str, float]:
     import httpx
 
     latencies: list[float] = []
     errors: list[str] = []
+    retried = [0]
     rng = np.random.default_rng(clients)
     deadline = [0.0]
 
@@ -183,8 +190,14 @@ async def load_cell(url: str, paths: list[str], clients: int, requests: int,
             path = paths[int(rng.integers(len(paths)))]
             started = time.perf_counter()
             try:
-                answer = await http.get(path)
-            except httpx.TransportError as error:  # counted, never retried: a failed request
+                try:
+                    answer = await http.get(path)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # a kept-alive connection the server closed after 5 idle seconds (a starved
+                    # client): resent once on a new one, as browsers do, and counted
+                    retried[0] += 1
+                    answer = await http.get(path)
+            except httpx.TransportError as error:  # a failed request
                 errors.append(f"{type(error).__name__} {path}")
                 continue
             latencies.append(time.perf_counter() - started)
@@ -199,17 +212,21 @@ async def load_cell(url: str, paths: list[str], clients: int, requests: int,
         await asyncio.gather(*(client(http, [20 // clients + 1]) for _ in range(clients)))
     latencies.clear()
     errors.clear()
+    retried[0] = 0
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
         budget = [requests]
+        cpu = cpu_seconds(pid)
         started = time.perf_counter()
         deadline[0] = started + seconds
         await asyncio.gather(*(client(http, budget) for _ in range(clients)))
         wall = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu
     for error in errors[:3]:
         print(f"    error: {error}")
     return {"n": len(latencies), "p50": 1000 * float(np.percentile(latencies, 50)),
             "p99": 1000 * float(np.percentile(latencies, 99)), "rps": len(latencies) / wall,
-            "errors": len(errors)}
+            "cpu_ms": 1000 * cpu / max(len(latencies), 1), "errors": len(errors),
+            "retried": retried[0]}
 
 
 def queries(url: str, n: int = 400) -> dict[str, list[str]]:
@@ -242,6 +259,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--sets", default="posters,flat,hnsw",
+                        help="load: which served sets (names containing these words)")
     parser.add_argument("--parts", default="startup,load",
                         help="what to measure: startup, load or both (default both)")
     parser.add_argument("--workdir", type=Path, help="keep the synthetic bundles here "
@@ -265,21 +284,28 @@ def main() -> None:
                              index)]
     clients = [int(c) for c in args.clients.split(",")]
     print(f"\nload: at most {args.requests} answers or {args.seconds:.0f} s per cell, k=10")
-    print("| bundles | endpoint | clients | answers | p50 ms | p99 ms | answers/s | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| bundles | endpoint | clients | answers | p50 ms | p99 ms | answers/s | server CPU "
+          "ms / answer | errors | resent |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    chosen = set(args.sets.split(","))
     for name, bundles in sets.items():
-        process, url, _ = start_server(bundles, env)
+        if not any(word in name for word in chosen):
+            continue
+        log = workdir / f"server-{name.replace(' ', '-')}.log"
+        process, url, _ = start_server(bundles, env, log)
         try:
             paths = queries(url)
             for endpoint, endpoint_paths in paths.items():
                 for n in clients:
                     cell = asyncio.run(load_cell(url, endpoint_paths, n, args.requests,
-                                                 args.seconds))
+                                                 args.seconds, process.pid))
                     print(f"| {name} | {endpoint} | {n} | {cell['n']} | {cell['p50']:.1f} | "
-                          f"{cell['p99']:.1f} | {cell['rps']:.1f} | {cell['errors']} |",
-                          flush=True)
+                          f"{cell['p99']:.1f} | {cell['rps']:.1f} | {cell['cpu_ms']:.1f} | "
+                          f"{cell['errors']} | {cell['retried']} |", flush=True)
         finally:
             stop(process)
+        if log.read_text().strip():
+            print(f"    the server wrote to stderr ({log}):\n{log.read_text()[-2000:]}")
 
 
 if __name__ == "__main__":
