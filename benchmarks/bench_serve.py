@@ -2,7 +2,7 @@
 
     python benchmarks/bench_serve.py --posters bundles/posters-vlm bundles/posters-visual \\
         bundles/posters-text [--items 100000] [--users 10000] [--clients 1,16,64] \\
-        [--requests 300] [--seconds 15] [--workdir /tmp/bench-serve]
+        [--requests 300] [--seconds 15] [--workdir DIR]
 
 Startup (a fresh `vlm4rec serve` process on the text bundle, ``--startup-runs`` times, median):
 seconds from spawning the process to the first 200 of /healthz, of /recommend?user= and of

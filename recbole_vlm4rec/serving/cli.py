@@ -8,9 +8,11 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 from recbole_vlm4rec.models import DEFAULT_MODEL
+from recbole_vlm4rec.serving import serve_cli
+from recbole_vlm4rec.serving.serve_cli import at_least
 
 EXPORT_EPILOG = """\
 examples:
@@ -40,20 +42,6 @@ similar to it. The timing line separates loading (bundle, and for --text the enc
 query itself; --json gives both as load_ms and query_ms. Exit code 2 with a clear message for unknown users/items, an empty history, or a text query with an
 encoder other than the bundle's.
 """
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum`` (argparse turns the ValueError into a one-line
-    usage error, exit 2)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def register(subparsers: Any) -> None:
@@ -102,8 +90,6 @@ def register(subparsers: Any) -> None:
                            "bundle's; default: the bundle's)")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of text")
     recommend.set_defaults(func=_recommend)
-
-    from recbole_vlm4rec.serving import serve_cli
 
     serve_cli.register(subparsers)
 

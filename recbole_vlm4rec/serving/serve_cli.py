@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import socket
@@ -47,9 +47,21 @@ a section of that benchmark's report.html at the next `vlm4rec report`.
 """
 
 
-def register(subparsers: Any) -> None:
-    from recbole_vlm4rec.serving.cli import at_least
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse turns the ValueError into a one-line
+    usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
+
+def register(subparsers: Any) -> None:
     serve = subparsers.add_parser(
         "serve", help="HTTP service (and explorer page) over one or more serving bundles",
         epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
