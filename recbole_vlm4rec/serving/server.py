@@ -32,8 +32,10 @@ from starlette.routing import Route
 
 from recbole_vlm4rec.serving.recommend import (EmptyHistoryError, InvalidQueryError,
                                                ServingError, UnknownItemError, UnknownUserError)
+from recbole_vlm4rec.serving import explore
+from recbole_vlm4rec.serving.explore import UnknownFeatureError
 from recbole_vlm4rec.serving.service import (IMAGE_TYPES, MAX_IMAGE_BYTES, NotFoundError,
-                                             ReloadError, Service, UnknownFeatureError)
+                                             ReloadError, Service, image_path)
 
 MAX_K = 1000
 EXPLORER = Path(__file__).with_name("explorer.html")
@@ -116,7 +118,7 @@ def create_app(service: Service) -> Starlette:
 
     def similar(request: Request) -> JSONResponse:
         k = _integer(request.query_params.get("k"), "k", 10, 1, MAX_K)
-        return JSONResponse(service.similar(service.snapshot,
+        return JSONResponse(explore.similar(service, service.snapshot,
                                             request.query_params.get("dataset"),
                                             request.path_params["item"], k,
                                             request.query_params.get("feature")))
@@ -130,18 +132,19 @@ def create_app(service: Service) -> Starlette:
     def items(request: Request) -> JSONResponse:
         k = _integer(request.query_params.get("k"), "k", 24, 1, MAX_K)
         text = _required(request, "q", "/items?q=star+wars")
-        return JSONResponse(service.find_items(service.snapshot,
+        return JSONResponse(explore.find_items(service, service.snapshot,
                                                request.query_params.get("dataset"), text, k))
 
     def user(request: Request) -> JSONResponse:
         k = _integer(request.query_params.get("k"), "k", 10, 1, MAX_K)
-        return JSONResponse(service.user(service.snapshot, request.query_params.get("dataset"),
-                                         request.path_params["user"], k))
+        return JSONResponse(explore.user_page(service, service.snapshot,
+                                              request.query_params.get("dataset"),
+                                              request.path_params["user"], k))
 
     def image(request: Request) -> Response:
         snapshot = service.snapshot
         dataset, bundles = service.dataset(snapshot, request.path_params["dataset"])
-        path = service.image_path(bundles, request.path_params["item"])
+        path = image_path(bundles, request.path_params["item"])
         if path is None or path.stat().st_size > MAX_IMAGE_BYTES:
             raise NotFoundError(f"no image for item {request.path_params['item']!r} in dataset "
                                 f"{dataset!r}")
