@@ -34,14 +34,15 @@ dataset (one per feature) appear side by side in /similar and /users. docs/servi
 AUDIT_EPILOG = """\
 examples:
   vlm4rec audit ml-100k-posters --features visual,vlm,text
-  vlm4rec audit ml-100k-posters --features visual,vlm,text \
-      --out results/benchmarks/posters/audit/ml-100k-posters    # a section of its report.html
+  vlm4rec audit ml-100k-posters --features visual,vlm,text --co-measure cosine
+  vlm4rec audit ml-100k-posters --features visual,vlm,text --out results/benchmarks/posters/audit/ml-100k-posters
   vlm4rec audit amazon-baby --features visual,text -k 20 --category-column categories
 
 For each feature, its k nearest items (cosine) against the items most co-interacted with in the
-training split of the shared protocol: mean Jaccard@k and NDCG@k (gain: users in common),
-category purity@k where the item table has a category column, coverage; random and
-most-popular neighbours as reference rows. Writes audit.json, audit.md and audit.png under
+training split of the shared protocol: mean Jaccard@k and NDCG@k (gain: users in common, or that
+count over the geometric mean of both items' user counts with --co-measure cosine), category
+purity@k where the item table has a category column, reach, coverage; random, most-popular and
+co-interaction neighbours as reference rows. Writes audit.json, audit.md and audit.png under
 --out (default results/audit/<dataset>); an audit under <bench folder>/audit/<dataset>/ becomes
 a section of that benchmark's report.html at the next `vlm4rec report`.
 """
