@@ -137,27 +137,21 @@ def co_strength(co: CoInteractions, query: int, popularity: np.ndarray,
 
 
 def training_split(dataset: str, overrides: dict[str, Any] | None) -> tuple[Any, Any, Any]:
-    """``(config, dataset, training split)`` exactly as run/runner.build_run makes them (same
-    seed, cold-start protocol and split), without building a model. The config is that of the
-    first registered model that reads no feature (no model key changes the split; one that
-    reads features would demand them)."""
-    from recbole.data import data_preparation
-    from recbole.utils import init_seed
-
+    """``(config, dataset, training split)``, built by run/runner.build_run as a run builds them
+    (same seed, cold-start protocol and split). Its model is the first registered one that reads
+    no feature (no model key changes the split, and one that reads features would demand them);
+    built untrained and unused."""
     from recbole_vlm4rec.models import all_model_info
-    from recbole_vlm4rec.run.cold_start import apply_cold_start
     from recbole_vlm4rec.run.protocol import prepare_run
-    from recbole_vlm4rec.run.runner import create_dataset
+    from recbole_vlm4rec.run.runner import build_run
 
     featureless = next(name for name, info in all_model_info().items()
                        if info.contract.features is None)
-    config = prepare_run(featureless, dataset, overrides={"state": "WARNING", **(overrides or {})},
-                         build_features=False).config
-    init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
-    apply_cold_start(config, data)
-    train, _, _ = data_preparation(config, data)
-    return config, data, train.dataset
+    prepared = prepare_run(featureless, dataset, overrides={"state": "WARNING",
+                                                            **(overrides or {})},
+                           build_features=False)
+    built = build_run(prepared.config, prepared.model_class)
+    return built.config, built.dataset, built.train_data.dataset
 
 
 def run_audit(dataset: str, features: Sequence[str], k: int = 10, out: str | Path | None = None,

@@ -99,7 +99,7 @@ def register(subparsers: Any) -> None:
                        help="query items at most (a seeded sample on larger catalogues; "
                        "default 5000)")
     audit.add_argument("--out", help="output folder (default results/audit/<dataset>)")
-    audit.set_defaults(func=_audit, accepts_overrides=True)
+    audit.set_defaults(func=_audit, accepts_overrides=True, patches_recbole=True)
 
 
 def limit_threads(threads: int) -> None:
