@@ -1,8 +1,11 @@
-"""Screenshot a benchmark's report.html in headless Chromium for the docs.
+"""Screenshot a benchmark's report.html (or a page `vlm4rec serve` serves) in headless Chromium
+for the docs.
 
     vlm4rec bench benchmarks/report_screenshot.yaml --out results/benchmarks/posters-quick
     python benchmarks/report_screenshot.py results/benchmarks/posters-quick/report.html \\
         docs/images/report-screenshot.png --bands 0:560,1600:2700 --scale 0.75
+    python benchmarks/report_screenshot.py "http://127.0.0.1:8000/#/item/ml-100k-posters/7" \\
+        docs/images/explorer-item.png --bands 0:1000 --scale 0.75
 
 Renders the page at 1280 px wide, keeps the given horizontal pixel bands (top:bottom, in page
 pixels; several bands are stacked with a dashed line where the page was cut), scales the result and
@@ -34,7 +37,7 @@ def machine_paths(page: str) -> list[str]:
                    for match in MACHINE_PATH.finditer(text)})
 
 
-def render(page: Path, height: int) -> Image.Image:
+def render(page: str, height: int) -> Image.Image:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         raise SystemExit("error: chromium not found on PATH (apt-get install -y chromium)")
@@ -44,19 +47,23 @@ def render(page: Path, height: int) -> Image.Image:
                         "--disable-background-networking", "--disable-component-update",
                         "--disable-sync", "--no-first-run", f"--user-data-dir={folder}/profile",
                         f"--screenshot={shot}", f"--window-size={WIDTH},{height}",
-                        page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+                        "--virtual-time-budget=20000",  # a served page fetches before it draws
+                        page if page.startswith(("http://", "https://"))
+                        else Path(page).resolve().as_uri()],
+                       check=True, capture_output=True, timeout=180)
         return Image.open(shot).convert("RGB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("page", type=Path)
+    parser.add_argument("page", help="a report.html, or a URL")
     parser.add_argument("out", type=Path)
     parser.add_argument("--bands", default="0:1400", help="top:bottom[,top:bottom...] in pixels")
     parser.add_argument("--scale", type=float, default=0.75)
     parser.add_argument("--full", type=Path, help="also save the whole page here (unscaled)")
     args = parser.parse_args()
-    found = machine_paths(args.page.read_text(encoding="utf-8"))
+    served = args.page.startswith(("http://", "https://"))  # the explorer shows no folders
+    found = [] if served else machine_paths(Path(args.page).read_text(encoding="utf-8"))
     if found:
         raise SystemExit(f"error: {args.page} names folders of this machine: {found[:3]}; "
                          "rebuild it with `vlm4rec report` from this checkout")

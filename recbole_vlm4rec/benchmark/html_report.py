@@ -16,6 +16,7 @@ from html import escape
 from pathlib import Path
 
 from recbole_vlm4rec.benchmark.breakdowns import cold_start_note
+from recbole_vlm4rec.benchmark.html_audit import audit_section
 from recbole_vlm4rec.benchmark.catalogue import Catalogue
 from recbole_vlm4rec.benchmark.html_examples import (
     DEFAULT_EXAMPLE_USERS,
@@ -243,6 +244,7 @@ def html_page(report: Report, seeds: list[int] | None = None,
                   f'<section class="examples" id="examples-{anchor}"><h3>Examples</h3>'
                   f"{examples_block(report, dataset, seeds, example_models, example_users)}"
                   "</section>",
+                  audit_section(report.folder, dataset),  # vlm4rec audit, when written here
                   f'<section class="data" id="data-{anchor}"><h3>Data</h3>'
                   f"{dataset_section(dataset, records)}</section></section>"]
     parts.append(f'<section class="provenance" id="run"><h2>How the run was made</h2>'

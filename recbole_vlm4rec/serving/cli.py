@@ -1,4 +1,5 @@
-"""``vlm4rec export`` (write a serving bundle) and ``vlm4rec recommend`` (top-k from one)."""
+"""``vlm4rec export`` (write a serving bundle) and ``vlm4rec recommend`` (top-k from one);
+``vlm4rec serve`` and ``vlm4rec audit`` are in serve_cli.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import asdict
 from typing import Any
 
 from recbole_vlm4rec.models import DEFAULT_MODEL
+from recbole_vlm4rec.serving import serve_cli
+from recbole_vlm4rec.serving.serve_cli import at_least
 
 EXPORT_EPILOG = """\
 examples:
@@ -54,7 +57,7 @@ def register(subparsers: Any) -> None:
                         "profile-servable (`vlm4rec models`; default %(default)s)")
     export.add_argument("--checkpoint", help="a RecBole checkpoint (.pth) of any model: export "
                         "its top-n per known user")
-    export.add_argument("--top-n", type=int, default=100,
+    export.add_argument("--top-n", type=at_least(1), default=100,
                         help="with --checkpoint: best items kept per user (default 100)")
     export.add_argument("--feature", help="VLM4Rec's item feature (default: the dataset's "
                         "default feature); same as --item_feature=...")
@@ -80,13 +83,15 @@ def register(subparsers: Any) -> None:
     query.add_argument("--user", help="a user token of the bundle's dataset")
     query.add_argument("--items", help="comma-separated item tokens: the history of a new user")
     query.add_argument("--text", help="a free-text wish, encoded with the bundle's encoder")
-    recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
-    recommend.add_argument("--explain", type=int, default=2,
+    recommend.add_argument("-k", type=at_least(1), default=10, help="how many items (default 10)")
+    recommend.add_argument("--explain", type=at_least(0), default=2,
                            help="history items shown per recommendation (default 2)")
     recommend.add_argument("--encoder", help="text queries: the encoder to use (must match the "
                            "bundle's; default: the bundle's)")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of text")
     recommend.set_defaults(func=_recommend)
+
+    serve_cli.register(subparsers)
 
 
 def _export(args: argparse.Namespace) -> int:

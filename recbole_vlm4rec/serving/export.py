@@ -85,6 +85,24 @@ def item_titles(item_file: str | Path, item_field: str) -> tuple[str | None, dic
     return column, titles
 
 
+def item_images(item_file: str | Path, item_field: str,
+                image_column: str = "image") -> dict[str, str]:
+    """``token -> image file`` (absolute; relative references are under the table's folder) for
+    the explorer page; URLs and empty cells are left out (the page shows no picture for them)."""
+    from recbole_vlm4rec.formats.images import is_url, resolve_image_reference
+    from recbole_vlm4rec.formats.items import read_item_table
+
+    if not Path(item_file).is_file():
+        return {}
+    table = read_item_table(item_file)
+    if item_field not in table.columns or image_column not in table.columns:
+        return {}
+    folder = Path(item_file).resolve().parent
+    return {str(t): str(Path(resolve_image_reference(str(v), folder)).resolve())
+            for t, v in zip(table[item_field], table[image_column])
+            if str(v).strip() and not is_url(str(v).strip())}
+
+
 def _numeric(values: Any) -> bool:
     """True for a column of numbers (a price, a year): not a title."""
     import pandas as pd
@@ -93,14 +111,22 @@ def _numeric(values: Any) -> bool:
     return bool(pd.to_numeric(filled, errors="coerce").notna().all())
 
 
-def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
-    """Per internal user id, the items the test evaluation masks (the run's eval_history_mask)."""
-    history = getattr(test_data, "uid2history_item", None)
+def _per_user(lists: Any, n_users: int) -> list[np.ndarray]:
     out = []
     for uid in range(n_users):
-        items = history[uid] if history is not None and uid < len(history) else None
+        items = lists[uid] if lists is not None and uid < len(lists) else None
         out.append(np.zeros(0, np.int64) if items is None else np.asarray(items, np.int64))
     return out
+
+
+def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
+    """Per internal user id, the items the test evaluation masks (the run's eval_history_mask)."""
+    return _per_user(getattr(test_data, "uid2history_item", None), n_users)
+
+
+def held_out_items(test_data: Any, n_users: int) -> list[np.ndarray]:
+    """Per internal user id, the test split's items (the evaluation's positives)."""
+    return _per_user(getattr(test_data, "uid2positive_item", None), n_users)
 
 
 def export_bundle(
@@ -165,11 +191,16 @@ def _write(built: Any, model: str, dataset: str, out: str | Path,
     elif len(features) == 1:
         texts = _item_text_descriptions(data.item_feature(features[0]).meta, data.iid_field)
     title_column, titles = item_titles(item_file(built.config), data.iid_field)
+    test_items = held_out_items(built.test_data, len(user_tokens))
     meta = {
         "model": model, "dataset": dataset, "features": features,
         "item_feature": "+".join(features) or None,
         "eval_history_mask": built.config["eval_history_mask"],
         "title_column": title_column, "n_titles": len(titles), "titles": titles,
+        "images": item_images(item_file(built.config), data.iid_field),
+        # per user row: held-out items (the explorer marks hits) and, for topn bundles, the
+        # training items (profile bundles take them from the model's training split)
+        "test_items": [t[t > 0] - 1 for t in test_items[1:]],
         # equal scores are ordered as the evaluation orders them (formats/ranking.py)
         "tie_break_seed": int(built.config["seed"]),
         **(source or {}),
@@ -184,6 +215,9 @@ def _write(built: Any, model: str, dataset: str, out: str | Path,
         return write_profile_bundle(out, instance, built.train_data.dataset, item_tokens,
                                     user_tokens, masked, meta, texts, index_kind)
     top = _top_n_scores(instance, built.test_data, masked, top_n, int(built.config["seed"]))
+    history = built.train_data.dataset.inter_matrix(form="csr")
+    meta["train_items"] = [np.asarray(history[u].indices, np.int64) - 1
+                           for u in range(1, len(user_tokens))]
     return write_topn_bundle(out, top, item_tokens, user_tokens, meta, texts)
 
 
