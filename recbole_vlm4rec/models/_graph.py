@@ -207,3 +207,36 @@ def register_feature_buffers(module: torch.nn.Module, features: Any) -> None:
     for index, feature in enumerate(features):
         module.register_buffer(f"feature_{index}", torch.from_numpy(feature.matrix),
                                persistent=False)
+
+
+class FeatureTables(torch.nn.Module):
+    """The item feature matrices a model reads, fixed or fine-tuned.
+
+    ``trainable``: each matrix is a parameter initialised from a copy of the dataset's (MMRec's
+    ``nn.Embedding.from_pretrained(..., freeze=False)``: Adam updates the features; they are saved
+    in checkpoints). Otherwise non-persistent buffers: they follow ``.to(device)`` and stay out of
+    checkpoints (the dataset owns the data).
+    """
+
+    def __init__(self, features: Any, trainable: bool) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.count = len(features)
+        if trainable:
+            self.tables = torch.nn.ParameterList(
+                torch.nn.Parameter(torch.from_numpy(feature.matrix.copy())) for feature in features)
+        else:
+            for index, feature in enumerate(features):
+                self.register_buffer(f"table_{index}", torch.from_numpy(feature.matrix),
+                                     persistent=False)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def table(self, index: int) -> torch.Tensor:
+        """Feature ``index``'s whole ``(n_items, dim)`` matrix."""
+        return self.tables[index] if self.trainable else getattr(self, f"table_{index}")
+
+    def rows(self, index: int, items: torch.Tensor) -> torch.Tensor:
+        """Feature ``index``'s rows of ``items``."""
+        return self.table(index)[items]
