@@ -247,3 +247,11 @@ def test_contract_yaml_and_source_agree(model):
         assert setting is not None or key in general, f"search_space key {key} is not a setting"
         for value in grid if setting is not None else []:
             assert setting.problem(value) is None, (key, value)
+
+
+def test_the_docs_model_table_is_the_registry():
+    from recbole_vlm4rec.models.cli import TABLE_END, TABLE_START, markdown_table
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    shipped = docs[docs.index(TABLE_START):docs.index(TABLE_END) + len(TABLE_END)]
+    assert shipped == markdown_table(), "docs/models.md's table drifted: paste `vlm4rec models --markdown`"

@@ -155,7 +155,7 @@ def cost_note(spec) -> str:
 
     from recbole_vlm4rec.benchmark.spec import protocol_epochs
     from recbole_vlm4rec.data.registry import available_datasets
-    from recbole_vlm4rec.models import UnknownModelError, get_model_class
+    from recbole_vlm4rec.models import UnknownModelError, get_model_info
 
     available: dict[str | None, set[str]] = {}  # data_path -> datasets that can run there
     for cell in (cells := spec.cells()):
@@ -166,11 +166,10 @@ def cost_note(spec) -> str:
     trained_epochs = []
     for cell in runnable:
         try:
-            model_class = get_model_class(cell.model)
+            if not get_model_info(cell.model).trained:
+                continue  # one pass, nothing trained (its contract / RecBole type says so)
         except UnknownModelError:
             continue  # recorded as failed by the grid
-        if str(getattr(model_class, "type", "")).endswith("TRADITIONAL"):
-            continue  # one pass, nothing trained (VLM4Rec, Pop, ItemKNN)
         trained_epochs.append(int(cell.overrides.get("epochs", protocol_epochs())))
     note = (f"plan: {len(cells)} cells, {len(trained_epochs)} of them train a model (up to "
             f"{max(trained_epochs, default=0)} epochs each; early stopping may end sooner)")

@@ -9,6 +9,7 @@ from typing import Any
 EXAMPLES = """examples:
   vlm4rec models                    # every model: trains?, features, capabilities
   vlm4rec models SMORE              # one model: every setting, its range and default
+  vlm4rec models --dataset shop     # which models run on a prepared dataset now (as commands)
   vlm4rec models --markdown         # the table docs/models.md carries (a test keeps them equal)
 """
 
@@ -27,6 +28,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("model", nargs="?", help="show one model's settings")
     parser.add_argument("--markdown", action="store_true",
                         help="print the Markdown table of this project's models")
+    parser.add_argument("--dataset", help="a dataset: print a `vlm4rec run` command for each "
+                        "model whose features it has, and what the others lack")
+    parser.add_argument("--data-path", help="with --dataset: the folder holding dataset folders "
+                        "(default: the project's dataset/)")
     parser.set_defaults(func=_models)
 
 
@@ -36,6 +41,8 @@ def _models(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown_table())
         return 0
+    if args.dataset:
+        return _runnable_on(args.dataset, args.data_path)
     if args.model:
         try:
             info = get_model_info(args.model)
@@ -59,6 +66,64 @@ def _models(args: argparse.Namespace) -> int:
     print("RecBole's sequential, context-aware and knowledge-aware models need other data and "
           "evaluation: not offered here.")
     return 0
+
+
+# A collaborative baseline every dataset can run (IDs only): suggested first.
+ID_BASELINE = "LightGCN"
+
+
+def _runnable_on(dataset: str, data_path: str | None) -> int:
+    """Commands for the models whose features ``dataset`` has; what the others lack."""
+    import shlex
+    from pathlib import Path
+
+    from recbole_vlm4rec.data.feature_status import dataset_features
+    from recbole_vlm4rec.formats import paths
+    from recbole_vlm4rec.models import get_model_info, project_models
+
+    root = Path(data_path) if data_path else paths.dataset_root()
+    folder = root / dataset
+    features = dataset_features(folder, [paths.configs_dir() / "dataset" / f"{dataset}.yaml",
+                                         folder / f"{dataset}.yaml"])
+    suffix = f" --data_path={shlex.quote(str(root))}" if data_path else ""
+    runs = [f"vlm4rec run --model={ID_BASELINE} --dataset={dataset}{suffix}"]
+    lacking = []
+    for name in sorted(project_models()):
+        problem = _missing_features(get_model_info(name), features)
+        if problem:
+            lacking.append(f"  {name}: {problem}")
+        else:
+            runs.append(f"vlm4rec run --model={name} --dataset={dataset}{suffix}")
+    print(f"models that run on {dataset} now ({ID_BASELINE} stands for every RecBole general "
+          "model: IDs only):")
+    print("\n".join(f"  {line}" for line in runs))
+    if lacking:
+        print("models that need features it lacks (`vlm4rec features "
+              f"{dataset}` says what makes each):")
+        print("\n".join(lacking))
+    return 0
+
+
+def _missing_features(info: Any, features: Any) -> str | None:
+    """Why ``info``'s model cannot run on a dataset with ``features`` (None: it can)."""
+    wanted = info.contract.features
+    if wanted is None:
+        return None
+    configured = info.defaults().get(wanted.key)
+    if wanted.key == "item_feature":
+        names = [configured or features.default] if (configured or features.default) else []
+    else:
+        names = list(configured or features.content)
+    if len(names) < wanted.minimum:
+        return (f"needs {wanted.describe()}; the dataset names {len(names)} "
+                f"({', '.join(names) or 'none'}): give --{wanted.key}=[...]")
+    absent = [name for name in names if not features.ready(name)]
+    if absent:
+        return f"reads {', '.join(names)}; missing: {', '.join(absent)}"
+    defaults = info.defaults()
+    problems = info.contract.problems(
+        {key: defaults[key] for key in info.contract.keys() if key in defaults}, names)
+    return problems[0] if problems else None
 
 
 def _facts(info: Any) -> str:
