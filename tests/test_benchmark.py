@@ -235,7 +235,7 @@ def test_cost_warning_on_a_cpu_names_the_cheaper_options(monkeypatch, tmp_path):
     paper = load_spec(configs_dir() / "benchmarks" / "paper.yaml")
     note = cost_note(paper)
     assert "warning: no GPU" in note and "--max-epochs" in note and "quick.yaml" in note
-    assert "plan: 189 cells, 33 of them train a model (up to 200 epochs" in note
-    assert "126 on datasets not prepared" in note
+    assert "plan: 225 cells, 45 of them train a model (up to 200 epochs" in note
+    assert "150 on datasets not prepared" in note
     quick = load_spec(configs_dir() / "benchmarks" / "quick.yaml")
     assert "warning" not in cost_note(quick)
