@@ -30,8 +30,9 @@ from MMRec's implementation, and why:
   it. Batches hold the same 2048 (user, positive) pairs as MMRec's loader without negatives.
 * RecBole's padding user and item (id 0) are left out of the norm penalty and its divisor is the
   number of real items: MMRec has no padding rows, so this keeps its value.
-* Dropout and the feature projections are applied to the batch's rows only (MMRec: to every
-  user and item, then it picks the batch's rows): the same distribution, less work.
+* Dropout, the predictor and the feature projections are applied to the batch's distinct users
+  and items only (MMRec: to every user and item, then it picks the batch's rows): the same values
+  and masks (one per user or item), less work.
 * ``train_features`` (default True, as MMRec: the raw features are a trainable copy) can be
   set False to keep the dataset's features fixed (cheaper).
 
@@ -112,19 +113,23 @@ class BM3(CachedDotProductScores, GeneralRecommender):
         return self.predictor(users), self.predictor(items)
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
-        user, item = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        # MMRec draws one dropout mask per user / item row, then picks the batch's rows: a user or
+        # item twice in a batch has one mask. The same here, on the batch's distinct rows only.
+        distinct_users, user_rows = torch.unique(interaction[self.USER_ID], return_inverse=True)
+        distinct_items, item_rows = torch.unique(interaction[self.ITEM_ID], return_inverse=True)
         users, items = self._online()
-        batch_users, batch_items = users[user], items[item]
-        user_target = F.dropout(batch_users.detach(), self.dropout)
-        item_target = F.dropout(batch_items.detach(), self.dropout)
-        loss = (_distance(self.predictor(batch_users), item_target)
-                + _distance(self.predictor(batch_items), user_target))
+        online_users, online_items = users[distinct_users], items[distinct_items]
+        user_target = F.dropout(online_users.detach(), self.dropout)[user_rows]
+        item_target = F.dropout(online_items.detach(), self.dropout)[item_rows]
+        loss = (_distance(self.predictor(online_users)[user_rows], item_target)
+                + _distance(self.predictor(online_items)[item_rows], user_target))
         alignment = 0.0
         for index, projection in enumerate(self.projections):
-            projected = projection(self.features.rows(index, item))
-            prediction = self.predictor(projected)
-            alignment = alignment + _distance(prediction, item_target) + _distance(
-                prediction, F.dropout(projected.detach(), self.dropout))
+            projected = projection(self.features.rows(index, distinct_items))
+            prediction = self.predictor(projected)[item_rows]
+            feature_target = F.dropout(projected.detach(), self.dropout)[item_rows]
+            alignment = (alignment + _distance(prediction, item_target)
+                         + _distance(prediction, feature_target))
         # Padding rows (id 0) are not in MMRec's matrices: left out of the norms and the divisor.
         norms = users[1:].norm() + items[1:].norm()
         return loss + self.cl_weight * alignment + self.reg_weight * norms / (self.n_items - 1)
