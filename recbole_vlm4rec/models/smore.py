@@ -53,9 +53,10 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_max_union,
-                                           knn_item_graph, lightgcn_mean, log_sum_exp_rows,
-                                           register_feature_buffers, sparse_matmul,
-                                           to_torch_sparse, user_item_adjacency)
+                                           in_batch_info_nce, knn_item_graph, lightgcn_mean,
+                                           register_feature_buffers, sigmoid_gate,
+                                           sparse_matmul, to_torch_sparse,
+                                           user_item_adjacency)
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
 from recbole_vlm4rec.models.features import require_content_features
@@ -133,8 +134,8 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         # (real and imaginary parts), an item gate and a preference gate.
         self.spectral_filters = nn.ParameterList(
             nn.Parameter(torch.randn(1, size // 2 + 1, 2)) for _ in range(n_views))
-        self.item_gates = nn.ModuleList(_gate(size) for _ in range(n_views))
-        self.preference_gates = nn.ModuleList(_gate(size) for _ in range(n_views))
+        self.item_gates = nn.ModuleList(sigmoid_gate(size) for _ in range(n_views))
+        self.preference_gates = nn.ModuleList(sigmoid_gate(size) for _ in range(n_views))
         self.queries = nn.ModuleList(
             nn.Sequential(nn.Linear(size, size), nn.Tanh(), nn.Linear(size, size, bias=False))
             for _ in features)
@@ -191,24 +192,12 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         loss = -F.logsigmoid(pos_scores - neg_scores).mean()
         squares = batch_users.square().sum() + batch_pos.square().sum() + batch_neg.square().sum()
         loss = loss + self.reg_weight * 0.5 * squares / len(user)
-        contrast = (_in_batch_info_nce(side[pos_nodes], behaviour[pos_nodes], self.temperature)
-                    + _in_batch_info_nce(side[user], behaviour[user], self.temperature))
+        contrast = (in_batch_info_nce(side[pos_nodes], behaviour[pos_nodes], self.temperature)
+                    + in_batch_info_nce(side[user], behaviour[user], self.temperature))
         return loss + self.cl_weight * contrast
-
-
-def _gate(size: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(size, size), nn.Sigmoid())
 
 
 def _per_feature(configured: Any, n_features: int) -> list[int]:
     """One value per feature (the contract checked the length before anything loaded)."""
     values = configured if isinstance(configured, (list, tuple)) else [configured] * n_features
     return [int(value) for value in values]
-
-
-def _in_batch_info_nce(view: torch.Tensor, other: torch.Tensor,
-                       temperature: float) -> torch.Tensor:
-    """Mean over rows of -log softmax of (view_r, other_r) among (view_r, other_s) in the batch."""
-    view, other = F.normalize(view, dim=1) / temperature, F.normalize(other, dim=1)
-    positive = (view * other).sum(dim=1)
-    return (log_sum_exp_rows(view @ other.T, temperature) - positive).mean()

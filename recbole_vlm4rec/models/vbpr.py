@@ -18,10 +18,18 @@ the penalty is
     reg_weight * (||U_b||_F + ||I_b^+||_F + ||I_b^-||_F) / batch_size
 
 with U_b the rows [gamma_u, theta_u] and I_b the rows [gamma_i, E f_i, beta' . f_i, beta_i] of
-the batch, so both bias terms shrink with the rest. MMRec's VBPR has no bias terms at all; side
-by side with it (docs/models.md, "Parity with MMRec") this model is within 2.1% wherever MMRec's
-trains. At a ``reg_weight`` large enough to collapse the factors (2.0 there) the biases survive:
-this model keeps a bias-driven ranking (test Recall@20 0.16) where MMRec's falls to 0.07.
+the batch, so both bias terms shrink with the rest.
+
+``use_bias: False`` is MMRec's VBPR exactly: no item bias beta_i and no visual bias beta'; the
+item rows are [gamma_i, E f_i + b] with b the projection's shared offset (MMRec's ``nn.Linear``
+has one: it cancels in every BPR difference and in the ranking, but it enters the penalty, which
+pulls it towards minus the mean projected feature). ``True`` (the default) is the paper's model:
+at ``reg_weight`` values small enough for the factors to train both forms rank alike (side by
+side with MMRec, docs/models.md, within 3%), while at a penalty large enough to collapse the
+factors (2.0 on the ml-100k-posters export) the paper's biases survive and keep a
+popularity-like ranking instead of one near chance. The paper's form is the default because it
+is the model the paper defines and degrades gracefully; ``use_bias: False`` is there to reproduce
+MMRec's numbers at every grid point.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ class VBPR(EvaluationCache, GeneralRecommender):
                     "(user vector: 2x)", minimum=1),
             Setting("reg_weight", float, "weight of (sum of unsquared Frobenius norms of the "
                     "batch's user / item rows, both biases included) / batch size", minimum=0),
+            Setting("use_bias", bool, "the paper's item bias beta_i and visual bias beta' . f_i; "
+                    "False = MMRec's VBPR (no biases, a shared offset on E f_i)"),
         ),
         features=Features(CONTENT_FEATURES_KEY, doc="features concatenated into f_i"),
         capabilities=Capabilities(scores_new_items=True),
@@ -63,6 +73,9 @@ class VBPR(EvaluationCache, GeneralRecommender):
         super().__init__(config, dataset)
         self.embedding_size = int(config["embedding_size"])
         self.reg_weight = float(config["reg_weight"])
+        self.use_bias = bool(config["use_bias"])
+        # item rows: [gamma_i, E f_i (+ b)] then, with biases, [beta' . f_i, beta_i]
+        self.n_bias_columns = 2 if self.use_bias else 0
         features = require_content_features(config, dataset)
         self.feature_names = [feature.name for feature in features]
         content = np.concatenate([feature.matrix for feature in features], axis=1)
@@ -71,34 +84,42 @@ class VBPR(EvaluationCache, GeneralRecommender):
 
         self.user_embedding = nn.Embedding(self.n_users, 2 * self.embedding_size)
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size)
-        self.item_bias = nn.Embedding(self.n_items, 1)
-        # E (first embedding_size outputs) and beta' (last output) in one map: f_i is read once.
-        self.content_projection = nn.Linear(content.shape[1], self.embedding_size + 1, bias=False)
+        if self.use_bias:
+            self.item_bias = nn.Embedding(self.n_items, 1)
+            # E (first embedding_size outputs) and beta' (last output) in one map: f_i is read once.
+            self.content_projection = nn.Linear(content.shape[1], self.embedding_size + 1,
+                                                bias=False)
+        else:
+            self.content_projection = nn.Linear(content.shape[1], self.embedding_size)
         self.bpr_loss = BPRLoss()
         self.reg_loss = EmbLoss()
-        self.apply(xavier_normal_initialization)
-        nn.init.zeros_(self.item_bias.weight)
-        with torch.no_grad():
-            self.content_projection.weight[-1].zero_()
+        self.apply(xavier_normal_initialization)  # a Linear's offset starts at 0
+        if self.use_bias:
+            nn.init.zeros_(self.item_bias.weight)
+            with torch.no_grad():
+                self.content_projection.weight[-1].zero_()
 
     def _item_rows(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """``[gamma_i, E f_i, beta' . f_i, beta_i]`` of ``items`` (all items when None)."""
+        """``[gamma_i, E f_i, beta' . f_i, beta_i]`` of ``items`` (all items when None); without
+        biases ``[gamma_i, E f_i + b]``."""
         if items is None:
-            parts = (self.item_embedding.weight, self.content_projection(self.content),
-                     self.item_bias.weight)
+            parts = [self.item_embedding.weight, self.content_projection(self.content)]
         else:
-            parts = (self.item_embedding(items), self.content_projection(self.content[items]),
-                     self.item_bias(items))
+            parts = [self.item_embedding(items), self.content_projection(self.content[items])]
+        if self.use_bias:
+            parts.append(self.item_bias.weight if items is None else self.item_bias(items))
         return torch.cat(parts, dim=1)
 
     def _scores(self, users: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
         """Row-wise score of user vectors against item rows of the same length."""
-        factors, biases = item_rows.split([2 * self.embedding_size, 2], dim=1)
+        factors, biases = item_rows.split([2 * self.embedding_size, self.n_bias_columns], dim=1)
         return (users * factors).sum(dim=1) + biases.sum(dim=1)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All items' factors ``[gamma_i, E f_i]`` and total bias ``beta_i + beta' . f_i``."""
-        factors, biases = self._item_rows().split([2 * self.embedding_size, 2], dim=1)
+        """All items' factors ``[gamma_i, E f_i]`` and total bias ``beta_i + beta' . f_i`` (zeros
+        without biases)."""
+        factors, biases = self._item_rows().split(
+            [2 * self.embedding_size, self.n_bias_columns], dim=1)
         return factors, biases.sum(dim=1)
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
