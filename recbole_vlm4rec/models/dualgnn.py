@@ -122,12 +122,13 @@ class DualGNN(CachedDotProductScores, GeneralRecommender):
         # this epoch's weight of each neighbour slot; saved, as it is drawn at random
         self.register_buffer("neighbour_weights", self._draw_neighbour_weights())
         self._user_graph: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.register_load_state_dict_post_hook(_forget_user_graph)
 
     def train(self, mode: bool = True) -> "DualGNN":
         # RecBole calls train() when each epoch starts: MMRec redraws the padding per epoch.
         if mode:
             self.neighbour_weights = self._draw_neighbour_weights()
-            self._user_graph = None
+        self._user_graph = None  # eval() follows loading a checkpoint: rebuild from its weights
         return super().train(mode)
 
     def _draw_neighbour_weights(self) -> torch.Tensor:
@@ -187,6 +188,10 @@ class DualGNN(CachedDotProductScores, GeneralRecommender):
         reg = sum((preference[user] ** 2).mean() for preference in self.preferences)
         reg = reg + (self.modality_weights ** 2).mean()
         return loss + self.reg_weight * reg
+
+
+def _forget_user_graph(module: nn.Module, _keys: Any) -> None:
+    module._user_graph = None  # built from the loaded weights when next needed
 
 
 def co_occurring_users(interactions: sp.spmatrix, k: int) -> tuple[np.ndarray, np.ndarray]:
