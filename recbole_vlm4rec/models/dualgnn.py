@@ -191,7 +191,9 @@ class DualGNN(CachedDotProductScores, GeneralRecommender):
 
 
 def _forget_user_graph(module: nn.Module, _keys: Any) -> None:
-    module._user_graph = None  # built from the loaded weights when next needed
+    # built from the loaded weights when next needed (and so is the cached evaluation pass)
+    module._user_graph = None
+    module._cached = None
 
 
 def co_occurring_users(interactions: sp.spmatrix, k: int) -> tuple[np.ndarray, np.ndarray]:
