@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
-from recbole_vlm4rec import compat
 from recbole_vlm4rec.formats.features import save_feature
 from recbole_vlm4rec.models._message_passing import UserItemEdges
 from recbole_vlm4rec.models.dualgnn import co_occurring_users
@@ -23,7 +22,6 @@ from recbole_vlm4rec.run.runner import build_run
 
 from conftest import random_interactions, write_inter
 
-compat.apply()
 
 
 @pytest.fixture
