@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 BABY = REPO.parent / "shared" / "data" / "amazon-baby" / "baby.inter"
 MODELS = ["Pop", "ItemKNN", "BPR", "LightGCN", "VBPR", "MMGCN", "FREEDOM", "LGMRec", "SMORE",
-          "VLM4Rec", "VLM4RecFusion"]
+          "GRCN", "DualGNN", "SLMRec", "PGL", "LayerGCN", "SelfCF", "VLM4Rec", "VLM4RecFusion"]
 FEATURE_DIMS = {"visual": 4096, "text": 384}
 
 
