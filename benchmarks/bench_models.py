@@ -35,7 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 BABY = REPO.parent / "shared" / "data" / "amazon-baby" / "baby.inter"
 MODELS = ["Pop", "ItemKNN", "BPR", "LightGCN", "VBPR", "MMGCN", "FREEDOM", "LGMRec", "SMORE",
-          "BM3", "LATTICE", "MGCN", "DRAGON", "VLM4Rec", "VLM4RecFusion"]
+          "BM3", "LATTICE", "MGCN", "DRAGON", "GRCN", "DualGNN", "SLMRec", "PGL", "LayerGCN",
+          "SelfCF", "VLM4Rec", "VLM4RecFusion"]
 FEATURE_DIMS = {"visual": 4096, "text": 384}
 
 
