@@ -134,38 +134,38 @@ def test_unknown_model_and_unreachable_endpoint_fail_before_any_item():
     dead.close()
 
 
+def close_once_sent(server: StubServer, case: str):
+    """Describe ``case`` on a worker thread, close the backend (Ctrl-C) once the server has the
+    request; the item's output."""
+    client = backend(server, backoff_base=30.0, max_retries=5)
+    outputs = []
+    worker = threading.Thread(target=lambda: outputs.extend(client.describe([request(case)])))
+    worker.start()
+    while server.requests[case] < 1:
+        time.sleep(0.01)
+    client.close()  # requests in flight get 2 s to finish
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    return outputs[0]
+
+
 def test_close_stops_items_that_are_waiting_to_retry():
     """Ctrl-C closes the backend: requests in their backoff sleep give up instead of retrying."""
     with StubServer(policy=scripted_policy) as server:
-        client = backend(server, backoff_base=30.0, max_retries=5)
-        outputs = []
-        worker = threading.Thread(target=lambda: outputs.extend(client.describe([request("always-500")])))
-        worker.start()
-        while server.requests["always-500"] < 1:
-            time.sleep(0.01)
-        client.close()
-        worker.join(timeout=20)
-    assert not worker.is_alive() and outputs[0].error == "interrupted"
-    assert server.requests["always-500"] == 1
+        output = close_once_sent(server, "always-500")
+    assert output.error == "interrupted" and server.requests["always-500"] == 1
 
 
 def test_close_while_a_request_is_in_flight_stops_its_retries():
-    """Ctrl-C lands while the server is still answering: the 500 that then arrives is not retried
-    and the item is recorded as interrupted, not as the server's failure."""
+    """Ctrl-C lands while the server is still answering (0.5 s): the 500 that then arrives is not
+    retried and the item is recorded as interrupted, not as the server's failure."""
     def slow_500(payload, seen):
         return 500, {"X-Stub-Delay": "0.5"}, {"error": {"message": "engine crashed"}}
 
     with StubServer(policy=slow_500) as server:
-        client = backend(server, backoff_base=30.0, max_retries=5)
-        outputs = []
-        worker = threading.Thread(target=lambda: outputs.extend(client.describe([request("in flight")])))
-        worker.start()
-        while server.requests["in flight"] < 1:
-            time.sleep(0.01)
-        client.close()  # in-flight requests get 2 s to finish: this one answers after 0.5 s
-        worker.join(timeout=20)
-    assert not worker.is_alive() and outputs[0].error == "interrupted"
-    assert "http_500" in outputs[0].detail and server.requests["in flight"] == 1
+        output = close_once_sent(server, "in flight")
+    assert output.error == "interrupted" and "http_500" in output.detail
+    assert server.requests["in flight"] == 1
 
 
 def test_json_mode_asks_for_json_on_structured_prompts_only():
