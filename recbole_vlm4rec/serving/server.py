@@ -1,6 +1,6 @@
 """``vlm4rec serve``: the HTTP face of service.py (Starlette on uvicorn).
 
-Why Starlette and not FastAPI: the service has nine routes whose parameters are one or two
+Why Starlette and not FastAPI: the service has eleven routes whose parameters are one or two
 integers and strings, checked here with messages that name the parameter and the accepted range;
 FastAPI's gain is request models and generated docs, at the cost of pydantic's error format (a
 list of error objects, where this API promises one status and one message) and a slower import
