@@ -23,13 +23,15 @@ the batch, so both bias terms shrink with the rest.
 ``use_bias: False`` is MMRec's VBPR exactly: no item bias beta_i and no visual bias beta'; the
 item rows are [gamma_i, E f_i + b] with b the projection's shared offset (MMRec's ``nn.Linear``
 has one: it cancels in every BPR difference and in the ranking, but it enters the penalty, which
-pulls it towards minus the mean projected feature). ``True`` (the default) is the paper's model:
-at ``reg_weight`` values small enough for the factors to train both forms rank alike (side by
-side with MMRec, docs/models.md, within 3%), while at a penalty large enough to collapse the
-factors (2.0 on the ml-100k-posters export) the paper's biases survive and keep a
-popularity-like ranking instead of one near chance. The paper's form is the default because it
-is the model the paper defines and degrades gracefully; ``use_bias: False`` is there to reproduce
-MMRec's numbers at every grid point.
+pulls it towards minus the mean projected feature); the ID factors gamma, theta start
+Xavier-uniform as MMRec's (the paper's form: Xavier-normal, RecBole's default; same variance).
+
+``True`` (the default) is the paper's model: where the factors train both forms rank alike,
+while at a penalty large enough to collapse the factors (MMRec's first grid value, 2.0, on the
+ml-100k-posters export) the paper's biases survive and keep a popularity-like ranking instead of
+one near chance. The paper's form is the default because it is the model the paper defines and
+degrades gracefully; ``use_bias: False`` is there to reproduce MMRec's VBPR (side-by-side numbers
+in docs/models.md).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class VBPR(EvaluationCache, GeneralRecommender):
             Setting("reg_weight", float, "weight of (sum of unsquared Frobenius norms of the "
                     "batch's user / item rows, both biases included) / batch size", minimum=0),
             Setting("use_bias", bool, "the paper's item bias beta_i and visual bias beta' . f_i; "
-                    "False = MMRec's VBPR (no biases, a shared offset on E f_i)"),
+                    "False = MMRec's VBPR (no biases, a shared offset on E f_i, Xavier-uniform "
+                    "ID factors)"),
         ),
         features=Features(CONTENT_FEATURES_KEY, doc="features concatenated into f_i"),
         capabilities=Capabilities(scores_new_items=True),
@@ -94,6 +97,11 @@ class VBPR(EvaluationCache, GeneralRecommender):
         self.bpr_loss = BPRLoss()
         self.reg_loss = EmbLoss()
         self.apply(xavier_normal_initialization)  # a Linear's offset starts at 0
+        if not self.use_bias:
+            # MMRec's VBPR draws its ID factors Xavier-uniform (same variance; on the posters
+            # export its collapse at reg_weight 2.0 is closer to MMRec's with this, see the docs)
+            nn.init.xavier_uniform_(self.user_embedding.weight)
+            nn.init.xavier_uniform_(self.item_embedding.weight)
         if self.use_bias:
             nn.init.zeros_(self.item_bias.weight)
             with torch.no_grad():
