@@ -40,7 +40,8 @@ Deviations from MMRec's ``models/slmrec.py``, and why:
 * **Ranking.** MMRec ranks with the embeddings of the last training batch's forward pass (and a
   sigmoid, which keeps the order); here one forward pass after training.
 * **Speed, same values.** The views are propagated together (one sparse product per layer over
-  the concatenated columns) instead of once per view.
+  the concatenated columns) instead of once per view; output maps and contrasts are computed for
+  the batch's rows only; temperatures divide the 64-d rows, not the batch x batch logits.
 
 Items without a vector for a modality start that view from D_m applied to a zero vector (its
 bias; counted in the log).
@@ -161,6 +162,7 @@ class SLMRec(CachedDotProductScores, GeneralRecommender):
 
 def _in_batch_infonce(anchors: torch.Tensor, positives: torch.Tensor,
                       temperature: float) -> torch.Tensor:
-    """Cross-entropy of row j of ``anchors @ positives^T / temperature`` with target j."""
-    logits = anchors @ positives.T / temperature
+    """Cross-entropy of row j of ``anchors @ positives^T / temperature`` with target j (the
+    temperature divides the d-wide anchors, not the batch x batch logits: same values, cheaper)."""
+    logits = (anchors / temperature) @ positives.T
     return F.cross_entropy(logits, torch.arange(len(anchors), device=logits.device))
