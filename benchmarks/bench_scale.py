@@ -48,7 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results" / "scale.json"
 DOC = REPO / "docs" / "performance.md"
 PLOT = REPO / "docs" / "images" / "scale.png"
-MODELS = ["Pop", "VLM4Rec", "LightGCN", "VBPR", "FREEDOM", "LGMRec", "SMORE", "VLM4RecHybrid"]
+MODELS = ["Pop", "VLM4Rec", "LightGCN", "VBPR", "FREEDOM", "LGMRec", "SMORE", "VLM4RecHybrid",
+          "VLM4RecHybrid[ease_backbone=topk]"]
 SCALES = ["10k", "30k", "100k", "10k@3M"]
 # The settings every model runs with: MMRec's feature pair and Baby-scale sizes (bench_models.py).
 OVERRIDES = {
@@ -87,7 +88,16 @@ def emit(record: dict[str, Any]) -> None:
     print("CELL " + json.dumps(record), flush=True)
 
 
-def run_cell(model_name: str, dataset: str, data_root: str, phase_limit: float,
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``VLM4RecHybrid[ease_backbone=topk]`` -> ("VLM4RecHybrid", {"ease_backbone": "topk"})."""
+    import yaml
+
+    name, _, rest = spec.partition("[")
+    pairs = [p.split("=", 1) for p in rest.rstrip("]").split(",") if "=" in p]
+    return name, {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def run_cell(spec: str, dataset: str, data_root: str, phase_limit: float,
              threads: int) -> None:
     import torch
 
@@ -102,11 +112,13 @@ def run_cell(model_name: str, dataset: str, data_root: str, phase_limit: float,
 
     from recbole_vlm4rec.run.accounting import known_keys
 
+    model_name, extra = split_spec(spec)
+
     # only the keys this model reads (another model's key given on the command line is an error)
     reads = set(known_keys().general) | set(known_keys().model_keys(model_name,
                                                                     prepared_class(model_name)))
     overrides = {key: value for key, value in OVERRIDES.items() if key in reads}
-    overrides.update(data_path=data_root, checkpoint_dir=f"{data_root}/saved")
+    overrides.update(data_path=data_root, checkpoint_dir=f"{data_root}/saved", **extra)
     started = time.perf_counter()
     try:
         prepared = prepare_run(model_name, dataset, overrides=overrides)
