@@ -11,8 +11,9 @@ A run's peak memory is estimated from the dataset's size, read without loading i
 * one full-ranking evaluation batch: ``eval_batch_size`` scores (users x all items) times the
   model's bytes per scored cell.
 
-The budget is ``memory_budget`` (GiB) or, when it is ``~``, the memory available when the run
-starts. A run whose estimate is over the budget is refused in one line naming the estimate, its
+The budget is ``memory_budget`` (GiB) or, when it is ``~``, the machine's memory (the cgroup's
+limit where one is set); an estimate above the memory available at that moment is only noted in
+the log (other processes' memory comes and goes). A run whose estimate is over the budget is refused in one line naming the estimate, its
 largest parts and the setting that lowers it (MemoryBudgetError: ``vlm4rec run`` exits 2), so it
 is never killed for memory after minutes of loading. ``eval_batch_size`` given by the shared
 protocol only (configs/overall.yaml) is lowered to what the budget leaves, in whole users, and
@@ -132,6 +133,20 @@ def feature_dims(config: Any, names: Sequence[str]) -> dict[str, int]:
     return dims
 
 
+def total_memory() -> float:
+    """Bytes of this machine's memory, capped by the cgroup's limit where one is set."""
+    import os
+
+    total = float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, float(limit))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 def available_memory() -> float:
     """Bytes available now: MemAvailable, capped by the cgroup's limit where one is set."""
     available = None
@@ -174,8 +189,8 @@ def plan_memory(config: Any, model_name: str, contract: ModelContract, trained: 
     data = data_layer_bytes(size)
     if config["memory_budget"] is not None:
         budget, source = float(config["memory_budget"]) * 2**30, "memory_budget"
-    else:
-        budget, source = available_memory(), "memory available now; set memory_budget (GiB)"
+    else:  # what other processes hold now comes and goes: refuse only what can never fit
+        budget, source = total_memory(), "this machine's memory; set memory_budget (GiB)"
     n_items = size.n_items + 1  # RecBole's padding item is scored too
     batch = int(config["eval_batch_size"])
     notes = []
@@ -194,6 +209,10 @@ def plan_memory(config: Any, model_name: str, contract: ModelContract, trained: 
         f"and features {gib(data)}, {model_name} {gib(estimate.total)}, evaluation batch "
         f"{gib(eval_bytes)}; dataset {size.n_users:,} users x {size.n_items:,} items, "
         f"{size.n_interactions:,} interactions")
+    now = available_memory()
+    if plan.total <= budget and plan.total > now:
+        plan.notes.append(f"memory: the estimate ({gib(plan.total)}) is more than the memory "
+                          f"available now ({gib(now)}): other processes may have to give some back")
     if plan.total > budget:
         largest = sorted(estimate.parts.items(), key=lambda part: -part[1])[:2]
         parts = ", ".join(f"{what} {gib(value)}" for what, value in largest)
