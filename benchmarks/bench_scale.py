@@ -1,8 +1,8 @@
 """How cost grows with the catalogue: prepare, load, one epoch (or the fit), one full-ranking
 evaluation and peak RSS per model on synthetic catalogues of 10k, 30k and 100k items.
 
-    nice python benchmarks/bench_scale.py run --work /tmp/scale          # every scale x model
-    python benchmarks/bench_scale.py run --work /tmp/scale --scales 10k --models LightGCN VBPR
+    nice python benchmarks/bench_scale.py run --work ../scale-work          # every scale x model
+    python benchmarks/bench_scale.py run --work ../scale-work --scales 10k --models LightGCN VBPR
     python benchmarks/bench_scale.py report                              # docs table + plot
 
 Data: benchmarks/synthetic_dataset.py (seeded; power-law activity and popularity, 4096-d visual

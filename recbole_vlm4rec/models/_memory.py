@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from recbole_vlm4rec.models.contract import DataSize, MemoryEstimate
+from recbole_vlm4rec.models._sizes import DataSize, MemoryEstimate
 
 FLOAT32, FLOAT64, CSR_ENTRY = 4, 8, 12
 ADAM = 4  # a trained parameter: its value, its gradient and Adam's two moments

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from recbole_vlm4rec.models._sizes import DataSize, MemoryEstimate
+
 ITEM_FEATURE_KEY = "item_feature"
 # Multi-feature models read one list-valued key, so a single command line switches every one of
 # them between representations.
@@ -166,34 +168,6 @@ class Capabilities:
 
     profile_servable: bool = False
     scores_new_items: bool = False
-
-
-@dataclass(frozen=True)
-class DataSize:
-    """A dataset's size as known before loading (card.json or the atomic files' line counts)."""
-
-    n_users: int
-    n_items: int
-    n_interactions: int  # training interactions are at most this many
-    feature_dims: Mapping[str, int] = field(default_factory=dict)  # features the model reads
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """What a model holds at once at its peak, in bytes, part by part.
-
-    ``per_scored_cell``: bytes per (user, item) score of a full-ranking evaluation batch (the run
-    layer sizes ``eval_batch_size`` with it); ``fix``: the setting that lowers the estimate, with
-    what it comes to (``--profile_scoring=profiles (about 1.2 GB)``), or '' when none does.
-    """
-
-    parts: Mapping[str, float]
-    per_scored_cell: float = 16.0
-    fix: str = ""
-
-    @property
-    def total(self) -> float:
-        return float(sum(self.parts.values()))
 
 
 # A model's estimate: (dataset size, every setting's value) -> MemoryEstimate.
