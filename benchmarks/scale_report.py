@@ -86,7 +86,8 @@ def table(records: list[dict[str, Any]]) -> str:
             outcome = r["outcome"]
             refused = r.get("phases", {}).get("check", {}).get("refused")
             if refused:
-                outcome = "refused before loading: " + refused.split(": ", 1)[-1]
+                # the estimate has its own column; the message's end is the setting that fixes it
+                outcome = "refused before loading; " + refused.rsplit("): ", 1)[-1]
             lines.append(
                 f"| {r['model']} | {_cell(phase_seconds(r, 'check')[0], digits=2)} | "
                 f"{_cell(phase_seconds(r, 'load')[0])} | {_cell(phase_seconds(r, 'build')[0])} | "
