@@ -106,12 +106,12 @@ def run_cell(spec: str, dataset: str, data_root: str, phase_limit: float,
     from recbole.data import data_preparation
     from recbole.utils import ModelType, get_trainer, init_seed
 
-    from recbole_vlm4rec.run.accounting import ConfigError
+    from recbole_vlm4rec import compat
+    from recbole_vlm4rec.run.accounting import ConfigError, known_keys
     from recbole_vlm4rec.run.protocol import prepare_run
     from recbole_vlm4rec.run.runner import create_dataset
 
-    from recbole_vlm4rec.run.accounting import known_keys
-
+    compat.install()  # RecBole patched as in every run (scipy fixes, speed-ups, tie-safe ranking)
     model_name, extra = split_spec(spec)
 
     # only the keys this model reads (another model's key given on the command line is an error)
