@@ -67,7 +67,7 @@ def test_adapter_recovers_weights_that_content_can_express(hybrid_data, build_pi
         **overrides, "item_features": {"emb": None, "onehot": None},
         "content_features": ["onehot"], "center_features": False, "adapter_reg": 1e-9})
     warm = model.warm.numpy()
-    adapted = model.adapter_weights.numpy()[np.ix_(warm, warm)]
+    adapted = model.adapter_matrix().numpy()[np.ix_(warm, warm)]
     target = model.item_weights.numpy()[np.ix_(warm, warm)]
     np.testing.assert_allclose(adapted, target, atol=1e-4)
 
@@ -86,7 +86,7 @@ def test_new_items_are_placed_in_the_warm_score_distribution(hybrid_data, build_
     scores = scores_of(data, model).numpy()
     history = model.history.toarray()[1:]
     warm_scores = (history @ model.item_weights.numpy())[:, model.warm.numpy()]
-    adapter = history @ model.adapter_weights.numpy()
+    adapter = history @ model.adapter_matrix().numpy()
     standardised = (adapter - adapter.mean(1, keepdims=True)) / adapter.std(1, ddof=1,
                                                                             keepdims=True)
     expected = (warm_scores.mean(1, keepdims=True)

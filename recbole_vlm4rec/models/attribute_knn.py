@@ -35,6 +35,7 @@ from recbole.utils import InputType, ModelType
 
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models._graph import to_torch_sparse
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import (ITEM_FEATURE_KEY, Capabilities, Features,
                                              ModelContract, Setting)
 from recbole_vlm4rec.models.features import require_item_feature
@@ -49,6 +50,7 @@ class AttributeKNN(GeneralRecommender):
     input_type = InputType.POINTWISE
     type = ModelType.TRADITIONAL
     contract = ModelContract(
+        memory_estimate=_memory.attribute_knn,
         settings=(
             Setting("attribute_weight", float, "beta: weight of the attribute similarity (0 = "
                     "RecBole's ItemKNN cosine, 1 = attributes only)", minimum=0, maximum=1),

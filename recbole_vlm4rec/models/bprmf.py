@@ -27,6 +27,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import ModelContract, Setting
 
 
@@ -35,7 +36,7 @@ class BPRMF(GeneralRecommender):
     r"""BPR matrix factorisation with MMRec's embedding penalty (Rendle et al., UAI'09)."""
 
     input_type = InputType.PAIRWISE
-    contract = ModelContract(settings=(
+    contract = ModelContract(memory_estimate=_memory.bprmf, settings=(
         Setting("embedding_size", int, "size of the user and item embeddings", minimum=1),
         Setting("reg_weight", float, "weight of (||U_b||_F + ||P_b||_F + ||N_b||_F) / batch size",
                 minimum=0),

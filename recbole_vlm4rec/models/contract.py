@@ -5,7 +5,9 @@ A model class carries ``contract = ModelContract(...)``:
 * ``settings``: every key of its own it reads (name, type, range or choices, one-line doc);
 * ``features``: the config key naming the dataset features it reads and how many it needs;
 * ``capabilities``: what the rest of the pipeline may ask of it (serve profiles, score new items);
-* ``checks``: rules across settings (``feat_embed_dim == embedding_size``), each one function.
+* ``checks``: rules across settings (``feat_embed_dim == embedding_size``), each one function;
+* ``memory_estimate``: what the model holds at its peak for a dataset of a given size, so a run
+  that would not fit is refused before anything loads (run/memory.py adds the data layer's share).
 
 Why a class attribute, and values in the yaml: the types, ranges and cross-setting rules are code
 that tools run (accounting, ``vlm4rec models``, the contract suite), and an attribute travels with
@@ -29,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from recbole_vlm4rec.models._sizes import DataSize, MemoryEstimate
 
 ITEM_FEATURE_KEY = "item_feature"
 # Multi-feature models read one list-valued key, so a single command line switches every one of
@@ -166,6 +170,10 @@ class Capabilities:
     scores_new_items: bool = False
 
 
+# A model's estimate: (dataset size, every setting's value) -> MemoryEstimate.
+MemoryEstimator = Callable[[DataSize, Mapping[str, Any]], MemoryEstimate]
+
+
 # A rule across settings: gets every setting's value (and the feature key's resolved list of
 # names), returns a one-line problem or None.
 Check = Callable[[Mapping[str, Any]], "str | None"]
@@ -179,6 +187,7 @@ class ModelContract:
     features: Features | None = None
     capabilities: Capabilities = field(default_factory=Capabilities)
     checks: tuple[Check, ...] = ()
+    memory_estimate: MemoryEstimator | None = None  # None: the run layer's generic estimate
 
     def setting(self, name: str) -> Setting | None:
         return next((s for s in self.settings if s.name == name), None)
@@ -289,7 +298,10 @@ def _derived_contract(model_class: type) -> ModelContract:
         kind = next((k for k in (bool, int, float, str, list, dict) if isinstance(value, k)), None)
         if kind is not None:
             settings.append(Setting(str(key), kind, "RecBole's setting (its model yaml)"))
-    return ModelContract(settings=tuple(settings))
+    from recbole_vlm4rec.models._memory import RECBOLE_ESTIMATES
+
+    return ModelContract(settings=tuple(settings),
+                         memory_estimate=RECBOLE_ESTIMATES.get(model_class.__name__))
 
 
 def positive_weights(key: str) -> Check:

@@ -34,6 +34,7 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, degree_sensit
                                            knn_item_graph, register_feature_buffers,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
                                              equal_settings, positive_weights)
 from recbole_vlm4rec.models.features import feature_weights, require_content_features
@@ -45,6 +46,7 @@ class FREEDOM(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.freedom,
         settings=(
             Setting("item_graph_weights", float, "one weight per feature for summing the item "
                     "graphs; ~ = equal (MMRec: 0.1 visual, 0.9 text)", minimum=0, optional=True,

@@ -56,6 +56,7 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean
                                            log_sum_exp_rows, register_feature_buffers,
                                            sparse_matmul, to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
                                              equal_settings)
 from recbole_vlm4rec.models.features import require_content_features
@@ -76,6 +77,7 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.lgmrec,
         settings=(
             Setting("embedding_size", int, "user / item ID embedding size", minimum=1),
             Setting("feat_embed_dim", int, "size each feature is projected to (added to the ID "

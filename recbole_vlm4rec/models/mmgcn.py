@@ -53,6 +53,7 @@ from torch import nn
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, register_feature_buffers,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
 from recbole_vlm4rec.models.features import require_content_features
 
@@ -91,6 +92,7 @@ class MMGCN(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.mmgcn,
         settings=(
             Setting("embedding_size", int, "ID embedding and output size", minimum=1),
             Setting("latent_dim", int, "size every modality's features and user preferences are "

@@ -48,6 +48,7 @@ from torch import nn
 
 from recbole_vlm4rec.models._graph import EvaluationCache
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Capabilities, Features,
                                              ModelContract, Setting)
 from recbole_vlm4rec.models.features import require_content_features
@@ -59,6 +60,7 @@ class VBPR(EvaluationCache, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.vbpr,
         settings=(
             Setting("embedding_size", int, "size of gamma and of the projected content E f_i "
                     "(user vector: 2x)", minimum=1),

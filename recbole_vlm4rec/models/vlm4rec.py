@@ -28,7 +28,7 @@ from recbole.utils import InputType, ModelType
 
 from recbole_vlm4rec.formats.features import AlignedFeature
 from recbole_vlm4rec.models._graph import to_torch_sparse
-from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory, register_model
 from recbole_vlm4rec.models.contract import (ITEM_FEATURE_KEY, Capabilities, Features,
                                              ModelContract, Setting)
 from recbole_vlm4rec.models.features import require_item_feature
@@ -40,8 +40,8 @@ PROFILE_SETTINGS = (
             "embeddings; max: best cosine to any history item", choices=AGGREGATIONS),
     Setting("profile_scoring", str, "mean profiles only: profiles (users x dim x items per "
             "evaluation), item_similarity (items x items once, then a sparse history product), "
-            "auto = item_similarity when there are fewer items than users; same scores",
-            choices=SCORINGS),
+            "auto = item_similarity when there are fewer items than users and the items x items "
+            "matrix fits in 2 GiB (~23k items); same scores", choices=SCORINGS),
 )
 
 
@@ -75,6 +75,7 @@ class VLM4Rec(GeneralRecommender):
     input_type = InputType.POINTWISE
     type = ModelType.TRADITIONAL
     contract = ModelContract(
+        memory_estimate=_memory.vlm4rec,
         settings=PROFILE_SETTINGS,
         features=Features(ITEM_FEATURE_KEY, doc="the feature to match on: vlm, visual, text..."),
         capabilities=Capabilities(profile_servable=True, scores_new_items=True),
@@ -123,9 +124,10 @@ class VLM4Rec(GeneralRecommender):
             self.register_buffer("user_profiles", torch.cat(profile_parts, dim=1), persistent=False)
         # Mean profiles are linear in the history: profile_u . x_i = sum_j in H(u) x_j . x_i / |.|,
         # so with fewer items than users, one item-item similarity matrix (built once) plus a
-        # sparse history product costs less than users x dim x items per evaluation.
-        self.scores_from_item_similarity = self.aggregation == "mean" and (
-            scoring == "item_similarity" or (scoring == "auto" and self.n_items < self.n_users))
+        # sparse history product costs less than users x dim x items per evaluation; `auto`
+        # keeps that matrix under a bound so memory stays linear in the catalogue.
+        self.scores_from_item_similarity = _memory.uses_item_similarity(
+            self.aggregation, scoring, self.n_items, self.n_users)
         if self.scores_from_item_similarity:
             self.weighted_history = sp.hstack(weighted_history, format="csr").astype(np.float32)
             blocks_similarity = torch.cat([

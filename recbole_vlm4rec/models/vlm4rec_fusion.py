@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory, register_model
 from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Capabilities, Features,
                                              ModelContract, Setting, positive_weights)
 from recbole_vlm4rec.models.features import feature_weights, require_content_features
@@ -48,6 +48,7 @@ class VLM4RecFusion(VLM4Rec):
     r"""Profile matching on a concatenation or a weighted average of several item features."""
 
     contract = ModelContract(
+        memory_estimate=_memory.vlm4rec,
         settings=PROFILE_SETTINGS + (
             Setting("fusion", str, "concat: match on the concatenation of normalised features; "
                     "weighted: sum_k w_k * cosine_k", choices=FUSIONS),

@@ -53,6 +53,8 @@ GENERAL_SETTINGS = (
     Setting("topk", int, "ranking cut-offs of the metrics", minimum=1, many=True),
     Setting("weight_decay", float, "L2 penalty of the optimiser", minimum=0),
     Setting("seed", int, "random seed"),
+    Setting("memory_budget", float, "GiB a run may use; ~ = this machine's memory",
+            above=0, optional=True),
 )
 
 CONFIG_READ = re.compile(r"""config(?:_dict)?\[\s*["']([A-Za-z_]\w*)["']\s*\]""")

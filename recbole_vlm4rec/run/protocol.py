@@ -36,10 +36,12 @@ from recbole_vlm4rec.data.registry import (DEFAULT_DATASET, NAMED_DATASETS, chec
 from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.formats.paths import ProtocolMissingError
 from recbole_vlm4rec.models import get_model_class, model_yaml, project_models
+from recbole_vlm4rec.models.contract import model_info
 from recbole_vlm4rec.models.features import features_read_by
 from recbole_vlm4rec.run.accounting import (Accounting, ConfigValueError, check_general_values,
                                             check_keys, check_values, given_keys, known_keys,
                                             read_yaml)
+from recbole_vlm4rec.run.memory import MemoryPlan, plan_memory
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class PreparedRun:
     features: list[str]  # dataset features the model reads
     notes: list[str] = field(default_factory=list)  # what was built / used, for the log
     accounting: Accounting | None = None  # keys given but not read by this model (reported)
+    memory: MemoryPlan | None = None  # the estimate checked before loading (run/memory.py)
     given: dict[str, str] = field(default_factory=dict)  # key -> where it was given
 
     def differences(self) -> list[str]:
@@ -176,11 +179,25 @@ def prepare_run(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequen
         raise ConfigValueError(str(error)) from None
     check_values(config, model_class, given, features, overrides or {})
     check_features_declared(config, features)
+    memory = check_memory(config, model, model_class, features, given)
     prepared = PreparedRun(config, model_class, layers, features, accounting=accounting,
-                           given=given)
+                           given=given, memory=memory)
     if build_features:
         prepared.notes = build_declared_features(config, features)
+    prepared.notes += memory.notes
     return prepared
+
+
+def check_memory(config: Any, model: str, model_class: type, features: Sequence[str],
+                 given: dict[str, str]) -> MemoryPlan:
+    """The run's memory estimate against its budget (run/memory.py): MemoryBudgetError before
+    anything loads when it cannot fit; sets ``eval_batch_size`` when the budget lowers it."""
+    info = model_info(model_class, model_yaml(model_class))
+    plan = plan_memory(config, model, info.contract, info.trained, features,
+                       eval_batch_size_given=given.get("eval_batch_size", "overall") != "overall")
+    if plan.eval_batch_size != config["eval_batch_size"]:
+        config["eval_batch_size"] = plan.eval_batch_size
+    return plan
 
 
 def build_declared_features(config: Any, names: Sequence[str] | None = None) -> list[str]:
