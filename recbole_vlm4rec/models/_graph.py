@@ -207,3 +207,69 @@ def register_feature_buffers(module: torch.nn.Module, features: Any) -> None:
     for index, feature in enumerate(features):
         module.register_buffer(f"feature_{index}", torch.from_numpy(feature.matrix),
                                persistent=False)
+
+
+# Candidates per block of log_sum_exp_of_products: a batch of 2048 queries x 256 candidates is
+# 2 MB of float32, small enough to stay in cache between the product, the exp and the sum.
+_PRODUCT_BLOCK_ELEMENTS = 2048 * 256
+
+
+class _LogSumExpOfProducts(torch.autograd.Function):
+    """``log sum_j exp(q_i . k_j)`` per query, in blocks of keys, recomputed in backward.
+
+    The direct formula materialises (and autograd keeps) a queries x keys matrix, its exp and their
+    gradients: several passes over hundreds of MB per step when the keys are a whole catalogue.
+    Here each block of products lives only while it is used; backward recomputes it (one more
+    product and exp) and turns it into the softmax weights in place.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, queries: torch.Tensor, keys: torch.Tensor, shifted: bool) -> torch.Tensor:
+        block = max(1, _PRODUCT_BLOCK_ELEMENTS // max(len(queries), 1))
+        shift = None
+        if shifted:  # products may overflow exp: subtract each row's maximum (an extra pass)
+            shift = queries.new_full((len(queries), 1), -torch.inf)
+            for start in range(0, len(keys), block):
+                products = queries @ keys[start:start + block].T
+                shift = torch.maximum(shift, products.amax(dim=1, keepdim=True))
+            shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        total = queries.new_zeros(len(queries))
+        for start in range(0, len(keys), block):
+            products = queries @ keys[start:start + block].T
+            if shift is not None:
+                products.sub_(shift)
+            total += products.exp_().sum(dim=1)
+        result = total.log_() if shift is None else total.log_().add_(shift.squeeze(1))
+        ctx.save_for_backward(queries, keys, result)
+        ctx.block = block
+        return result
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        queries, keys, result = ctx.saved_tensors
+        want_queries, want_keys, _ = ctx.needs_input_grad
+        grad_queries = torch.zeros_like(queries) if want_queries else None
+        grad_keys = torch.empty_like(keys) if want_keys else None
+        offset, scale = result.unsqueeze(1), grad.unsqueeze(1)
+        for start in range(0, len(keys), ctx.block):
+            block_keys = keys[start:start + ctx.block]
+            # d result_i / d products_ij = softmax_ij, times the incoming gradient of row i
+            weights = (queries @ block_keys.T).sub_(offset).exp_().mul_(scale)
+            if grad_queries is not None:
+                grad_queries.addmm_(weights, block_keys)
+            if grad_keys is not None:
+                torch.mm(weights.T, queries, out=grad_keys[start:start + ctx.block])
+        return grad_queries, grad_keys, None
+
+
+def log_sum_exp_of_products(queries: torch.Tensor, keys: torch.Tensor,
+                            max_abs_product: float | None = None) -> torch.Tensor:
+    """``torch.logsumexp(queries @ keys.T, dim=1)`` without the queries x keys matrix.
+
+    ``max_abs_product``: a known bound on ``|q_i . k_j|`` (1 / temperature for cosines over a
+    temperature). Up to 60 the plain exp cannot overflow or underflow float32 and the row
+    maximum's extra pass is skipped (as in ``log_sum_exp_rows``); otherwise it is subtracted.
+    """
+    shifted = max_abs_product is None or max_abs_product > 60
+    return _LogSumExpOfProducts.apply(queries, keys, shifted)
