@@ -69,10 +69,12 @@ def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3) -> 
     from recbole.data import data_preparation
     from recbole.utils import get_trainer, init_seed
 
+    from recbole_vlm4rec import compat
     from recbole_vlm4rec.models import get_model_class
     from recbole_vlm4rec.run.protocol import build_config
     from recbole_vlm4rec.run.runner import create_dataset
 
+    compat.install()  # the speed-ups and the tie-safe collector, as in a run
     config = build_config(model_name, "babyscale", overrides={
         "data_path": data_root, "benchmark_filename": ["train", "valid", "test"],
         "load_col": {"inter": ["user_id", "item_id"]},

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from recbole_vlm4rec import cli, compat
+from recbole_vlm4rec import cli
 from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.run.accounting import (ConfigKeyError, ConfigValueError, known_keys,
                                             read_yaml, source_keys)
 from recbole_vlm4rec.run.protocol import prepare_run
-
-compat.apply()
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

@@ -231,15 +231,24 @@ def test_cost_warning_on_a_cpu_names_the_cheaper_options(monkeypatch, tmp_path):
     import torch
 
     from recbole_vlm4rec.benchmark.cli import cost_note
-    from recbole_vlm4rec.benchmark.spec import load_spec
+    from recbole_vlm4rec.benchmark.spec import load_spec, protocol_epochs
+    from recbole_vlm4rec.data.registry import is_embedded
     from recbole_vlm4rec.formats.paths import configs_dir
+    from recbole_vlm4rec.models import get_model_info
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))  # only the embedded ml-100k is prepared
     paper = load_spec(configs_dir() / "benchmarks" / "paper.yaml")
     note = cost_note(paper)
     assert "warning: no GPU" in note and "--max-epochs" in note and "quick.yaml" in note
-    assert "plan: 189 cells, 33 of them train a model (up to 200 epochs" in note
-    assert "126 on datasets not prepared" in note
+    # the counts, from the spec and the model registry: only the embedded datasets are prepared
+    cells = paper.cells()
+    prepared = [cell for cell in cells if is_embedded(cell.dataset)]
+    trained = [int(cell.overrides.get("epochs", protocol_epochs())) for cell in prepared
+               if get_model_info(cell.model).trained]
+    assert trained and len(prepared) < len(cells)
+    assert (f"plan: {len(cells)} cells, {len(trained)} of them train a model (up to "
+            f"{max(trained)} epochs") in note
+    assert f"{len(cells) - len(prepared)} on datasets not prepared" in note
     quick = load_spec(configs_dir() / "benchmarks" / "quick.yaml")
     assert "warning" not in cost_note(quick)

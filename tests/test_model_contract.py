@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_vlm4rec import compat
 from recbole_vlm4rec.formats.features import save_feature
 from recbole_vlm4rec.models import get_model_info, project_models
 from recbole_vlm4rec.models.contract import ITEM_FEATURE_KEY, Setting
@@ -25,7 +24,6 @@ from recbole_vlm4rec.run.runner import build_run
 
 from conftest import random_interactions, write_inter
 
-compat.apply()
 MODELS = sorted(project_models())
 CONFIG_READ = re.compile(r"""config\[\s*["']([A-Za-z_]\w*)["']\s*\]""")
 FEATURES = ("emb", "emb2", "emb3")

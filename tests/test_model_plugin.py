@@ -112,10 +112,8 @@ def test_a_plugin_model_runs_is_listed_and_is_checked_like_ours(plugin, tmp_path
         "metrics": ["recall@10"], "overrides": {"data_path": data, "epochs": 1},
         "models": {"Toy": {"model": "Toy"}, "Toy (0)": {"model": "Toy", "toy_size": 0}}}))
     check = textwrap.dedent(f"""
-        from recbole_vlm4rec import compat
         from recbole_vlm4rec.benchmark.grid import GridConfigError, check_cells
         from recbole_vlm4rec.benchmark.spec import load_spec
-        compat.apply()
         try:
             check_cells(load_spec({str(spec)!r}).cells())
         except GridConfigError as error:

@@ -36,6 +36,7 @@ def clusters(tmp_path, monkeypatch):
         "load_col": {"inter": ["user_id", "item_id"]}, "item_features": {"vlm": None},
         "item_feature": "vlm", "show_progress": False, "state": "WARNING", "gpu_id": "",
         "checkpoint_dir": str(tmp_path / "saved"),
+        "topk": [5], "valid_metric": "recall@5",  # 9 items: a run refuses top-10 and top-20
     }
     return name, overrides
 

@@ -95,9 +95,13 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``run_recbole.py``'s entry: the same flags as ``vlm4rec run``."""
+    from recbole_vlm4rec import compat
+
     parser = build_parser(prog)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return run_command(args, split_overrides(parser, rest))
+    overrides = split_overrides(parser, rest)
+    compat.install()  # where a run starts (vlm4rec's own main does it for `vlm4rec run`)
+    return run_command(args, overrides)
 
 
 def register(subparsers: Any) -> None:
@@ -106,7 +110,7 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(run)
-    run.set_defaults(func=_run, accepts_overrides=True)
+    run.set_defaults(func=_run, accepts_overrides=True, patches_recbole=True)
 
     features = subparsers.add_parser(
         "features",
@@ -123,7 +127,7 @@ def register(subparsers: Any) -> None:
     features.add_argument("dataset", help="dataset name, e.g. ml-100k")
     features.add_argument("--data-path", help="folder holding dataset folders (default: the "
                           "project's dataset/)")
-    features.set_defaults(func=_features)
+    features.set_defaults(func=_features, patches_recbole=True)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -15,14 +15,14 @@ proportion of the valid and test shares of ``eval_args.split`` (half each for pr
 So no model sees a cold item in training: content-based models (VLM4Rec) score it from its
 features, ID-based ones (BPR, LightGCN) only have an untrained embedding for it.
 
-Hooked into a run by :func:`apply_cold_start` (the runner calls it before ``data_preparation``):
-it wraps ``build()`` of that one dataset instance. The run JSON's ``cold_start`` records what was
-moved.
+Hooked into a run by :func:`cold_start_splits`: the runner hands the function it returns to
+``compat.data_preparation``, which passes RecBole's splits through it. The run JSON's
+``cold_start`` records what was moved.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -63,17 +63,17 @@ def _valid_share(config: Any) -> float:
     return 0.5
 
 
-def apply_cold_start(config: Any, dataset: Any) -> None:
-    """When ``cold_start_items`` is set, make ``dataset.build()`` return cold-start splits."""
+def cold_start_splits(config: Any, dataset: Any) -> Callable[[list[Any]], list[Any]] | None:
+    """When ``cold_start_items`` is set, the function that turns ``dataset.build()``'s splits
+    into cold-start splits (the runner hands it to ``compat.data_preparation``); else None."""
     settings = cold_start_settings(config)
     if settings is None:
-        return
-    normal_build = dataset.build
+        return None
 
-    def build() -> list[Any]:
-        return split_cold_items(dataset, normal_build(), **settings)
+    def split(parts: list[Any]) -> list[Any]:
+        return split_cold_items(dataset, parts, **settings)
 
-    dataset.build = build
+    return split
 
 
 def choose_cold_items(item_ids: np.ndarray, share: float, seed: int) -> np.ndarray:

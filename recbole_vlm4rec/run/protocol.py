@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from recbole_vlm4rec import compat, speedups
+from recbole_vlm4rec import compat
 from recbole_vlm4rec.data.dataset import (check_features_declared, declared_item_features,
                                           features_dir, item_file)
 from recbole_vlm4rec.data.registry import (DEFAULT_DATASET, NAMED_DATASETS, check_dataset,
@@ -37,9 +37,9 @@ from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.formats.paths import ProtocolMissingError
 from recbole_vlm4rec.models import get_model_class, model_yaml, project_models
 from recbole_vlm4rec.models.features import features_read_by
-from recbole_vlm4rec.run import ranking
 from recbole_vlm4rec.run.accounting import (Accounting, ConfigValueError, check_general_values,
-                                            check_keys, check_values, given_keys)
+                                            check_keys, check_values, given_keys, known_keys,
+                                            read_yaml)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,28 @@ class PreparedRun:
     features: list[str]  # dataset features the model reads
     notes: list[str] = field(default_factory=list)  # what was built / used, for the log
     accounting: Accounting | None = None  # keys given but not read by this model (reported)
+    given: dict[str, str] = field(default_factory=dict)  # key -> where it was given
+
+    def differences(self) -> list[str]:
+        """``key = value (protocol: value)`` for each setting given for this run (command line,
+        ``--config_files``) whose value differs from the protocol's layers (or RecBole's default
+        where no layer sets it): what the console shows instead of RecBole's whole config."""
+        protocol: dict[str, Any] = {}
+        for layer in self.layers:
+            if layer.role != "user":
+                protocol.update(read_yaml(layer.path))
+        known = known_keys()
+        own = known.model_keys(self.model_class.__name__, self.model_class)
+        lines = []
+        for key, where in self.given.items():
+            if where != "command line" and not where.startswith("user"):
+                continue
+            info = own.get(key) or known.general.get(key)
+            base = protocol[key] if key in protocol else info.default if info else None
+            value = self.config[key]
+            if value != base:
+                lines.append(f"{key} = {value!r} (protocol: {base!r})")
+        return lines
 
 
 def config_layers(model: str, dataset: str, data_path: str | Path,
@@ -118,10 +140,10 @@ def resolve_layers(model: str, dataset: str, config_files: Sequence[str] = (),
 
 def build_config(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequence[str] = (),
                  overrides: dict[str, Any] | None = None) -> Any:
-    """A RecBole Config for ``model`` on ``dataset`` with the protocol's layers applied."""
-    compat.apply()
-    speedups.install()
-    ranking.install()
+    """A RecBole Config for ``model`` on ``dataset`` with the protocol's layers applied.
+
+    Changes nothing global (compat.config_class() carries its own fixes): a precheck, or any
+    code, may build configs without patching RecBole."""
     Config = compat.config_class()
     data_path, layers = resolve_layers(model, dataset, config_files, overrides)
     # RecBole loads its own model yaml only when given a name it knows; ours are passed as classes.
@@ -143,7 +165,6 @@ def prepare_run(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequen
     """
     _, layers = resolve_layers(model, dataset, config_files, overrides)
     model_class = get_model_class(model)
-    compat.apply()  # RecBole's yaml rules read the layers
     accounting = check_keys(model, model_class, layers, overrides or {})
     check_general_values(layers, overrides or {})
     config = build_config(model, dataset, config_files, overrides)
@@ -155,7 +176,8 @@ def prepare_run(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequen
         raise ConfigValueError(str(error)) from None
     check_values(config, model_class, given, features, overrides or {})
     check_features_declared(config, features)
-    prepared = PreparedRun(config, model_class, layers, features, accounting=accounting)
+    prepared = PreparedRun(config, model_class, layers, features, accounting=accounting,
+                           given=given)
     if build_features:
         prepared.notes = build_declared_features(config, features)
     return prepared

@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
     export.add_argument("--index", choices=("flat", "hnsw"), default="flat",
                         help="flat: exact search (default); hnsw: approximate, faster on large "
                         "catalogues")
-    export.set_defaults(func=_export, accepts_overrides=True)
+    export.set_defaults(func=_export, accepts_overrides=True, patches_recbole=True)
 
     recommend = subparsers.add_parser(
         "recommend", help="top-k recommendations with explanations from a serving bundle",

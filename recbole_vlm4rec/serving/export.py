@@ -130,17 +130,17 @@ def export_checkpoint_bundle(checkpoint: str | Path, out: str | Path,
     The checkpoint pickles its config, so it is unpickled in full: export only checkpoints you
     (or this project's runs) wrote. The dataset and split are rebuilt from that config.
     """
-    from recbole_vlm4rec import compat, speedups
+    from recbole_vlm4rec import compat
     from recbole_vlm4rec.models import get_model_class
     from recbole_vlm4rec.run.runner import build_run
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    compat.apply()
-    speedups.install()
     state = torch.load(path, map_location="cpu", weights_only=False)
     config = state["config"]  # the run's own config: same data, split, masking and seed
+    if isinstance(config, dict):  # pickled as the dict of its values (compat.config_class)
+        config = compat.config_from_dict(config)
     model, dataset = config["model"], config["dataset"]
     if not torch.cuda.is_available():
         config["device"] = torch.device("cpu")
