@@ -217,6 +217,7 @@ def test_smore_feature_table_blocks_compute_what_one_table_computes(two_features
     from recbole_vlm4rec.models import smore
 
     name, overrides = two_features
+    overrides = read_by("SMORE", overrides)
     results = []
     for block_elements in (10**9, 3 * 8):  # one block per feature; 3 rows of the 8-d feature
         monkeypatch.setattr(smore, "_TABLE_BLOCK_ELEMENTS", block_elements)
