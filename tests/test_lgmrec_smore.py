@@ -201,11 +201,40 @@ def test_smore_trains_a_copy_of_the_features_or_keeps_them_fixed(two_features, b
     overrides = read_by("SMORE", overrides)
     _, data, train, *_, model = build_pipeline("SMORE", name, overrides)
     loaded = data.item_feature("emb").matrix.copy()
-    before = model.feature_tables[0].detach().clone()
+    table = lambda: torch.cat(list(model.feature_tables[0])).detach()  # noqa: E731
+    before = table().clone()
     train_steps(model, train, 2)
-    assert not torch.equal(model.feature_tables[0].detach(), before)  # fine-tuned (MMRec)
+    assert not torch.equal(table(), before)  # fine-tuned (MMRec)
     np.testing.assert_array_equal(data.item_feature("emb").matrix, loaded)  # dataset untouched
     _, _, _, *_, fixed = build_pipeline("SMORE", name, {**overrides, "train_features": False})
     assert not hasattr(fixed, "feature_tables")
     assert not any(p.shape[0] == data.item_num for n, p in fixed.named_parameters()
                    if not n.startswith("item_embedding"))
+
+
+def test_smore_feature_table_blocks_compute_what_one_table_computes(two_features, build_pipeline,
+                                                                    monkeypatch):
+    from recbole_vlm4rec.models import smore
+
+    name, overrides = two_features
+    overrides = read_by("SMORE", overrides)
+    results = []
+    for block_elements in (10**9, 3 * 8):  # one block per feature; 3 rows of the 8-d feature
+        monkeypatch.setattr(smore, "_TABLE_BLOCK_ELEMENTS", block_elements)
+        _, data, train, *_, model = build_pipeline("SMORE", name, overrides)
+        tables = [torch.cat(list(blocks)).detach() for blocks in model.feature_tables]
+        np.testing.assert_array_equal(tables[0].numpy(), data.item_feature("emb").matrix)
+        model.train()
+        torch.manual_seed(0)
+        loss = model.calculate_loss(next(iter(train)))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads = {**grads, **{f"table_{i}": torch.cat([p.grad for p in blocks])
+                             for i, blocks in enumerate(model.feature_tables)}}
+        results.append((len(model.feature_tables[0]), loss.detach(), grads))
+    (one, loss_one, grads_one), (many, loss_many, grads_many) = results
+    assert one == 1 and many == 14  # 40 items in blocks of 3 rows
+    torch.testing.assert_close(loss_many, loss_one, rtol=1e-6, atol=1e-7)
+    for key, grad in grads_one.items():
+        if not key.startswith("feature_tables"):
+            torch.testing.assert_close(grads_many[key], grad, rtol=1e-5, atol=1e-7)

@@ -267,3 +267,77 @@ class FeatureTables(torch.nn.Module):
     def rows(self, index: int, items: torch.Tensor) -> torch.Tensor:
         """Feature ``index``'s rows of ``items``."""
         return self.table(index)[items]
+
+
+# Keys per block of log_sum_exp_of_products: a batch of 2048 queries x 256 keys is 2 MB of
+# float32, small enough to stay in cache between the product, the exp and the sum.
+_PRODUCT_BLOCK_ELEMENTS = 2048 * 256
+_LOG2_E = 1.4426950408889634  # exp(x) = 2^(x log2 e): torch's exp2 is ~3x faster than its exp
+
+
+class _LogSumExpOfProducts(torch.autograd.Function):
+    """``log sum_j exp(q_i . k_j)`` per query, in blocks of keys, recomputed in backward.
+
+    The direct formula materialises (and autograd keeps) a queries x keys matrix, its exp and their
+    gradients: several passes over hundreds of MB per step when the keys are a whole catalogue.
+    Here each block of products lives only while it is used; backward recomputes it and turns it
+    into the softmax weights in place. Products are taken in base 2 (queries scaled by log2 e), so
+    the exps are exp2; the products with few columns are laid out so that the matrix library
+    streams the large operand once (``k.T @ w.T``, ``q.T @ w``: several times faster than
+    ``w @ k`` and ``w.T @ q`` when keys have a handful of columns).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, queries: torch.Tensor, keys: torch.Tensor, shifted: bool) -> torch.Tensor:
+        block = max(1, _PRODUCT_BLOCK_ELEMENTS // max(len(queries), 1))
+        scaled = queries * _LOG2_E
+        shift = None
+        if shifted:  # products may overflow exp: subtract each row's maximum (an extra pass)
+            shift = scaled.new_full((len(queries), 1), -torch.inf)
+            for start in range(0, len(keys), block):
+                products = scaled @ keys[start:start + block].T
+                shift = torch.maximum(shift, products.amax(dim=1, keepdim=True))
+            shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        total = scaled.new_zeros(len(queries))
+        for start in range(0, len(keys), block):
+            products = scaled @ keys[start:start + block].T
+            if shift is not None:
+                products.sub_(shift)
+            total += products.exp2_().sum(dim=1)
+        log2_sums = total.log2_() if shift is None else total.log2_().add_(shift.squeeze(1))
+        ctx.save_for_backward(scaled, keys, log2_sums)
+        ctx.block = block
+        return log2_sums / _LOG2_E
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        scaled, keys, log2_sums = ctx.saved_tensors
+        want_queries, want_keys, _ = ctx.needs_input_grad
+        grad_queries_t = scaled.new_zeros(scaled.shape[1], len(scaled)) if want_queries else None
+        grad_keys = torch.empty_like(keys) if want_keys else None
+        queries_t = scaled.T / _LOG2_E
+        offset, scale = log2_sums.unsqueeze(1), grad.unsqueeze(1)
+        for start in range(0, len(keys), ctx.block):
+            block_keys = keys[start:start + ctx.block]
+            # d result_i / d products_ij = softmax_ij, times the incoming gradient of row i
+            weights = (scaled @ block_keys.T).sub_(offset).exp2_().mul_(scale)
+            if grad_queries_t is not None:
+                grad_queries_t.addmm_(block_keys.T, weights.T)
+            if grad_keys is not None:
+                grad_keys[start:start + ctx.block] = (queries_t @ weights).T
+        grad_queries = grad_queries_t.T if grad_queries_t is not None else None
+        return grad_queries, grad_keys, None
+
+
+def log_sum_exp_of_products(queries: torch.Tensor, keys: torch.Tensor,
+                            max_abs_product: float | None = None) -> torch.Tensor:
+    """``torch.logsumexp(queries @ keys.T, dim=1)`` without the queries x keys matrix (the same
+    values and gradients up to float rounding).
+
+    ``max_abs_product``: a known bound on ``|q_i . k_j|`` (1 / temperature for cosines over a
+    temperature). Up to 60 the plain exp cannot overflow or underflow float32 and the row
+    maximum's extra pass is skipped (as in ``log_sum_exp_rows``); otherwise it is subtracted.
+    """
+    shifted = max_abs_product is None or max_abs_product > 60
+    return _LogSumExpOfProducts.apply(queries, keys, shifted)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -106,9 +107,13 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         knn_k = _per_feature(config["knn_k"], len(features))
         self.train_features = bool(config["train_features"])
         if self.train_features:
-            # A trainable copy: the dataset's features stay as loaded.
-            self.feature_tables = nn.ParameterList(
-                nn.Parameter(torch.from_numpy(f.matrix.copy())) for f in features)
+            # A trainable copy (the dataset's features stay as loaded), in blocks of rows: Adam's
+            # update of one n_items x 4096 table allocates table-sized temporaries every step
+            # (page faults dominated SMORE's step); per block the same element-wise update
+            # reuses memory.
+            self.feature_tables = nn.ModuleList(
+                nn.ParameterList(nn.Parameter(torch.from_numpy(block.copy()))
+                                 for block in _row_blocks(f.matrix)) for f in features)
         else:
             register_feature_buffers(self, features)
 
@@ -146,10 +151,13 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
     def _propagate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(final embeddings, side embeddings, behavioural embeddings), users then items."""
         size = self.embedding_size
-        tables = (list(self.feature_tables) if self.train_features else
-                  [getattr(self, f"feature_{index}") for index in range(len(self.projections))])
-        spectra = [torch.fft.rfft(projection(table), dim=1, norm="ortho")
-                   for table, projection in zip(tables, self.projections)]
+        if self.train_features:
+            projected = [torch.cat([projection(block) for block in blocks])
+                         for blocks, projection in zip(self.feature_tables, self.projections)]
+        else:
+            projected = [projection(getattr(self, f"feature_{index}"))
+                         for index, projection in enumerate(self.projections)]
+        spectra = [torch.fft.rfft(values, dim=1, norm="ortho") for values in projected]
         fused = spectra[0]
         for spectrum in spectra[1:]:
             fused = fused * spectrum
@@ -197,6 +205,15 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         contrast = (in_batch_info_nce(side[pos_nodes], behaviour[pos_nodes], self.temperature)
                     + in_batch_info_nce(side[user], behaviour[user], self.temperature))
         return loss + self.cl_weight * contrast
+
+
+# Elements per block of a trainable feature table (4 MB of float32: 256 rows of 4096-d features).
+_TABLE_BLOCK_ELEMENTS = 2**20
+
+
+def _row_blocks(matrix: np.ndarray) -> list[np.ndarray]:
+    rows = max(1, _TABLE_BLOCK_ELEMENTS // max(matrix.shape[1], 1))
+    return [matrix[start:start + rows] for start in range(0, len(matrix), rows)]
 
 
 def _per_feature(configured: Any, n_features: int) -> list[int]:
