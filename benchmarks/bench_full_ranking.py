@@ -77,10 +77,12 @@ def main() -> int:
     from recbole.data import data_preparation
     from recbole.utils import get_trainer, init_seed
 
+    from recbole_vlm4rec import compat
     from recbole_vlm4rec.models import get_model_class
     from recbole_vlm4rec.run.protocol import build_config
     from recbole_vlm4rec.run.runner import create_dataset
 
+    compat.install()  # the speed-ups and the tie-safe collector, as in a run
     with tempfile.TemporaryDirectory() as tmp:
         described = write_dataset(Path(tmp), "babyscale")
         config = build_config("VLM4Rec", "babyscale", overrides={

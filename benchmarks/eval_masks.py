@@ -18,10 +18,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recbole_vlm4rec import compat, speedups  # noqa: E402
+from recbole_vlm4rec import compat  # noqa: E402
 
-compat.apply()
-speedups.install()
+compat.install()
 
 import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402
@@ -35,6 +34,8 @@ from recbole_vlm4rec.run.runner import create_dataset  # noqa: E402
 def evaluate_both(checkpoint_path: Path) -> dict[str, dict[str, float]]:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
+    if isinstance(config, dict):  # pickled as the dict of its values (compat.config_class)
+        config = compat.config_from_dict(config)
     config["show_progress"] = False
     init_seed(config["seed"], config["reproducibility"])
     train_data, _, test_data = data_preparation(config, create_dataset(config))

@@ -95,7 +95,7 @@ def export(dataset_dir: Path, out_dir: Path, features: dict[str, str], seed: int
 
     ``features`` maps MMRec's modality ("image", "text") to a feature name of the dataset.
     """
-    from recbole_vlm4rec.data.prepare.output import sha256_of
+    from recbole_vlm4rec.data.prepare.card import sha256_of
     from recbole_vlm4rec.data.prepare.splits import mmrec_split
 
     if missing not in ("error", "drop-items"):

@@ -1,8 +1,10 @@
 """The ``vlm4rec`` command: one subcommand per pipeline stage.
 
 Each stage module exposes ``register(subparsers)``, which adds its subcommand(s) and sets
-``func`` (called with the parsed args; returns an exit code). Add a stage by listing its module in
-STAGE_MODULES. Heavy imports happen inside the command functions, so ``--help`` stays fast.
+``func`` (called with the parsed args; returns an exit code), and ``patches_recbole=True`` for a
+command that builds RecBole datasets or models (``compat.install()`` runs before it; no other
+command imports RecBole). Add a stage by listing its module in STAGE_MODULES. Heavy imports happen
+inside the command functions, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "patches_recbole", False):
+        from recbole_vlm4rec import compat
+
+        compat.install()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,16 +1,20 @@
-"""Every workaround that RecBole 1.2.1 needs on today's numpy / scipy / pandas / torch.
+"""Every change this project makes to RecBole 1.2.1, installed by one explicit call: :func:`install`.
 
 RecBole 1.2.1 is the last release and predates numpy 2, scipy 1.13, pandas 3 (copy-on-write) and
 torch 2.6 (``weights_only`` loading). Where the breakage is one call site we shim (small,
 idempotent, targeted), so the project installs beside current numpy / scipy / torch; pandas 3 breaks
 RecBole's Dataset in too many places, so it is pinned below 3 instead (see below). Each breakage has
-its own test in ``tests/test_compat.py``. Nothing outside this module patches RecBole for
-compatibility (speed-ups that keep results identical live in ``speedups.py``).
+its own test in ``tests/test_compat.py``. The result-preserving speed-ups (their code is in
+``speedups.py``) and the tie-safe ranking of the evaluator's collector are installed here too:
+nothing outside this module patches RecBole.
 
-Scope: importing this package changes nothing. The run layer calls :func:`apply` when it builds a
-RecBole Config; even then numpy itself is left alone (RecBole's metrics module gets a numpy view
-with the removed aliases, and RecBole's own alias-setting method becomes a no-op), and sys.argv is
-ignored only by the :class:`Config` subclass our run layer constructs, not by RecBole's class.
+Scope: importing the package, or building a config (:func:`config_class` is a RecBole ``Config``
+subclass that carries its own fixes), changes nothing global. :func:`install` is called where a
+run starts: ``vlm4rec`` (recbole_vlm4rec/cli.py), ``run_recbole.py`` (run/cli.py main), a
+benchmark cell (benchmark/cell.py) and the test suite (tests/conftest.py); the run layer refuses
+to build a run without it (:func:`require_installed`). Even then numpy itself is left alone
+(RecBole's modules get a numpy view with the removed aliases) and sys.argv is ignored only by our
+``Config`` subclass, not by RecBole's class.
 """
 
 from __future__ import annotations
@@ -19,28 +23,56 @@ import os
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-_applied = False
+_installed = False
 _trusted_checkpoint_dirs: set[Path] = set()
 
 
-def apply() -> None:
-    """Install all shims (safe to call many times)."""
-    global _applied
-    if _applied:
+def install() -> None:
+    """Install every patch (safe to call many times): the compatibility shims, the speed-ups,
+    the tie-safe collector, and the warning filters for RecBole's own deprecated calls."""
+    global _installed
+    if _installed:
         return
-    # RecBole's own deprecated calls (chained fillna, torch.cuda.amp) warn on every run; the
-    # behaviour they warn about is handled here, so the warnings only bury real output.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    _require_pandas_below_3()
+    _quiet_recboles_deprecated_calls()
     _numpy_aliases_for_recbole_only()
     _restore_dok_update()
-    _require_pandas_below_3()
     _load_own_checkpoints_with_pickle()
     _evaluate_traditional_models_every_epoch()
-    _applied = True
+    _itemknn_scores_in_csr()
+    _tie_safe_collector()
+    _installed = True
+
+
+def installed() -> bool:
+    return _installed
+
+
+class NotInstalledError(RuntimeError):
+    pass
+
+
+def require_installed() -> None:
+    """NotInstalledError saying what to call, before a run meets an unpatched RecBole."""
+    if not _installed:
+        raise NotInstalledError(
+            "RecBole is not patched for this run: call recbole_vlm4rec.compat.install() once "
+            "before building a run (vlm4rec, run_recbole.py and benchmark cells do)")
+
+
+# --- warnings ------------------------------------------------------------------------------------
+# RecBole's own deprecated calls warn on every run: chained fillna and torch.cuda.amp
+# (FutureWarning), and torch.sparse.FloatTensor in LightGCN and the other graph models (a torch
+# UserWarning). The behaviour they warn about is handled here or harmless, so the warnings only
+# bury real output; each filter names the module the warning comes from.
+def _quiet_recboles_deprecated_calls() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    warnings.filterwarnings("ignore", message=r"torch\.sparse\.SparseTensor\(indices, values",
+                            category=UserWarning, module=r"recbole\.model\.")
 
 
 # --- numpy 2 -------------------------------------------------------------------------------------
@@ -168,10 +200,15 @@ def _load_own_checkpoints_with_pickle() -> None:
         trainer_module.torch = _TorchLoadsOwnCheckpoints(torch)
 
 
-# --- Config and sys.argv -------------------------------------------------------------------------
-# Config() parses every `--key=value` in sys.argv (pytest's or our CLI's flags included). Our entry
-# points parse the command line themselves and hand RecBole the overrides as config_dict, so the
-# run layer builds this subclass; RecBole's own Config keeps its behaviour for other callers.
+# --- Config: sys.argv, numpy aliases, use_gpu, pickling ------------------------------------------
+# RecBole's Config() parses every `--key=value` in sys.argv (pytest's or our CLI's flags included)
+# and sets numpy aliases that numpy 2 removed (it fails there). Our entry points parse the command
+# line themselves and hand RecBole the overrides as config_dict, so the run layer builds this
+# subclass, which does neither; RecBole's own Config keeps its behaviour for other callers.
+# It also says `use_gpu = True` whenever the yaml does, on a machine without a GPU: here use_gpu is
+# what the run uses (the device RecBole chose). Checkpoints pickle the config: this one pickles as
+# the plain dict of its values (RecBole's enums and torch.device inside), so a checkpoint names no
+# class of this package and loads wherever RecBole does; :func:`config_from_dict` rebuilds it.
 def config_class() -> type:
     """RecBole's Config without the sys.argv layer: ``recbole_vlm4rec.compat.ProtocolConfig``."""
     global _ProtocolConfig
@@ -179,10 +216,28 @@ def config_class() -> type:
         from recbole.config import Config as RecBoleConfig
 
         class ProtocolConfig(RecBoleConfig):
+            def compatibility_settings(self) -> None:
+                pass  # numpy aliases: RecBole's modules get a view with them (install())
+
             def _load_cmd_line(self) -> dict:
                 return {}
 
-        # Checkpoints pickle the config: the class must be importable by this name.
+            def _init_device(self) -> None:
+                super()._init_device()
+                self.final_config_dict["use_gpu"] = self.final_config_dict["device"].type == "cuda"
+
+            def __reduce__(self) -> tuple:
+                return dict, (dict(self.final_config_dict),)
+
+            def __deepcopy__(self, memo: dict) -> Any:
+                import copy
+
+                clone = type(self).__new__(type(self))
+                memo[id(self)] = clone
+                clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+                return clone
+
+        # Checkpoints written before the config pickled as a dict name the class by this path.
         ProtocolConfig.__module__ = __name__
         ProtocolConfig.__qualname__ = "ProtocolConfig"
         _ProtocolConfig = ProtocolConfig
@@ -192,12 +247,47 @@ def config_class() -> type:
 _ProtocolConfig: type | None = None
 
 
+def config_from_dict(values: dict[str, Any]) -> Any:
+    """The Config a checkpoint pickled (as the dict of its final values), usable as before."""
+    cls = config_class()
+    config = cls.__new__(cls)
+    config._init_parameters_category()  # the categories RecBole prints the config by
+    config.final_config_dict = dict(values)
+    return config
+
+
 def __getattr__(name: str) -> Any:
-    # Built on first use so importing compat does not import RecBole (unpickling a checkpoint
-    # looks the class up here).
+    # Built on first use so importing compat does not import RecBole (unpickling an older
+    # checkpoint looks the class up here).
     if name == "ProtocolConfig":
         return config_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- data_preparation and the cold-start split ----------------------------------------------------
+# RecBole's data_preparation calls dataset.build() and turns its splits into dataloaders in one
+# call, with no hook between. The cold-start protocol (run/cold_start.py) rebuilds the splits there,
+# so for the length of that one call the dataset's build() passes its splits through `adjust`.
+def data_preparation(config: Any, dataset: Any,
+                     adjust: Callable[[list[Any]], list[Any]] | None = None) -> tuple[Any, Any, Any]:
+    """RecBole's ``data_preparation``; with ``adjust``, the splits are ``adjust(dataset.build())``."""
+    from recbole.data import data_preparation as recbole_data_preparation
+
+    if adjust is None:
+        return recbole_data_preparation(config, dataset)
+    normal_build = dataset.build
+
+    def build() -> list[Any]:
+        parts = adjust(normal_build())
+        for part in parts:  # copies of the dataset made while the hook was set carry it
+            vars(part).pop("build", None)
+        return parts
+
+    dataset.build = build
+    try:
+        return recbole_data_preparation(config, dataset)
+    finally:
+        vars(dataset).pop("build", None)
 
 
 # --- TraditionalTrainer and eval_step ------------------------------------------------------------
@@ -216,7 +306,102 @@ def _evaluate_traditional_models_every_epoch() -> None:
         self.eval_step = 1
 
     __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
+    __init__._original = original_init  # type: ignore[attr-defined]
     TraditionalTrainer.__init__ = __init__
+
+
+# --- Speed-ups (speedups.py) ----------------------------------------------------------------------
+def _itemknn_scores_in_csr() -> None:
+    from recbole.model.general_recommender.itemknn import ItemKNN
+
+    from recbole_vlm4rec.speedups import itemknn_scores_in_csr
+
+    original_init = ItemKNN.__init__
+    if getattr(original_init, "_vlm4rec_shim", False):
+        return
+
+    def __init__(self: Any, config: Any, dataset: Any) -> None:
+        original_init(self, config, dataset)
+        itemknn_scores_in_csr(self)
+
+    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
+    __init__._original = original_init  # type: ignore[attr-defined]
+    ItemKNN.__init__ = __init__
+
+
+# --- Tie-safe ranking in RecBole's evaluator ------------------------------------------------------
+# Collector.eval_batch_collect feeds "rec.items" and "rec.topk" from torch.topk of the score rows,
+# which orders tied items by index. Here both come from formats/ranking.tie_safe_topk (ties by a
+# permutation seeded from the run's seed), the hit flags from speedups.topk_hits; RecBole's own
+# code still collects everything else. run/ranking.py documents the rule and counts tied users:
+# while its count_ties() block is open, the collector holds a TieCounts as ``_vlm4rec_ties``.
+RANKED_KEYS = ("rec.items", "rec.topk")
+
+
+class _RegisterWithout:
+    """A Collector register that reports some keys as not needed (computed here instead)."""
+
+    def __init__(self, register: Any, keys: tuple[str, ...]) -> None:
+        self._register, self._keys = register, keys
+
+    def need(self, key: str) -> bool:
+        return key not in self._keys and self._register.need(key)
+
+
+def _row_users(collector: Any, interaction: Any, n_rows: int) -> Any:
+    """The user id of each score row (full ranking: one row per user); else row positions."""
+    import torch
+
+    field = collector.config["USER_ID_FIELD"]
+    try:
+        users = interaction[field]
+    except (KeyError, TypeError, IndexError):
+        users = None
+    if users is None or len(users) != n_rows:
+        return torch.arange(n_rows)
+    return users
+
+
+def _tie_safe_collector() -> None:
+    from recbole.evaluator.collector import Collector
+
+    from recbole_vlm4rec.formats.ranking import tie_safe_topk
+    from recbole_vlm4rec.speedups import topk_hits
+
+    original = Collector.eval_batch_collect
+    if getattr(original, "_vlm4rec_shim", False):
+        return
+
+    def eval_batch_collect(self: Any, scores_tensor: Any, interaction: Any,
+                           positive_u: Any, positive_i: Any) -> None:
+        needed = [key for key in RANKED_KEYS if self.register.need(key)]
+        if not needed:
+            return original(self, scores_tensor, interaction, positive_u, positive_i)
+        users = _row_users(self, interaction, scores_tensor.shape[0])
+        k = max(self.topk)
+        if k > scores_tensor.shape[1]:  # topk_hits names the problem
+            topk_hits(scores_tensor, positive_u, positive_i, k)
+        top = tie_safe_topk(scores_tensor, k, users, int(self.config["seed"]))
+        counts = self.__dict__.get("_vlm4rec_ties")
+        if counts is not None:
+            counts.users += scores_tensor.shape[0]
+            counts.users_all_equal += top.all_equal
+            counts.users_tied_at_cutoff += top.tied_at_cutoff
+        if "rec.items" in needed:
+            self.data_struct.update_tensor("rec.items", top.indices)
+        if "rec.topk" in needed:
+            hits = topk_hits(scores_tensor, positive_u, positive_i, top.indices.shape[1],
+                             topk_idx=top.indices)
+            self.data_struct.update_tensor("rec.topk", hits)
+        register, self.register = self.register, _RegisterWithout(self.register, RANKED_KEYS)
+        try:
+            original(self, scores_tensor, interaction, positive_u, positive_i)
+        finally:
+            self.register = register
+
+    eval_batch_collect._vlm4rec_shim = True  # type: ignore[attr-defined]
+    eval_batch_collect._original = original  # type: ignore[attr-defined]
+    Collector.eval_batch_collect = eval_batch_collect
 
 
 # --- recbole.quick_start and ray -----------------------------------------------------------------

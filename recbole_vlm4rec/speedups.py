@@ -1,24 +1,14 @@
 """Speed-ups of RecBole's full-ranking evaluation that leave every result identical.
 
-Not compatibility fixes (those are in compat.py): each replaces a slow step of RecBole 1.2.1 with
-one that computes the same values, checked by an equivalence test in tests/test_speedups.py. The
-run layer installs them with :func:`install`; importing this module changes nothing.
+Not compatibility fixes: each replaces a slow step of RecBole 1.2.1 with one that computes the
+same values, checked by an equivalence test in tests/test_speedups.py. This module only computes;
+``compat.install()`` puts the functions in RecBole's place (compat.py holds every patch), so
+importing it changes nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-_installed = False
-
-
-def install() -> None:
-    """Install the speed-ups (safe to call many times)."""
-    global _installed
-    if _installed:
-        return
-    _itemknn_scores_in_csr()
-    _installed = True
 
 
 # --- Full-ranking evaluator speed ----------------------------------------------------------------
@@ -26,8 +16,8 @@ def install() -> None:
 # matrix and summing it, per batch: on a 2-core CPU that costs more than the top-k itself (about a
 # third of VLM4Rec's whole evaluation at Amazon-Baby scale). :func:`topk_hits` computes the
 # identical "rec.topk" tensor (hit flags of the top-k, then the number of distinct positives per
-# user) from the sparse positives instead. The evaluator's replacement collector (run/ranking.py,
-# which also orders ties) calls it with its tie-safe top-k indices.
+# user) from the sparse positives instead. The evaluator's tie-safe collector (installed by
+# compat.install()) calls it with its tie-safe top-k indices.
 def topk_hits(scores: Any, positive_u: Any, positive_i: Any, k: int,
               topk_idx: Any = None) -> Any:
     """``(n_users, k + 1)`` int64 (as RecBole makes it): top-k hit flags, then #positives.
@@ -52,17 +42,8 @@ def topk_hits(scores: Any, positive_u: Any, positive_i: Any, k: int,
 # --- ItemKNN full ranking ------------------------------------------------------------------------
 # ItemKNN keeps its user x item score matrix in LIL format and slices rows of it for every
 # evaluation batch; LIL row slicing made its Amazon-Baby full ranking ~4.5x LightGCN's. The same
-# matrix in CSR gives identical scores with fast row slicing.
-def _itemknn_scores_in_csr() -> None:
-    from recbole.model.general_recommender.itemknn import ItemKNN
-
-    original_init = ItemKNN.__init__
-    if getattr(original_init, "_vlm4rec_shim", False):
-        return
-
-    def __init__(self: Any, config: Any, dataset: Any) -> None:
-        original_init(self, config, dataset)
-        self.pred_mat = self.pred_mat.tocsr()
-
-    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
-    ItemKNN.__init__ = __init__
+# matrix in CSR gives identical scores with fast row slicing (compat.install() calls this at the
+# end of ItemKNN's __init__).
+def itemknn_scores_in_csr(model: Any) -> None:
+    """Store a built ItemKNN's ``pred_mat`` in CSR."""
+    model.pred_mat = model.pred_mat.tocsr()

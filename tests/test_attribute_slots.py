@@ -113,7 +113,11 @@ def test_attribute_knn_runs_and_rejects_bad_settings(with_attributes, build_pipe
     name, overrides = with_attributes
     result = run("AttributeKNN", name, overrides=overrides, write_results=False)
     assert 0.0 <= result.test_result["recall@20"] <= 1.0
-    with pytest.raises(ValueError, match="attribute_weighting must be one of"):
-        build_pipeline("AttributeKNN", name, {**overrides, "attribute_weighting": "bm25"})
+    from recbole_vlm4rec.run.accounting import ConfigValueError
+    from recbole_vlm4rec.run.protocol import prepare_run
+
+    with pytest.raises(ConfigValueError, match="'attribute_weighting' .*takes one of tfidf, binary"):
+        prepare_run("AttributeKNN", name, overrides={**overrides, "attribute_weighting": "bm25"},
+                    build_features=False)
     with pytest.raises(ValueError, match="negative values"):
         build_pipeline("AttributeKNN", name, {**overrides, "item_feature": "emb"})

@@ -14,7 +14,9 @@ from scipy import stats as scipy_stats
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.benchmark.cell import make_record, write_record
 from recbole_vlm4rec.benchmark.grid import GridConfigError, record_path, run_grid
-from recbole_vlm4rec.benchmark.report import load_report, markdown, write_report
+from recbole_vlm4rec.benchmark.report import write_report
+from recbole_vlm4rec.benchmark.report_data import load_report
+from recbole_vlm4rec.benchmark.report_markdown import markdown
 from recbole_vlm4rec.benchmark.spec import Cell, SpecError, load_spec, parse_spec
 from recbole_vlm4rec.benchmark.stats import compare_to_reference, holm, paired_test
 from recbole_vlm4rec.formats.features import save_feature
@@ -48,7 +50,8 @@ def test_grid_records_every_cell_resumes_and_report_rebuilds(tiny_dataset, tmp_p
     assert len(refused.value.problems) == 3  # once per cell setting, not per seed
     problems = "\n".join(refused.value.problems)
     assert "VBPR-not-here on tiny: unknown model 'NoSuchModel'" in problems
-    assert "'profile_aggregation' takes one of mean, max; got 'median'" in problems
+    assert "'profile_aggregation' (--profile_aggregation=median) " in problems
+    assert "takes one of mean, max; got 'median'" in problems
     assert "'reg_weight' (--reg_weight=0.1) is not read by BPR" in problems
     assert not (out / "runs").exists()
     del models["Typo"], models["VBPR-not-here"], models["Not BPR's"]
@@ -141,6 +144,8 @@ def test_report_marks_best_and_significant_differences(tmp_path):
     assert "▲" in text.split("| Better |")[1].splitlines()[0]
     assert "**" in text.split("| Better |")[1].splitlines()[0]  # best in its column
     assert "▲" not in text.split("| Same |")[1].splitlines()[0]
+    models = text.split("## Models")[1]
+    assert "| Better | Better | - |" in models and "| Ref | Ref | - |" in models
 
 
 def test_holm_matches_hand_computation():
@@ -212,11 +217,14 @@ def test_seeds_and_epochs_cap_from_the_command_line_and_capped_runs_marked(tiny_
     assert (training["epochs"], training["epochs_run"], training["capped"]) == (2, 2, True)
     assert records["VLM4Rec"]["result"]["training"]["capped"] is False  # nothing to train
     report = (out / "report.md").read_text()
-    assert "| BPR † |" in report and "| VLM4Rec (ref) |" in report
+    # capped at 2 epochs with its best epoch at the cap: also flagged still-improving (‡)
+    flagged = (records["BPR"]["result"]["training"].get("undertrained") or {}).get("reason")
+    assert flagged in (None, "still-improving")
+    assert ("| BPR † ‡ |" if flagged else "| BPR † |") in report and "| VLM4Rec (ref) |" in report
     assert "† epochs capped" in report and "BPR (1/1 runs, limit 2 epochs)" in report
     assert "BPR short (1/1 runs, limit 1 epochs)" not in report  # limit 1: not a cap
     runs = (out / "runs.csv").read_text().splitlines()
-    assert runs[0].endswith("epochs_run,epochs,capped")
+    assert runs[0].endswith("epochs_run,epochs,capped,undertrained")
     assert yaml.safe_load((out / "spec.yaml").read_text())["seeds"] == [7]
     assert cli.main(["bench", str(path), "--out", str(out), "--seeds", "x"]) == 2
     assert "--seeds takes comma-separated integers, got 'x'" in capsys.readouterr().err
@@ -226,15 +234,24 @@ def test_cost_warning_on_a_cpu_names_the_cheaper_options(monkeypatch, tmp_path):
     import torch
 
     from recbole_vlm4rec.benchmark.cli import cost_note
-    from recbole_vlm4rec.benchmark.spec import load_spec
+    from recbole_vlm4rec.benchmark.spec import load_spec, protocol_epochs
+    from recbole_vlm4rec.data.registry import is_embedded
     from recbole_vlm4rec.formats.paths import configs_dir
+    from recbole_vlm4rec.models import get_model_info
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("VLM4REC_HOME", str(tmp_path))  # only the embedded ml-100k is prepared
     paper = load_spec(configs_dir() / "benchmarks" / "paper.yaml")
     note = cost_note(paper)
     assert "warning: no GPU" in note and "--max-epochs" in note and "quick.yaml" in note
-    assert "plan: 189 cells, 33 of them train a model (up to 200 epochs" in note
-    assert "126 on datasets not prepared" in note
+    # the counts, from the spec and the model registry: only the embedded datasets are prepared
+    cells = paper.cells()
+    prepared = [cell for cell in cells if is_embedded(cell.dataset)]
+    trained = [int(cell.overrides.get("epochs", protocol_epochs())) for cell in prepared
+               if get_model_info(cell.model).trained]
+    assert trained and len(prepared) < len(cells)
+    assert (f"plan: {len(cells)} cells, {len(trained)} of them train a model (up to "
+            f"{max(trained)} epochs") in note
+    assert f"{len(cells) - len(prepared)} on datasets not prepared" in note
     quick = load_spec(configs_dir() / "benchmarks" / "quick.yaml")
     assert "warning" not in cost_note(quick)

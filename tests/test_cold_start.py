@@ -5,23 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
-from recbole.utils import init_seed
 
-from recbole_vlm4rec.run.cold_start import ColdStartConfigError, apply_cold_start
 from recbole_vlm4rec.models import get_model_class
-from recbole_vlm4rec.run.protocol import build_config
-from recbole_vlm4rec.run.runner import create_dataset, format_metrics_table, run
+from recbole_vlm4rec.run.cold_start import ColdStartConfigError
+from recbole_vlm4rec.run.protocol import prepare_run
+from recbole_vlm4rec.run.runner import build_run, format_metrics_table, run
 
 
 def cold_pipeline(name: str, overrides: dict, model: str = "VLM4Rec"):
-    config = build_config(model, name, overrides=overrides)
-    init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
-    apply_cold_start(config, data)
-    train, valid, test = data_preparation(config, data)
-    return config, data, train, valid, test
+    """As a run builds it (run/runner.build_run); the model is built from the cold-start split."""
+    prepared = prepare_run(model, name, overrides=overrides)
+    built = build_run(prepared.config, prepared.model_class)
+    return built.config, built.dataset, built.train_data, built.valid_data, built.test_data, \
+        built.model
 
 
 def items_of(loader) -> np.ndarray:
@@ -32,7 +29,7 @@ def items_of(loader) -> np.ndarray:
 def test_cold_items_never_train_and_all_their_interactions_are_evaluated(tiny_dataset, targets):
     _, name, overrides = tiny_dataset
     overrides = {**overrides, "cold_start_items": 0.25, "cold_start_targets": targets}
-    _, data, train, valid, test = cold_pipeline(name, overrides)
+    _, data, train, valid, test, _ = cold_pipeline(name, overrides)
     cold = data.cold_items
     assert len(cold) == 10  # 25% of 40 items
     assert not np.isin(items_of(train), cold).any()
@@ -47,6 +44,9 @@ def test_cold_items_never_train_and_all_their_interactions_are_evaluated(tiny_da
         assert not np.isin(held_out, cold).all()  # warm targets stay
     summary = data.cold_start_summary
     assert summary["n_cold_items"] == 10 and summary["targets"] == targets
+    # the split hook lived only for RecBole's data_preparation call (compat.data_preparation)
+    for dataset in (data, train._dataset, valid._dataset, test._dataset):
+        assert "build" not in vars(dataset)
 
 
 def test_cold_items_are_seeded(tiny_dataset):
@@ -60,8 +60,7 @@ def test_cold_items_are_seeded(tiny_dataset):
 
 def test_vlm4rec_scores_cold_items_from_their_features(tiny_dataset):
     _, name, overrides = tiny_dataset
-    config, data, train, _, _ = cold_pipeline(name, {**overrides, "cold_start_items": 0.25})
-    model = get_model_class("VLM4Rec")(config, train._dataset)
+    _, data, _, _, _, model = cold_pipeline(name, {**overrides, "cold_start_items": 0.25})
     users = torch.arange(1, data.user_num)
     scores = model.full_sort_predict(Interaction({"user_id": users})).view(len(users), -1)
     cold_scores = scores[:, torch.from_numpy(data.cold_items)]
@@ -99,7 +98,7 @@ def test_predefined_splits_get_the_same_protocol(tiny_dataset):
     overrides = {**overrides, "benchmark_filename": ["train", "valid", "test"],
                  "load_col": {"inter": ["user_id", "item_id"]}, "item_features": None,
                  "cold_start_items": 0.2}
-    _, data, train, valid, test = cold_pipeline("pre", overrides, model="BPR")
+    _, data, train, valid, test, _ = cold_pipeline("pre", overrides, model="BPR")
     assert len(data.cold_items) == 4
     assert not np.isin(items_of(train), data.cold_items).any()
     assert len(items_of(train)) + len(items_of(valid)) + len(items_of(test)) == 96

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -13,10 +14,7 @@ import torch
 
 from recbole_vlm4rec import compat
 
-
-@pytest.fixture(autouse=True)
-def shims():
-    compat.apply()
+# tests/conftest.py calls compat.install(), as every entry point does.
 
 
 def test_numpy_aliases_reach_recbole_only():
@@ -110,7 +108,22 @@ def test_our_config_ignores_sys_argv_recboles_own_still_reads_it(monkeypatch):
     config = compat.config_class()(model="BPR", dataset="ml-100k", config_dict={"gpu_id": ""})
     assert config["epochs"] != 7 and config["learning_rate"] != 0.5
     assert Config(model="BPR", dataset="ml-100k", config_dict={"gpu_id": ""})["epochs"] == 7
-    assert pickle.loads(pickle.dumps(config))["epochs"] == config["epochs"]  # checkpoints pickle it
+    # checkpoints pickle it: as the plain dict of its values, rebuilt by config_from_dict
+    values = pickle.loads(pickle.dumps(config))
+    assert type(values) is dict and values == config.final_config_dict
+    rebuilt = compat.config_from_dict(values)
+    assert isinstance(rebuilt, Config) and rebuilt["epochs"] == config["epochs"]
+    assert rebuilt.model == "BPR" and "Training Hyper Parameters" in str(rebuilt)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_use_gpu_says_whether_the_run_uses_a_gpu(monkeypatch, cuda):
+    """RecBole's yaml says use_gpu: True; our Config says what the device is."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    config = compat.config_class()(model="BPR", dataset="ml-100k", config_dict={"gpu_id": "0"})
+    assert config["device"].type == ("cuda" if cuda else "cpu")
+    assert config["use_gpu"] is cuda
 
 
 def test_traditional_models_evaluate_their_one_epoch_even_with_eval_step(tiny_dataset, build_pipeline):
@@ -129,6 +142,8 @@ def test_full_run_never_imports_quick_start_or_ray(tiny_dataset):
     root, name, overrides = tiny_dataset
     code = (
         "import sys, recbole_vlm4rec.run.runner as r\n"
+        "from recbole_vlm4rec import compat\n"
+        "compat.install()\n"
         f"r.run('LightGCN', {name!r}, overrides={dict(overrides, epochs=1)!r}, write_results=False)\n"
         "bad = [m for m in ('recbole.quick_start', 'ray') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -139,28 +154,108 @@ def test_full_run_never_imports_quick_start_or_ray(tiny_dataset):
     assert "clean" in out.stdout
 
 
-def test_importing_the_package_changes_nothing_until_a_run_is_built() -> None:
-    """Another RecBole user in the same process keeps RecBole's and numpy's own behaviour: no
-    numpy aliases, Config still reads sys.argv, no shim applied, however much of ours is imported.
+def test_importing_the_package_or_building_a_config_changes_nothing_until_install() -> None:
+    """Another RecBole user in the same process keeps RecBole's and numpy's own behaviour however
+    much of ours is imported and however many configs are built (the bench precheck builds them):
+    every patched function and class attribute is RecBole's own, no warning filter is added,
+    Config still reads sys.argv. compat.install() then patches each of them.
     `vlm4rec --help` does not import RecBole at all."""
     script = (
-        "import sys, importlib, pkgutil\n"
-        "import numpy as np\n"
+        "import sys, importlib, pkgutil, warnings\n"
+        "import numpy as np, scipy.sparse as sp, torch\n"
         "import recbole_vlm4rec, recbole_vlm4rec.cli as cli\n"
-        "from recbole_vlm4rec import compat, speedups\n"
+        "from recbole_vlm4rec import compat\n"
         "cli.build_parser()\n"
         "assert 'recbole' not in sys.modules, 'recbole imported by --help'\n"
         "for info in pkgutil.walk_packages(recbole_vlm4rec.__path__, 'recbole_vlm4rec.'):\n"
         "    importlib.import_module(info.name)\n"
+        "filters = list(warnings.filters)\n"
         "from recbole.config import Config\n"
-        "assert not compat._applied and not speedups._installed\n"
+        "from recbole.evaluator.collector import Collector\n"
+        "from recbole.model.general_recommender.itemknn import ItemKNN\n"
+        "from recbole.trainer import TraditionalTrainer\n"
+        "import recbole.trainer.trainer as trainer_module, recbole.evaluator.metrics as metrics\n"
+        "def recboles_own():\n"
+        "    return {'Config.compatibility_settings': Config.compatibility_settings,\n"
+        "            'Collector.eval_batch_collect': Collector.eval_batch_collect,\n"
+        "            'ItemKNN.__init__': ItemKNN.__init__,\n"
+        "            'TraditionalTrainer.__init__': TraditionalTrainer.__init__,\n"
+        "            'trainer torch': trainer_module.torch, 'metrics numpy': metrics.np,\n"
+        "            'dok_matrix._update': getattr(sp.dok_matrix, '_update', None)}\n"
+        "before = recboles_own()\n"
+        "from recbole_vlm4rec.run.protocol import build_config, prepare_run\n"
+        f"build_config('Pop', 'ml-100k', overrides={{'gpu_id': ''}})\n"
+        f"prepare_run('BPR', 'ml-100k', overrides={{'gpu_id': ''}}, build_features=False)\n"
+        "assert recboles_own() == before, [k for k, v in recboles_own().items() if before[k] != v]\n"
+        "assert before['trainer torch'] is torch and before['metrics numpy'] is np\n"
+        "assert before['dok_matrix._update'] is None\n"
+        "assert warnings.filters == filters, 'a warning filter was added'\n"
         "assert 'float_' not in vars(np) and 'float' not in vars(np)\n"
         "assert Config._load_cmd_line.__module__.startswith('recbole.')\n"
-        "from recbole_vlm4rec.run.protocol import build_config\n"
-        "build_config('Pop', 'ml-100k', overrides={'gpu_id': ''})\n"
-        "assert compat._applied and speedups._installed and 'float_' not in vars(np)\n"
+        "assert not compat.installed()\n"
+        "from recbole_vlm4rec.run.runner import build_run\n"
+        "try:\n"
+        "    build_run(None, None)\n"
+        "except compat.NotInstalledError as error:\n"
+        "    assert 'compat.install()' in str(error)\n"
+        "else:\n"
+        "    raise AssertionError('a run was built on an unpatched RecBole')\n"
+        "compat.install()\n"
+        "after = recboles_own()\n"
+        "changed = sorted(k for k in after if after[k] is not before[k])\n"
+        "assert changed == sorted(before), sorted(set(before) - set(changed))\n"
+        "assert warnings.filters != filters and 'float_' not in vars(np)\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+BLOCK_OUR_PACKAGE = (
+    "import sys\n"
+    "class Blocked:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'recbole_vlm4rec':\n"
+    "            raise ImportError(f'{name} is not importable here')\n"
+    "sys.meta_path.insert(0, Blocked())\n"
+)
+
+
+def test_checkpoints_pickle_no_class_of_ours_and_still_export(tiny_dataset, tmp_path, capsys):
+    """A checkpoint's config is a plain dict: it loads with torch.load where recbole_vlm4rec
+    cannot be imported, its pickle names no class of ours, and `vlm4rec export --checkpoint`
+    rebuilds the run from it."""
+    import pickletools
+    import zipfile
+
+    from recbole_vlm4rec import cli
+    from recbole_vlm4rec.run.runner import run
+
+    _, name, overrides = tiny_dataset
+    result = run("BPR", name, overrides={**overrides, "epochs": 1}, write_results=False)
+    with zipfile.ZipFile(result.checkpoint) as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    modules = {str(arg) for op, arg, _ in pickletools.genops(pickled)
+               if op.name in ("GLOBAL", "SHORT_BINUNICODE", "BINUNICODE") and arg}
+    assert not [m for m in modules if "recbole_vlm4rec" in m], modules
+    code = BLOCK_OUR_PACKAGE + (
+        "import torch\n"
+        "try:\n"
+        "    import recbole_vlm4rec\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('recbole_vlm4rec importable')\n"
+        f"state = torch.load({result.checkpoint!r}, weights_only=False)\n"
+        "assert type(state['config']) is dict, type(state['config'])\n"
+        "print(state['config']['model'], state['config']['dataset'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["BPR", name]
+    out = tmp_path / "bundle"
+    assert cli.main(["export", "--checkpoint", result.checkpoint, "--out", str(out),
+                     "--top-n", "5"]) == 0, capsys.readouterr().err
+    assert "topn bundle of BPR written to" in capsys.readouterr().out
+    assert (out / "bundle.json").is_file()

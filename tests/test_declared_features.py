@@ -28,8 +28,11 @@ class CountingEncoder:
 
     calls: list[tuple[str, int]] = []
 
-    def __init__(self, spec, device=None, batch_size=64):
+    def __init__(self, spec, device=None, batch_size=64, processes=1):
         self.spec = spec
+
+    def close(self):
+        pass
 
     def encode(self, texts, show_progress=True):
         CountingEncoder.calls.append((self.spec, len(texts)))

@@ -23,8 +23,11 @@ class HashingEncoder:
 
     calls: list[list[str]] = []
 
-    def __init__(self, spec, device=None, batch_size=64):
+    def __init__(self, spec, device=None, batch_size=64, processes=1):
         self.spec = spec
+
+    def close(self):
+        pass
 
     def encode(self, texts, show_progress=True):
         HashingEncoder.calls.append(list(texts))
@@ -143,6 +146,35 @@ def test_real_minilm_rows_follow_tokens_whatever_the_input_order(tmp_path):
     assert feature.tokens == order and feature.matrix.shape == (5, 384)
     direct = TextEncoder().encode([texts[t] for t in feature.tokens], show_progress=False)
     assert np.allclose(feature.matrix, direct, atol=1e-5)
+
+
+def test_processes_encode_in_a_pool_and_give_the_vectors_of_one_process(tmp_path, monkeypatch, capsys):
+    """--processes 2: sentence-transformers' multi-process pool runs (two CPU workers here) and the
+    feature equals the one-process feature; other modalities refuse the flag."""
+    from sentence_transformers import SentenceTransformer
+
+    started = []
+    original = SentenceTransformer.start_multi_process_pool
+
+    def recording_pool(self, target_devices=None):
+        started.append(list(target_devices))
+        return original(self, target_devices)
+
+    monkeypatch.setattr(SentenceTransformer, "start_multi_process_pool", recording_pool)
+    words = ["red", "wooden", "soft", "large", "striped", "vintage", "leather", "tiny"]
+    texts = {f"t{n}": " ".join(words[: 1 + n % 8]) + f" item number {n}" for n in range(24)}
+    write_jsonl(tmp_path / "data/toy/descriptions/d.jsonl", [ok(i, t) for i, t in texts.items()])
+    assert run_encode(tmp_path, "--descriptions", "d", "--device", "cpu", "--no-cache") == 0
+    assert run_encode(tmp_path, "--descriptions", "d", "--device", "cpu", "--no-cache",
+                      "--processes", "2", "--feature", "vlm_pool") == 0
+    one = load_feature(tmp_path / "data/toy/features", "vlm")
+    pooled = load_feature(tmp_path / "data/toy/features", "vlm_pool")
+    assert started == [["cpu", "cpu"]]  # only the second run started a pool, of two processes
+    assert pooled.tokens == one.tokens == list(texts)
+    np.testing.assert_allclose(pooled.matrix, one.matrix, atol=1e-5)
+    capsys.readouterr()
+    assert run_encode(tmp_path, "--modality", "image", "--processes", "2") == 2
+    assert "--processes 2: a number >= 1, for text encoding only" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- images

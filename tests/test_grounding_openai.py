@@ -17,7 +17,7 @@ from PIL import Image
 from grounding_fakes import description_rows, make_project_home
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError, GroundingRequest
-from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend, _retry_after_seconds
+from recbole_vlm4rec.grounding.backends.openai_compatible import OpenAICompatibleBackend
 from recbole_vlm4rec.grounding.backends.openai_stub import STUB_ANSWER, StubServer, completion, request_prompt
 from recbole_vlm4rec.grounding.items import GroundingItem
 from recbole_vlm4rec.grounding.prompts import load_prompt
@@ -129,23 +129,43 @@ def test_unknown_model_and_unreachable_endpoint_fail_before_any_item():
     # without the preflight, consecutive connection failures stop the run instead of failing each item
     dead = OpenAICompatibleBackend(model="m", base_url=url, max_retries=0, abort_after=3)
     assert dead.describe([request("a"), request("b")])[1].error == "connection_error"
-    with pytest.raises(BackendUnavailableError, match="3 items in a row"):
+    with pytest.raises(BackendUnavailableError, match=r"3 requests \(items\) in a row"):
         dead.describe([request("c")])
+    dead.close()
+
+
+def close_once_sent(server: StubServer, case: str):
+    """Describe ``case`` on a worker thread, close the backend (Ctrl-C) once the server has the
+    request; the item's output."""
+    client = backend(server, backoff_base=30.0, max_retries=5)
+    outputs = []
+    worker = threading.Thread(target=lambda: outputs.extend(client.describe([request(case)])))
+    worker.start()
+    while server.requests[case] < 1:
+        time.sleep(0.01)
+    client.close()  # requests in flight get 2 s to finish
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    return outputs[0]
 
 
 def test_close_stops_items_that_are_waiting_to_retry():
     """Ctrl-C closes the backend: requests in their backoff sleep give up instead of retrying."""
     with StubServer(policy=scripted_policy) as server:
-        client = backend(server, backoff_base=30.0, max_retries=5)
-        outputs = []
-        worker = threading.Thread(target=lambda: outputs.extend(client.describe([request("always-500")])))
-        worker.start()
-        while server.requests["always-500"] < 1:
-            time.sleep(0.01)
-        client.close()
-        worker.join(timeout=20)
-    assert not worker.is_alive() and outputs[0].error == "interrupted"
-    assert server.requests["always-500"] == 1
+        output = close_once_sent(server, "always-500")
+    assert output.error == "interrupted" and server.requests["always-500"] == 1
+
+
+def test_close_while_a_request_is_in_flight_stops_its_retries():
+    """Ctrl-C lands while the server is still answering (0.5 s): the 500 that then arrives is not
+    retried and the item is recorded as interrupted, not as the server's failure."""
+    def slow_500(payload, seen):
+        return 500, {"X-Stub-Delay": "0.5"}, {"error": {"message": "engine crashed"}}
+
+    with StubServer(policy=slow_500) as server:
+        output = close_once_sent(server, "in flight")
+    assert output.error == "interrupted" and "http_500" in output.detail
+    assert server.requests["in flight"] == 1
 
 
 def test_json_mode_asks_for_json_on_structured_prompts_only():
@@ -179,12 +199,6 @@ def test_several_servers_share_the_load_and_retries_move_on():
             backend(healthy, base_url=f"{healthy.base_url},{dead}").preflight()
     assert all(output.text == STUB_ANSWER for output in outputs)  # every 503 was retried elsewhere
     assert sum(unhealthy.requests.values()) == 3 and sum(healthy.requests.values()) == 6
-
-
-def test_retry_after_header_forms():
-    assert _retry_after_seconds("2.5") == 2.5
-    assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None
-    assert _retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a past date: no wait
 
 
 def test_ground_command_through_the_stub(tmp_path: Path, monkeypatch, capsys):
@@ -227,7 +241,7 @@ def test_a_fatal_stop_keeps_every_row_and_says_what_to_fix(tmp_path: Path, monke
         assert cli.main(argv + ["--model", "stub"]) == 0
         before = description_rows(output)
         capsys.readouterr()
-        assert cli.main(argv + ["--model", "Qwen/typo"]) == 1
+        assert cli.main(argv + ["--model", "Qwen/typo", "--redo"]) == 1  # --redo: a model switch
         err = capsys.readouterr().err
     after = description_rows(output)
     ok_rows = [r for r in before if r["status"] == "ok"]

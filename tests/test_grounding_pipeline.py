@@ -12,7 +12,7 @@ from grounding_fakes import (GOOD_TEXT, ScriptedBackend, bad_and_good_images, de
                              write_shop_dataset)
 from recbole_vlm4rec.grounding.items import items_from_dataset
 from recbole_vlm4rec.grounding.prompts import load_prompt
-from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
+from recbole_vlm4rec.grounding.run import GroundingAborted, TagHeldByAnotherDescriber, run_grounding
 from recbole_vlm4rec.formats.descriptions import DESCRIPTION_KEYS as EXPORT_KEYS
 from recbole_vlm4rec.grounding.store import DescriptionRow, DescriptionStore
 
@@ -99,7 +99,10 @@ def test_changed_image_prompt_or_model_makes_rows_stale(shop, tmp_path):
     _, rows = ground(folder, items, backend)
     assert backend.seen == ["i01"] and rows["i01"]["text"] == GOOD_TEXT.format(colour="blue")
     other_model = ScriptedBackend(model="fake-model-2")
-    ground(folder, items, other_model)
+    with pytest.raises(TagHeldByAnotherDescriber, match="by fake / fake-model / .*--redo"):
+        ground(folder, items, other_model)  # one tag, one describer: a switch must be asked for
+    assert other_model.seen == []
+    ground(folder, items, other_model, redo=True)
     assert sorted(other_model.seen) == OK_ITEMS
     edited = tmp_path / "preference.yaml"
     shutil.copy(load_prompt("preference").path, edited)
@@ -171,5 +174,5 @@ def test_store_recovers_from_a_transaction_left_open_by_an_interrupt(tmp_path):
         row = DescriptionRow(item_id="a", status="ok", text="a red scarf", reason=None, detail="",
                              backend="b", model="m", prompt="p", prompt_version="1",
                              prompt_key="k", image_sha256="h", fields=None)
-        assert store.put_many([row]) == 1
+        assert store.put_many([row]) == set()  # written: no good row kept in its place
         assert store.count() == 1

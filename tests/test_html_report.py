@@ -12,6 +12,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import yaml
@@ -22,7 +23,10 @@ from recbole_vlm4rec import cli
 from recbole_vlm4rec.benchmark.breakdowns import activity_buckets, cold_warm_pairs
 from recbole_vlm4rec.benchmark.cell import make_record
 from recbole_vlm4rec.benchmark.grid import record_path, run_grid
-from recbole_vlm4rec.benchmark.report import ModelSummary
+from recbole_vlm4rec.benchmark import plots
+from recbole_vlm4rec.benchmark.html_examples import choose_examples
+from recbole_vlm4rec.benchmark.plots import model_styles
+from recbole_vlm4rec.benchmark.report_data import ModelSummary, Report
 from recbole_vlm4rec.benchmark.spec import Cell, load_spec
 from recbole_vlm4rec.formats.features import save_feature
 
@@ -152,7 +156,15 @@ def test_page_has_every_section_and_a_row_per_model(bench):
     assert "Error" in rows["Fails"]["text"]
     assert "±" in rows["VLM4Rec"]["text"] and "†" in rows["BPR"]["text"]  # 2 of 2 epochs: capped
     assert "†" not in rows["Pop"]["text"]
+    # each label says which model (and settings) it runs
+    assert '<small class="model" title="epochs=2">BPR</small>' in page
+    assert '<small class="model" title="model=VLM4Rec, item_feature=vlm">' not in page
+    assert '<small class="model" title="item_feature=vlm">VLM4Rec</small>' in page
     assert parser.scripts == 0 and "http://" not in page and "https://" not in page
+    # no folder of this machine (the page may be mailed): the bench folder, the dataset's, /tmp
+    tmp = str(out.parent.resolve())
+    assert tmp not in page and str(Path.home()) not in page and "/tmp/" not in page
+    assert "from the folder <code>bench</code>" in page and "data_path: …/datasets" in page
     assert all(h.startswith("#") and h[1:] in parser.ids for h in parser.hrefs), parser.hrefs
     commit = json.loads(record_path(out, spec.cells()[0]).read_text())["result"]["environment"]
     assert commit["commit"] in page and "reference:" in page  # provenance: commit and the spec
@@ -310,3 +322,62 @@ def test_records_without_examples_still_make_a_page(bench, tmp_path):
     assert "No examples: no ok run recorded top-k lists" in page
     assert "No activity buckets" in page and not parser.cards
     assert [r["model"] for r in parser.rows] == list(MODELS)
+
+
+def _ranked_summary(label: str, recall: float, epochs: int) -> ModelSummary:
+    """One ok run with examples recorded and a trainer cap of ``epochs`` (1: nothing trained)."""
+    examples = {"k": 10, "users": [{"user": "u1", "n_train": 3, "train_items": ["a"],
+                                    "test_items": ["b"], "top_items": ["b", "c"]}]}
+    result = {"test_result": {"recall@20": recall}, "examples": examples,
+              "training": {"epochs": epochs, "epochs_run": epochs, "best_epoch": 0,
+                           "capped": False}}
+    return ModelSummary("d", label, "M", [make_record(Cell(label, "M", "d", 1, {"seed": 1}), "ok",
+                                                      result=result)])
+
+
+def test_default_examples_show_the_reference_and_the_best_trained_model():
+    # the table's first four labels are content-only (one pass); the trained ones come last
+    summaries = {label: _ranked_summary(label, recall, epochs) for label, recall, epochs in [
+        ("Content A", 0.02, 1), ("Content B", 0.03, 1), ("Content C", 0.01, 1),
+        ("Content D", 0.05, 1), ("Trained weak", 0.20, 60), ("Closed form", 0.40, 1),
+        ("Trained best", 0.30, 60)]}
+    choice = choose_examples(summaries, "Content A", metric="recall@20")
+    assert choice.labels == ["Content A", "Trained best", "Closed form", "Trained weak"]
+    assert choice.roles == {"Content A": "reference",
+                            "Trained best": "best trained model by recall@20"}
+    explicit = choose_examples(summaries, "Content A", ["Content B"], metric="recall@20")
+    assert explicit.labels == ["Content B"] and explicit.roles == {}
+
+
+def test_every_model_gets_its_own_colour_and_marker_in_the_plots(tmp_path, monkeypatch):
+    labels = [f"Model {i}" for i in range(21)]  # paper.yaml's count; tab10 would repeat at 11
+    styles = model_styles(labels)
+    assert len({colour for colour, _ in styles.values()}) == 21
+    assert len({marker for _, marker in styles.values()}) == 21
+    figures = {}
+
+    def keep(figure, path):
+        figures[path.name] = figure
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    summaries = {label: _summary(label, [(1, [0.1 + 0.01 * i, 0.2], [3, 4]),
+                                         (2, [0.1 + 0.01 * i, 0.3], [3, 4])])
+                 for i, label in enumerate(labels)}
+    for summary in summaries.values():
+        for record in summary.records:
+            record["result"]["seconds"] = {"fit": 1.0, "test": 0.5}
+    report = Report(tmp_path, ["recall@20"], 0.05, {"d": summaries})
+    plots.write_plots(report)
+    scatter = figures["d-quality-vs-time.png"].axes[0]
+    points = {container.get_label(): container.lines[0] for container in scatter.containers}
+    assert set(points) == set(labels)
+    assert len({(line.get_color(), line.get_marker()) for line in points.values()}) == 21
+    assert len({line.get_color() for line in points.values()}) == 21
+    bars = figures["d-metrics.png"].axes[0]
+    colours = {container.get_label(): container.patches[0].get_facecolor()
+               for container in bars.containers if container.get_label() in labels}
+    assert len(colours) == 21 and len(set(colours.values())) == 21
+    for label in labels:  # the same colour for a label in every plot
+        assert matplotlib.colors.to_hex(colours[label]) == points[label].get_color() \
+            == styles[label][0]

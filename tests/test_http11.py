@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from recbole_vlm4rec.grounding.backends.http11 import ConnectionPool, HTTPProtocolError
+from recbole_vlm4rec.formats.http11 import ConnectionPool, HTTPProtocolError
 
 BODY = json.dumps({"choices": [{"message": {"content": "hello"}}]}).encode()
 
@@ -112,7 +112,7 @@ def test_a_kept_connection_the_server_closed_is_not_reused():
 
 @pytest.mark.parametrize("reply, message", [
     (b"SSH-2.0-OpenSSH_9.0\r\n\r\n", "not an HTTP response"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"short\"", "server closed the connection"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"short\"", "server closed the connection mid-answer"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
 ])
 def test_broken_answers_are_protocol_errors(reply, message):
@@ -121,6 +121,20 @@ def test_broken_answers_are_protocol_errors(reply, message):
         pool = ConnectionPool(url, {})
         try:
             with pytest.raises(HTTPProtocolError, match=message):
+                await pool.post("/x", b"1")
+        finally:
+            pool.close()
+            server.close()
+
+    run(main())
+
+
+def test_a_server_gone_before_answering_is_a_connection_error():
+    async def main():
+        server, url, _ = await serve([b""], close_after=True)
+        pool = ConnectionPool(url, {})
+        try:
+            with pytest.raises(ConnectionResetError, match="before answering"):
                 await pool.post("/x", b"1")
         finally:
             pool.close()

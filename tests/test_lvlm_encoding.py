@@ -154,7 +154,7 @@ def test_embeddings_endpoint_failures_are_retried_or_recorded():
     assert outputs["flaky"].vector is not None and server.requests["flaky"] == 2
     assert outputs["rejected"].error == "http_400" and "image too large" in outputs[
         "rejected"].detail
-    assert outputs["garbled"].error == "bad_response"
+    assert outputs["garbled"].error == "bad_response" and server.requests["garbled"] == 3  # retried
     assert outputs["fine"].vector.shape == (STUB_EMBEDDING_DIM,)
 
 

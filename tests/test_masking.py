@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recbole_vlm4rec.run.masking import apply_eval_history_mask
+from recbole_vlm4rec.run.masking import MASKS, apply_eval_history_mask
 
 
 def items_by_user(split):
@@ -42,12 +42,20 @@ def test_default_is_recboles_rule_and_unknown_rule_is_an_error(tiny_dataset, bui
         apply_eval_history_mask(config, train, test)
 
 
-def test_runner_applies_the_configured_mask(tiny_dataset):
+def test_runner_applies_the_configured_mask(taste_groups):
+    """Each rule's test metrics are the ones computed by hand under that rule
+    (conftest.metrics_by_hand masks the split's items itself, outside RecBole), and they differ on
+    this data: a run that ignored the setting would report the same numbers twice and fail here."""
+    from conftest import metrics_by_hand, read_by
     from recbole_vlm4rec.run.runner import run
 
-    _, name, overrides = tiny_dataset
-    recalls = {mask: run("Pop", name, overrides={**overrides, "eval_history_mask": mask},
-                         write_results=False).test_result["recall@20"]
-               for mask in ("train_valid", "train")}
-    # Pop ranks popular validation items too once they are no longer masked: recall can only drop.
-    assert recalls["train"] <= recalls["train_valid"]
+    _, name, overrides = taste_groups
+    reported = {}
+    for mask in MASKS:  # VLM4Rec: scores from content, no training, no ties
+        result = run("VLM4Rec", name, overrides={**read_by("VLM4Rec", overrides),
+                                                 "eval_history_mask": mask}, write_results=False)
+        reported[mask] = {key: result.test_result[key] for key in ("recall@10", "mrr@10")}
+        assert reported[mask] == pytest.approx(metrics_by_hand(result.checkpoint, k=10), abs=1e-4)
+    # under `train` a user's validation items (of the user's taste group, so near the top) are
+    # rankable again: ranked above the test items, they lower their ranks
+    assert reported["train"]["mrr@10"] < reported["train_valid"]["mrr@10"]

@@ -160,9 +160,60 @@ def test_bprmf_trains_and_full_sort_matches_predict(tiny_dataset, build_pipeline
     torch.testing.assert_close(pairs, full)
 
 
-def test_bprmf_runs_through_the_runner(tiny_dataset):
+def test_bprmf_learns_the_taste_groups_through_the_runner(taste_groups):
+    """Through runner.run, as a user's run: far above a random ranking (~0.34) on data with signal."""
+    from conftest import LEARNED_RECALL_AT_10, read_by
     from recbole_vlm4rec.run.runner import run
 
+    _, name, overrides = taste_groups
+    result = run("BPRMF", name, overrides=read_by("BPRMF", overrides), write_results=False)
+    assert result.test_result["recall@10"] >= LEARNED_RECALL_AT_10, result.test_result
+
+
+@pytest.fixture
+def vbpr_mmrec(tiny_dataset, build_pipeline):
+    """VBPR in MMRec's form (use_bias False), embedding_size 1, factors and offset set by hand."""
     _, name, overrides = tiny_dataset
-    result = run("BPRMF", name, overrides={**overrides, "epochs": 2}, write_results=False)
-    assert 0.0 <= result.test_result["recall@20"] <= 1.0
+    _, data, *_, model = build_pipeline("VBPR", name, {**overrides, "embedding_size": 1,
+                                                       "reg_weight": 0.5, "use_bias": False})
+    with torch.no_grad():
+        model.user_embedding.weight[1] = torch.tensor([1.0, 2.0])
+        model.item_embedding.weight[1:3] = torch.tensor([[0.5], [-1.0]])
+        model.content_projection.weight.copy_(torch.linspace(-0.3, 0.4, 8).reshape(1, 8))
+        model.content_projection.bias.fill_(0.7)
+    return model
+
+
+def test_vbpr_without_bias_is_mmrecs_loss_by_hand(vbpr_mmrec):
+    assert not hasattr(vbpr_mmrec, "item_bias")
+    user = [1.0, 2.0]
+    weights = vbpr_mmrec.content_projection.weight[0].tolist()
+
+    def row(item: int) -> list[float]:  # MMRec's item row [gamma_i, E f_i + b]
+        return [vbpr_mmrec.item_embedding.weight[item, 0].item(),
+                dot(weights, vbpr_mmrec.content[item].tolist()) + 0.7]
+
+    pos, neg = row(1), row(2)
+    expected = bpr_term([dot(user, pos)], [dot(user, neg)])
+    expected += 0.5 * (frobenius([user]) + frobenius([pos]) + frobenius([neg])) / 1
+    assert vbpr_mmrec.calculate_loss(batch([1], [1], [2])).item() == pytest.approx(expected,
+                                                                                    rel=1e-5)
+
+
+def test_vbpr_without_bias_offset_moves_the_penalty_not_the_ranking(vbpr_mmrec):
+    from recbole.data.interaction import Interaction
+
+    users = Interaction({"user_id": torch.tensor([1, 2])})
+    same = batch([1, 1], [1, 2], [1, 2])  # BPR term is log 2: only the penalty moves
+    vbpr_mmrec.eval()
+    before, penalty_before = vbpr_mmrec.full_sort_predict(users), vbpr_mmrec.calculate_loss(same)
+    with torch.no_grad():
+        vbpr_mmrec.content_projection.bias.fill_(-2.0)
+    vbpr_mmrec.train()  # drops the evaluation cache
+    vbpr_mmrec.eval()
+    after, penalty_after = vbpr_mmrec.full_sort_predict(users), vbpr_mmrec.calculate_loss(same)
+    shift = (after - before).reshape(2, -1)
+    # each user's scores move by one constant (theta_u . delta b): the ranking is unchanged
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)
+    assert abs(shift[0, 0].item()) > 0.1
+    assert penalty_after.item() != pytest.approx(penalty_before.item(), abs=1e-3)

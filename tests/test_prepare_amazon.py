@@ -11,7 +11,7 @@ import pytest
 
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.data.prepare.amazon import parse_record, prepare_amazon
-from recbole_vlm4rec.data.prepare.output import PrepareError
+from recbole_vlm4rec.data.prepare.prepared import PrepareError
 from recbole_vlm4rec.formats.items import read_atomic_item_file
 
 
@@ -94,8 +94,9 @@ def test_hostile_lines_are_counted_per_file_and_skipped(tmp_path):
         handle.write(repr({"title": "no asin at all"}) + "\n")
     prepared = prepare_amazon(files["reviews"], files["meta"], "toy", split="recbole")
     counters, reasons = prepared.counters, prepared.reasons
-    assert counters["malformed_review_lines"] == 2 + 4  # nested, no asin, blank asin, list rating
-    assert counters["non_finite_review_values"] == 3
+    assert counters["malformed_review_lines"] == 2 + 3  # nested, no asin, blank asin
+    assert counters["wrong_json_types"] == 1  # a list as rating
+    assert counters["non_finite_values"] == 3
     assert counters["malformed_meta_lines"] == 2 + 2 and counters["duplicate_meta_lines"] == 1
     review_reasons = reasons["malformed_review_lines"]
     assert "meta_Toy.json.gz:7: " in reasons["malformed_meta_lines"]
@@ -148,7 +149,7 @@ def test_mmrec_split_cli_is_byte_identical_and_atomic(tmp_path, monkeypatch):
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("recbole_vlm4rec.data.prepare.card.write_card", ctrl_c)
+    monkeypatch.setattr("recbole_vlm4rec.data.prepare.output.write_card", ctrl_c)
     assert cli.main(argv[:-4] + ["--seed", "9", *argv[-4:]]) == 130
     assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == snapshot
     assert [p.name for p in root.iterdir()] == ["toy"]

@@ -9,7 +9,7 @@ import pytest
 
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.data.prepare.catalogue import prepare_catalogue, prepare_ml100k_posters
-from recbole_vlm4rec.data.prepare.output import PrepareError
+from recbole_vlm4rec.data.prepare.prepared import PrepareError
 from recbole_vlm4rec.formats.items import read_atomic_item_file
 
 

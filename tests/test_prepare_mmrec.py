@@ -12,7 +12,7 @@ import yaml
 from recbole_vlm4rec import cli
 from recbole_vlm4rec.formats.features import load_feature
 from recbole_vlm4rec.data.prepare.mmrec import prepare_mmrec_folder
-from recbole_vlm4rec.data.prepare.output import PrepareError
+from recbole_vlm4rec.data.prepare.prepared import PrepareError
 from recbole_vlm4rec.formats.items import read_atomic_item_file
 
 

@@ -109,7 +109,10 @@ def test_feature_written_by_encode_is_what_the_next_run_uses(tiny_dataset, monke
         "item_id:token\ttitle:token_seq\n" + "".join(f"i{i}\tthing {i}\n" for i in range(40)))
 
     class HashEncoder:
-        def __init__(self, spec, device=None, batch_size=64):
+        def __init__(self, spec, device=None, batch_size=64, processes=1):
+            pass
+
+        def close(self):
             pass
 
         def encode(self, texts, show_progress=True):
@@ -161,3 +164,29 @@ def test_bench_precheck_and_run_accept_and_refuse_the_same(tiny_dataset, model, 
     except (UnknownModelError, UnknownDatasetError, KeyError, ConfigError):
         refused_by_run = True
     assert refused_by_bench == refused_by_run
+
+
+def test_console_shows_what_differs_from_the_protocol_and_the_log_keeps_the_config(tiny_dataset):
+    """RecBole's ~150-line config dump goes to the log file only; the console names each setting
+    given for the run that differs from the protocol. use_gpu says what the run uses (CPU here),
+    and LightGCN's torch sparse-tensor deprecation warning is not printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from recbole_vlm4rec.formats.paths import configs_dir
+
+    _, name, overrides = tiny_dataset
+    args = [f"--{key}={value}" for key, value in {**overrides, "state": "INFO", "epochs": 1}.items()]
+    done = subprocess.run([sys.executable, str(Path(run_recbole.__file__).resolve()),
+                           "--model=LightGCN", f"--dataset={name}", *args],
+                          capture_output=True, text=True, timeout=600)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    protocol = yaml.safe_load((configs_dir() / "overall.yaml").read_text())
+    assert f"differs from the protocol: epochs = 1 (protocol: {protocol['epochs']})" in console
+    assert "Hyper Parameters" not in console and "SparseTensor" not in console
+    log_file = Path(console.split("full config: ")[1].split()[0])
+    logged = log_file.read_text()
+    assert "General Hyper Parameters" in logged and "use_gpu = False" in logged
+    assert "device = cpu" in logged

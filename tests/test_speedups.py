@@ -8,17 +8,13 @@ import torch
 
 from recbole_vlm4rec import compat, speedups
 
-compat.apply()
-speedups.install()
+# compat.install() (tests/conftest.py) puts the speed-ups and the tie-safe collector in place.
 
 
 def test_sparse_topk_hits_equal_recboles_dense_computation():
     """Without ties (where the ranking is unique) the replaced collector gives RecBole's tensors."""
     from recbole.evaluator.collector import Collector
 
-    from recbole_vlm4rec.run import ranking
-
-    ranking.install()
     config = compat.config_class()(model="BPR", dataset="ml-100k", config_dict={
         "gpu_id": "", "metrics": ["Recall", "NDCG", "MRR", "Hit", "ItemCoverage"],
         "topk": [5, 10]})

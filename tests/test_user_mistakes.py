@@ -153,18 +153,31 @@ def _next_lines(out: str) -> list[str]:
     return [line[len("next: "):] for line in out.splitlines() if line.startswith("next: ")]
 
 
+# the models whose suggested runs the tests run (every suggestion is checked to parse)
+RUN_CHECKED = ("LightGCN", "VLM4Rec", "VBPR")
+
+
 def _check_next_lines(lines: list[str], capsys) -> list[str]:
-    """Runs every suggested command (vlm4rec run/features) and parses every suggested encode /
+    """Runs every suggested command (vlm4rec models/features), then the `vlm4rec run` lines
+    `vlm4rec models --dataset` prints for RUN_CHECKED, and parses every suggested encode /
     ground command with the real parser; returns the models run."""
     ran = []
     for line in lines:
         if line.startswith("vlm4rec "):
             argv = shlex.split(line)[1:]
-            if argv[0] == "run":
-                assert cli.main(argv + RUN_SETTINGS) == 0, (line, capsys.readouterr().err)
-                ran.append(argv[1].split("=")[1])
-            else:
-                assert cli.main(argv) in (0, 1), (line, capsys.readouterr().err)
+            capsys.readouterr()
+            assert cli.main(argv) in (0, 1), (line, capsys.readouterr().err)
+            if argv[0] != "models":
+                continue
+            for suggested in capsys.readouterr().out.splitlines():
+                if not suggested.strip().startswith("vlm4rec run "):
+                    continue
+                run_argv = shlex.split(suggested.strip())[1:]
+                model = run_argv[1].split("=")[1]
+                if model in RUN_CHECKED:
+                    assert cli.main(run_argv + RUN_SETTINGS) == 0, (suggested,
+                                                                   capsys.readouterr().err)
+                    ran.append(model)
             continue
         for command in re.findall(r"`(vlm4rec [^`]*)`", line):
             cli.build_parser().parse_args(shlex.split(command)[1:])
@@ -180,7 +193,7 @@ def test_mmrec_import_runs_vbpr_and_freedom_on_its_features_with_no_flags(home, 
     config = yaml.safe_load((home / "dataset/shop/shop.yaml").read_text())
     assert config["default_item_feature"] == "visual"  # never the not-yet-made vlm
     assert config["content_features"] == ["visual", "text"]
-    assert _check_next_lines(_next_lines(out), capsys) == ["LightGCN", "VLM4Rec", "VBPR"]
+    assert _check_next_lines(_next_lines(out), capsys) == ["LightGCN", "VBPR", "VLM4Rec"]
     for model in ("FREEDOM", "MMGCN", "VLM4RecFusion"):
         assert cli.main(["run", f"--model={model}", "--dataset=shop", *RUN_SETTINGS]) == 0
     assert any(line.startswith("vlm (missing): needs item images") and "URLs" in line
@@ -218,8 +231,8 @@ def test_catalogue_without_features_declares_text_from_its_item_table(home, caps
                                                "template": "{title}. {genre}."}
     assert config["default_item_feature"] == "text" and "content_features" not in config
     lines = _next_lines(out)
-    assert all("--data_path=" in line for line in lines if line.startswith("vlm4rec run"))
-    assert _check_next_lines(lines, capsys) == ["LightGCN", "VLM4Rec", "VBPR"]
+    assert all("--data-path" in line for line in lines if line.startswith("vlm4rec "))
+    assert _check_next_lines(lines, capsys) == ["LightGCN", "VBPR", "VLM4Rec"]
 
 
 def test_recommend_names_items_by_title_and_times_load_and_query_apart(home, monkeypatch,

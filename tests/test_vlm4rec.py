@@ -36,6 +36,7 @@ def clusters(tmp_path, monkeypatch):
         "load_col": {"inter": ["user_id", "item_id"]}, "item_features": {"vlm": None},
         "item_feature": "vlm", "show_progress": False, "state": "WARNING", "gpu_id": "",
         "checkpoint_dir": str(tmp_path / "saved"),
+        "topk": [5], "valid_metric": "recall@5",  # 9 items: a run refuses top-10 and top-20
     }
     return name, overrides
 
@@ -131,5 +132,9 @@ def test_missing_feature_and_bad_aggregation_are_clear_errors(clusters, build_pi
     name, overrides = clusters
     with pytest.raises(KeyError, match=r"has no item feature 'visual'.*it has: vlm\. Make it"):
         build_pipeline("VLM4Rec", name, {**overrides, "item_feature": "visual"})
-    with pytest.raises(ValueError, match="profile_aggregation must be one of"):
-        build_pipeline("VLM4Rec", name, {**overrides, "profile_aggregation": "median"})
+    from recbole_vlm4rec.run.accounting import ConfigValueError
+    from recbole_vlm4rec.run.protocol import prepare_run
+
+    with pytest.raises(ConfigValueError, match="'profile_aggregation' .*takes one of mean, max"):
+        prepare_run("VLM4Rec", name, overrides={**overrides, "profile_aggregation": "median"},
+                    build_features=False)

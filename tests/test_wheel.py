@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import venv
@@ -22,12 +23,20 @@ def test_wheel_runs_the_shipped_protocol_from_an_empty_folder(tmp_path):
                            capture_output=True, text=True, timeout=600, env=env)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(wheels.glob("recbole_vlm4rec-*.whl"))
-    # A venv that sees the installed dependencies; the wheel's own copy of the package wins
-    # over the editable checkout because the venv's site-packages comes first (installed even
-    # though the checkout's editable install of the same version is visible there).
+    # A venv that sees the dependencies installed for this interpreter. A venv's
+    # system_site_packages would show the *base* Python's packages, which are not these when the
+    # suite itself runs in a venv (as .ci/run does), so the running interpreter's site folders
+    # are listed in a .pth file instead: appended after the venv's own site-packages, where the
+    # wheel goes, and without running their .pth files (the checkout's editable install among
+    # them), so the wheel's copy of the package is the one imported.
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    own_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    outer = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
+    (Path(own_site) / "outer_site_packages.pth").write_text("\n".join(outer) + "\n")
     installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
                                 "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
                                capture_output=True, text=True, timeout=600, env=env)

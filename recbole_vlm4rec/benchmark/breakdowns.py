@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report import ModelSummary
+    from recbole_vlm4rec.benchmark.report_data import ModelSummary
 
 COLD_START_KEYS = {"cold_start_items", "cold_start_targets", "cold_start_seed", "seed"}
 

@@ -75,7 +75,10 @@ def classify_error(error: BaseException) -> tuple[str, str]:
 
 def run_cell(cell: Cell, checkpoint_dir: Path) -> dict[str, Any]:
     """Run the cell in this process and return its record (never raises, except Ctrl-C)."""
+    from recbole_vlm4rec import compat
     from recbole_vlm4rec.run.runner import run
+
+    compat.install()  # where a run starts: a subprocess per cell, or the grid's own process
 
     started = time.perf_counter()
     overrides = {**cell.overrides, "checkpoint_dir": str(checkpoint_dir), "show_progress": False}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 BENCH_EPILOG = """\
 examples:
@@ -175,34 +176,62 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 CPU_SECONDS_PER_EPOCH_ML100K = 4.9
 
 
+@dataclass
+class Plan:
+    """What a spec's grid holds: every cell, those on prepared datasets, and the trainer cap
+    (``epochs``) of each runnable cell that trains a model."""
+
+    cells: int
+    runnable: int
+    trained_epochs: list[int]
+
+    def line(self) -> str:
+        """The plan line ``vlm4rec bench`` prints (docs and spec comments quote it)."""
+        note = (f"plan: {self.cells} cells, {len(self.trained_epochs)} of them train a model (up "
+                f"to {max(self.trained_epochs, default=0)} epochs each; early stopping may end "
+                "sooner)")
+        if self.runnable < self.cells:
+            note += f"; {self.cells - self.runnable} on datasets not prepared (recorded as skipped)"
+        return note
+
+
+def plan_of(spec, prepared: Callable[[Path | None], Iterable[str]] | None = None) -> Plan:
+    """The spec's plan; ``prepared(data_path)`` names the datasets that can run under a data
+    path (default: every dataset of the spec counts as prepared)."""
+    from recbole_vlm4rec.benchmark.spec import protocol_epochs
+    from recbole_vlm4rec.models import UnknownModelError, get_model_info
+
+    cells = spec.cells()
+    if prepared is None:
+        runnable = cells
+    else:
+        available: dict[str | None, set[str]] = {}  # data_path -> datasets that can run there
+        for cell in cells:
+            root = cell.overrides.get("data_path")
+            if root not in available:
+                available[root] = set(prepared(Path(root) if root else None))
+        runnable = [c for c in cells if c.dataset in available[c.overrides.get("data_path")]]
+    trained_epochs = []
+    for cell in runnable:
+        try:
+            if not get_model_info(cell.model).trained:
+                continue  # one pass, nothing trained (its contract / RecBole type says so)
+        except UnknownModelError:
+            continue  # recorded as failed by the grid
+        trained_epochs.append(int(cell.overrides.get("epochs", protocol_epochs())))
+    return Plan(len(cells), len(runnable), trained_epochs)
+
+
 def cost_note(spec) -> str:
     """Lines printed before a grid starts: how many cells train a model, for how many epochs at
     most, and without a GPU a warning with the cheaper options when that adds up to hours."""
     import torch
 
-    from recbole_vlm4rec.benchmark.spec import protocol_epochs
     from recbole_vlm4rec.data.registry import available_datasets
-    from recbole_vlm4rec.models import UnknownModelError, get_model_class
 
-    available: dict[str | None, set[str]] = {}  # data_path -> datasets that can run there
-    for cell in (cells := spec.cells()):
-        root = cell.overrides.get("data_path")
-        if root not in available:
-            available[root] = set(available_datasets(Path(root) if root else None))
-    runnable = [c for c in cells if c.dataset in available[c.overrides.get("data_path")]]
-    trained_epochs = []
-    for cell in runnable:
-        try:
-            model_class = get_model_class(cell.model)
-        except UnknownModelError:
-            continue  # recorded as failed by the grid
-        if str(getattr(model_class, "type", "")).endswith("TRADITIONAL"):
-            continue  # one pass, nothing trained (VLM4Rec, Pop, ItemKNN)
-        trained_epochs.append(int(cell.overrides.get("epochs", protocol_epochs())))
-    note = (f"plan: {len(cells)} cells, {len(trained_epochs)} of them train a model (up to "
-            f"{max(trained_epochs, default=0)} epochs each; early stopping may end sooner)")
-    if len(runnable) < len(cells):
-        note += f"; {len(cells) - len(runnable)} on datasets not prepared (recorded as skipped)"
+    plan = plan_of(spec, available_datasets)
+    trained_epochs = plan.trained_epochs
+    note = plan.line()
     worst_hours = sum(trained_epochs) * CPU_SECONDS_PER_EPOCH_ML100K / 3600
     if not torch.cuda.is_available() and worst_hours > 1:
         note += (f"\nwarning: no GPU: at ml-100k's measured ~{CPU_SECONDS_PER_EPOCH_ML100K:g} s "

@@ -4,18 +4,21 @@ The lists come from the run records (``result.examples``, kept by the runner for
 pseudo-random sample of test users, see per_user.py); nothing is rerun. One seed is shown: the
 first one of the spec where every chosen model has a record with examples. Users are those every
 chosen model recorded, in the recorded order.
+
+Unless ``--example-models`` names them, the models shown are the reference, the best trained model
+(by the table's first metric), then the others best first, 4 in all, of the reference's protocol
+(warm or item cold-start): a page of content-only strips with no hits says little.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recbole_vlm4rec.benchmark.catalogue import Catalogue, ItemView
-
-if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report import ModelSummary
+from recbole_vlm4rec.benchmark.report_data import ModelSummary, without_machine_paths
 
 DEFAULT_EXAMPLE_USERS = 3
 DEFAULT_EXAMPLE_MODELS = 4
@@ -34,20 +37,47 @@ class ExampleChoice:
     top_items: dict[str, dict[str, list[str]]]  # label -> user -> top-k tokens
     k: int
     notes: list[str] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # label -> why it is shown, if chosen
 
 
-def _examples_by_seed(summary: "ModelSummary") -> dict[int, dict[str, Any]]:
+def default_example_labels(summaries: dict[str, ModelSummary], candidates: list[str],
+                           reference: str | None, metric: str | None) -> tuple[list[str],
+                                                                              dict[str, str]]:
+    """The reference, the best trained model, then the rest best first by ``metric`` (ties in
+    table order), all of the first one's protocol; and each label's role where it has one."""
+    if not candidates:
+        return [], {}
+
+    def value(label: str) -> float:
+        mean = summaries[label].metric(metric)[0] if metric else math.nan
+        return -math.inf if math.isnan(mean) else mean
+
+    ranked = sorted(candidates, key=value, reverse=True)  # sorted() is stable: table order on ties
+    first = reference if reference in candidates else ranked[0]
+    # one protocol: cold-start runs train on other interactions than warm ones
+    ranked = [label for label in ranked if summaries[label].cold_start == summaries[first].cold_start]
+    roles = {first: "reference" if first == reference else f"best by {metric}"}
+    trained = [label for label in ranked if summaries[label].trained]
+    if trained and trained[0] != first:
+        roles[trained[0]] = f"best trained model by {metric}"
+    labels = list(dict.fromkeys([first, *trained[:1], *ranked]))[:DEFAULT_EXAMPLE_MODELS]
+    return labels, {label: role for label, role in roles.items() if label in labels}
+
+
+def _examples_by_seed(summary: ModelSummary) -> dict[int, dict[str, Any]]:
     return {r["cell"]["seed"]: r["result"]["examples"] for r in summary.ok
             if (r["result"].get("examples") or {}).get("users")}
 
 
-def choose_examples(summaries: dict[str, "ModelSummary"], reference: str | None,
+def choose_examples(summaries: dict[str, ModelSummary], reference: str | None,
                     wanted: list[str] | None = None, n_users: int = DEFAULT_EXAMPLE_USERS,
-                    seeds: list[int] | None = None) -> ExampleChoice | None:
-    """Which seed, models and users the examples show; None when no record has examples."""
+                    seeds: list[int] | None = None,
+                    metric: str | None = None) -> ExampleChoice | None:
+    """Which seed, models and users the examples show; None when no record has examples.
+    ``metric`` ranks the models when ``wanted`` does not name them (the table's first)."""
     with_examples = {label: _examples_by_seed(s) for label, s in summaries.items()}
     with_examples = {label: e for label, e in with_examples.items() if e}
-    notes = []
+    notes, roles = [], {}
     if wanted:
         unknown = [label for label in wanted if label not in summaries]
         if unknown:
@@ -59,11 +89,7 @@ def choose_examples(summaries: dict[str, "ModelSummary"], reference: str | None,
                          "than the examples: rerun with --rerun)")
         labels = [label for label in wanted if label in with_examples]
     else:
-        labels = sorted(with_examples, key=lambda label: label != reference)
-        # one protocol: cold-start runs train on other interactions than warm ones
-        labels = [label for label in labels
-                  if summaries[label].cold_start == summaries[labels[0]].cold_start]
-        labels = labels[:DEFAULT_EXAMPLE_MODELS]
+        labels, roles = default_example_labels(summaries, list(with_examples), reference, metric)
     if not labels:
         return None
     candidates = list(seeds or []) + sorted({s for e in with_examples.values() for s in e})
@@ -78,7 +104,8 @@ def choose_examples(summaries: dict[str, "ModelSummary"], reference: str | None,
     tops = {label: {u["user"]: u["top_items"] for u in recorded[label]["users"]}
             for label in labels}
     users = [u for u in first["users"] if all(u["user"] in tops[label] for label in labels)]
-    return ExampleChoice(seed, labels, users[:n_users], tops, int(first.get("k", 10)), notes)
+    return ExampleChoice(seed, labels, users[:n_users], tops, int(first.get("k", 10)), notes,
+                         {label: role for label, role in roles.items() if label in labels})
 
 
 def _card(view: ItemView, hit: bool = False, rank: int | None = None) -> str:
@@ -110,8 +137,10 @@ def render_examples(choice: ExampleChoice, catalogue: Catalogue) -> str:
                 "below)" if catalogue.common_prefix else "") +
              ". A green frame marks a "
              f"hit: an item of the user's test set. Models: "
-             f"{', '.join(escape(label) for label in choice.labels)}.</p>"]
-    parts += [f'<p class="note">{escape(note)}</p>' for note in choice.notes + catalogue.notes]
+             f"{', '.join(_named(label, choice.roles.get(label)) for label in choice.labels)}."
+             "</p>"]
+    parts += [f'<p class="note">{escape(without_machine_paths(note))}</p>'
+              for note in choice.notes + catalogue.notes]
     if not choice.users:
         parts.append('<p class="note">No test user was recorded by every chosen model.</p>')
     for user in choice.users:
@@ -134,6 +163,10 @@ def render_examples(choice: ExampleChoice, catalogue: Catalogue) -> str:
                                 cards, "model"))
         parts.append("</div>")
     return "\n".join(parts)
+
+
+def _named(label: str, role: str | None) -> str:
+    return escape(label) + (f" ({escape(role)})" if role else "")
 
 
 def _strip(heading: str, cards: list[str], kind: str) -> str:

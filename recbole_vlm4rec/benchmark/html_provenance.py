@@ -1,5 +1,8 @@
 """The report's "how the run was made": spec, source commit, library versions, machine, and per
-dataset its card summary and item-feature coverage (from the files in the dataset folder)."""
+dataset its card summary and item-feature coverage (from the files in the dataset folder).
+
+Folders are named, never their absolute paths (``without_machine_paths``): the page may be mailed.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,11 @@ import json
 from collections import Counter
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report import Report
+from recbole_vlm4rec.benchmark.report_data import Report, without_machine_paths
 
 
 PROTOCOL_KEYS = ("eval_args", "metrics", "topk", "valid_metric", "eval_history_mask",
@@ -21,17 +23,18 @@ PROTOCOL_KEYS = ("eval_args", "metrics", "topk", "valid_metric", "eval_history_m
                  "cold_start_targets")
 
 
-def _records(report: "Report") -> list[dict[str, Any]]:
+def _records(report: Report) -> list[dict[str, Any]]:
     return [r for summaries in report.datasets.values() for s in summaries.values() for r in s.ok]
 
 
 def _counted(values: list[str]) -> str:
     """``a (3 runs); b (1 run)``: several values mean the runs were not made alike."""
     counts = Counter(values)
-    return "; ".join(f"{escape(v)} ({n} run{'s' * (n != 1)})" for v, n in counts.most_common())
+    return "; ".join(f"{escape(without_machine_paths(v))} ({n} run{'s' * (n != 1)})"
+                     for v, n in counts.most_common())
 
 
-def run_section(report: "Report") -> str:
+def run_section(report: Report) -> str:
     records = _records(report)
     environments = [r["result"].get("environment") or {} for r in records]
     rows = [("source commit", _counted([e.get("commit", "not recorded") for e in environments])),
@@ -40,8 +43,9 @@ def run_section(report: "Report") -> str:
     packages = sorted({k for e in environments for k in e} - {"commit", "machine", "platform"})
     rows += [(name, _counted([e.get(name, "not recorded") for e in environments]))
              for name in packages]
-    spec_path = (report.folder / "spec.yaml").resolve()
-    spec_text = spec_path.read_text() if spec_path.is_file() else "(no spec.yaml in the folder)"
+    spec_path = report.folder / "spec.yaml"
+    spec_text = without_machine_paths(spec_path.read_text()) if spec_path.is_file() \
+        else "(no spec.yaml in the folder)"
     table = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
     configs = [r["result"].get("config") or {} for r in records]
     protocol = "".join(
@@ -51,7 +55,8 @@ def run_section(report: "Report") -> str:
             f'<table class="kv">{table}</table>'
             "<h3>Protocol (from the runs' config snapshots)</h3>"
             f'<table class="kv">{protocol}</table>'
-            f"<h3>Spec (<code>{escape(str(spec_path))}</code>)</h3><pre>{escape(spec_text)}</pre>")
+            f"<h3>Spec (<code>spec.yaml</code> of the benchmark folder)</h3>"
+            f"<pre>{escape(spec_text)}</pre>")
 
 
 def _short(value: Any) -> str:
@@ -67,7 +72,8 @@ def dataset_section(dataset: str, records: list[dict[str, Any]]) -> str:
     if not config.get("data_path"):
         return "<p>The runs recorded no dataset folder (no config snapshot).</p>"
     folder = Path(str(config["data_path"]))
-    parts = [f"<p>Dataset folder: <code>{escape(str(folder))}</code></p>"]
+    parts = [f"<p>Dataset folder: <code>{escape(folder.name)}</code> (in the runs' "
+             "<code>data_path</code>)</p>"]
     parts.append(_card_summary(folder, records))
     parts.append(_feature_coverage(folder, config, records))
     return "\n".join(parts)
@@ -81,7 +87,7 @@ def _card_summary(folder: Path, records: list[dict[str, Any]]) -> str:
     try:
         card = json.loads(data)
     except ValueError as error:
-        return f'<p class="note">{escape(str(card_path))}: not JSON ({escape(str(error))})</p>'
+        return f'<p class="note">card.json: not JSON ({escape(str(error))})</p>'
     recorded = {r["result"].get("dataset_card_sha256") for r in records}
     now = hashlib.sha256(data).hexdigest()
     if recorded == {now}:
@@ -97,7 +103,7 @@ def _card_summary(folder: Path, records: list[dict[str, Any]]) -> str:
             ("items with an image", f"{items.get('with_image', '?')} of {items.get('rows', '?')}"),
             ("split", (card.get("split") or {}).get("description")),
             ("card sha256", f"{now[:16]}... ({match})")]
-    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(without_machine_paths(str(v)))}</td></tr>"
                    for k, v in rows if v is not None)
     return f'<h3>Dataset card</h3><table class="kv">{body}</table>'
 
@@ -142,7 +148,8 @@ def _feature_coverage(folder: Path, config: dict[str, Any],
                      ", ".join(f"{k}: {v}" for k, v in skipped.items()), used))
     head = "<tr><th>feature</th><th>items with a vector</th><th>dim</th><th>encoder</th>" \
            "<th>skipped items by reason</th><th>read by</th></tr>"
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{escape(without_machine_paths(c))}</td>" for c in row)
+                   + "</tr>" for row in rows)
     return f'<h3>Item features</h3><table class="plain">{head}{body}</table>'
 
 

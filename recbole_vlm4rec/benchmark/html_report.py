@@ -16,6 +16,7 @@ from html import escape
 from pathlib import Path
 
 from recbole_vlm4rec.benchmark.breakdowns import cold_start_note
+from recbole_vlm4rec.benchmark.html_audit import audit_section
 from recbole_vlm4rec.benchmark.catalogue import Catalogue
 from recbole_vlm4rec.benchmark.html_examples import (
     DEFAULT_EXAMPLE_USERS,
@@ -23,7 +24,18 @@ from recbole_vlm4rec.benchmark.html_examples import (
     render_examples,
 )
 from recbole_vlm4rec.benchmark.html_provenance import dataset_section, run_section
-from recbole_vlm4rec.benchmark.report import BETTER, CAPPED, WORSE, ModelSummary, Report
+from recbole_vlm4rec.benchmark.report_data import (
+    BETTER,
+    CAPPED,
+    UNDERTRAINED,
+    WORSE,
+    ModelSummary,
+    Report,
+    settings_text,
+    training_notes,
+    undertrained_flag,
+    undertrained_reason_text,
+)
 from recbole_vlm4rec.benchmark.spec import safe_name
 
 PLOTS = (("metrics", "Test metrics, mean ± std over seeds"),
@@ -45,7 +57,7 @@ table.kv th{text-align:left;color:#3b4454;font-weight:600}table.kv td{text-align
 table.plain td,table.plain th{text-align:left}
 tr.skipped td,tr.failed td,tr.missing td{color:#7a8291;background:#f7f8fa}
 td.reason{text-align:left;font-style:italic}.best{font-weight:700;background:#e6f4ea}
-.up{color:#137333}.down{color:#b3261e}.capped{color:#8a4b00}
+small.model{color:#5b6474}.up{color:#137333}.down{color:#b3261e}.capped,.undertrained{color:#8a4b00}
 figure.plot{display:inline-block;margin:8px 16px 8px 0;vertical-align:top}
 figure.plot img{max-width:580px;border:1px solid #e3e7ee}
 figure.plot figcaption{font-size:12px;color:#5b6474;max-width:580px}
@@ -111,6 +123,13 @@ def _epochs_cell(summary: ModelSummary) -> str:
     mark = (f' <span class="capped" title="{capped} of {len(trainings)} runs trained every '
             f'one of their {trainings[0].get("epochs")} epochs without early stopping">'
             f'{CAPPED}</span>') if capped else ""
+    flags = [flag for r in summary.ok if (flag := undertrained_flag(r))]
+    if flags:
+        said = "; ".join(dict.fromkeys(
+            undertrained_reason_text(f["reason"]) + (f" ({f['message']})" if f["message"] else "")
+            for f in flags))
+        mark += (f' <span class="undertrained" title="{len(flags)} of {len(trainings)} runs '
+                 f'possibly undertrained: {escape(said)}">{UNDERTRAINED}</span>')
     return f"<td>{best} of {run}{mark}</td>"
 
 
@@ -123,6 +142,9 @@ def results_table(report: Report, dataset: str, summaries: dict[str, ModelSummar
     for label, summary in summaries.items():
         runs = f"{len(summary.ok)}/{report.n_seeds or len(summary.records)}"
         name = escape(label) + (" <small>(ref)</small>" if label == reference else "")
+        settings = report.label_settings.get(label)
+        name += (f'<br><small class="model" title="{escape(settings_text(settings))}">'
+                 f"{escape(summary.model)}</small>")
         if not summary.ok:
             reason = "; ".join(summary.reasons) or summary.status
             rows.append(f'<tr class="{escape(summary.status)}" data-model="{escape(label)}">'
@@ -144,9 +166,12 @@ def results_table(report: Report, dataset: str, summaries: dict[str, ModelSummar
               f"({escape(reference or 'none with results')}) on per-user values, paired t-test "
               f"and Wilcoxon both, Holm-corrected, α = {report.alpha}; · not significant (hover "
               f"for p-values). {CAPPED}: training ran into the epoch cap without early stopping "
-              "(possibly under-trained).")
+              f"(possibly under-trained). {UNDERTRAINED}: the run flagged itself as possibly "
+              "undertrained (hover for why).")
+    notes = "".join(f'<p class="note training">{escape(note)}</p>'
+                    for note in training_notes(summaries))
     return f'<table class="results" data-dataset="{escape(dataset)}">{"".join(rows)}</table>' \
-           f'<p class="meta">{legend}</p>'
+           f'<p class="meta">{legend}</p>{notes}'
 
 
 def plots_block(report: Report, dataset: str) -> str:
@@ -180,7 +205,8 @@ def examples_block(report: Report, dataset: str, seeds: list[int] | None,
                    example_models: list[str] | None, example_users: int) -> str:
     summaries = report.datasets[dataset]
     choice = choose_examples(summaries, report.references.get(dataset), example_models,
-                             example_users, seeds)
+                             example_users, seeds,
+                             report.metrics[0] if report.metrics else None)
     if choice is None:
         return ('<p class="note">No examples: no ok run recorded top-k lists (records made '
                 "before they were kept: rerun with --rerun).</p>")
@@ -203,8 +229,8 @@ def html_page(report: Report, seeds: list[int] | None = None,
              f'{name}</title><meta name="viewport" content="width=device-width">'
              f"<style>{STYLE}</style></head><body>",
              f"<header><h1>Benchmark report: {name}</h1><p class=\"meta\">{len(statuses)} cells: "
-             f"{counts}. Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from "
-             f"<code>{escape(str(report.folder.resolve()))}</code> by "
+             f"{counts}. Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the "
+             f"folder <code>{escape(report.folder.resolve().name)}</code> by "
              "<code>vlm4rec report</code>.</p>"
              f'<nav>{nav} <a href="#run">how the run was made</a></nav></header>']
     for dataset, summaries in report.datasets.items():
@@ -218,6 +244,7 @@ def html_page(report: Report, seeds: list[int] | None = None,
                   f'<section class="examples" id="examples-{anchor}"><h3>Examples</h3>'
                   f"{examples_block(report, dataset, seeds, example_models, example_users)}"
                   "</section>",
+                  audit_section(report.folder, dataset),  # vlm4rec audit, when written here
                   f'<section class="data" id="data-{anchor}"><h3>Data</h3>'
                   f"{dataset_section(dataset, records)}</section></section>"]
     parts.append(f'<section class="provenance" id="run"><h2>How the run was made</h2>'

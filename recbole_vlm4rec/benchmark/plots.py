@@ -10,6 +10,9 @@ Per dataset, in ``<folder>/plots/``:
 ``<dataset>-activity.png``         Recall@20 per user-activity bucket (breakdowns.py), when the
                                    records hold training counts per user
 ``<dataset>-cold-vs-warm.png``     the first metric of warm / cold-start label pairs, when run
+
+Each label keeps one colour and one marker in every plot of a report (``model_styles``): no two
+labels share a colour (up to 60 labels) or a marker (up to 21), and no two share both.
 """
 
 from __future__ import annotations
@@ -34,25 +37,52 @@ from recbole_vlm4rec.benchmark.breakdowns import (  # noqa: E402
 from recbole_vlm4rec.benchmark.spec import safe_name  # noqa: E402
 
 if TYPE_CHECKING:
-    from recbole_vlm4rec.benchmark.report import Report
+    from recbole_vlm4rec.benchmark.report_data import Report
+
+# Strong hues first (tab10), then their light variants, then tab20b / tab20c: 60 distinct colours.
+_COLOURS = [matplotlib.colors.to_hex(c) for c in (
+    list(matplotlib.colormaps["tab10"].colors) + list(matplotlib.colormaps["tab20"].colors[1::2])
+    + list(matplotlib.colormaps["tab20b"].colors) + list(matplotlib.colormaps["tab20c"].colors))]
+_COLOURS = list(dict.fromkeys(_COLOURS))
+# Filled markers first, then line markers: 21 distinct shapes.
+_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*", "<", ">", "p", "h", "8", "d", "H",
+            "+", "x", "1", "2", "3", "4"]
+
+
+def model_styles(labels: list[str]) -> dict[str, tuple[str, str]]:
+    """``label -> (colour, marker)``, by position: no two labels share a colour (beyond the
+    palette: evenly spaced hues) and no two share both colour and marker."""
+    styles = {}
+    for index, label in enumerate(dict.fromkeys(labels)):
+        if index < len(_COLOURS):
+            colour = _COLOURS[index]
+        else:  # golden-ratio hue steps never repeat a hue
+            hue = (index * 0.618033988749895) % 1.0
+            colour = matplotlib.colors.to_hex(matplotlib.colors.hsv_to_rgb((hue, 0.75, 0.8)))
+        styles[label] = (colour, _MARKERS[index % len(_MARKERS)])
+    return styles
 
 
 def write_plots(report: "Report") -> list[Path]:
     folder = report.folder / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+    # one style per label across the whole report, in table order
+    styles = model_styles([label for summaries in report.datasets.values()
+                           for label in summaries])
     for dataset, summaries in report.datasets.items():
         ok = {label: s for label, s in summaries.items() if s.ok}
         if not ok or not report.metrics:
             continue
         stem = folder / safe_name(dataset)
-        written.append(_metric_bars(dataset, summaries, report.metrics,
+        written.append(_metric_bars(dataset, summaries, report.metrics, styles,
                                     Path(f"{stem}-metrics.png")))
-        written.append(_quality_vs_time(dataset, ok, report.metrics[0],
+        written.append(_quality_vs_time(dataset, ok, report.metrics[0], styles,
                                         Path(f"{stem}-quality-vs-time.png")))
         buckets = activity_buckets(ok, report.metrics)
         if buckets is not None:
-            written.append(_activity_bars(dataset, buckets, Path(f"{stem}-activity.png")))
+            written.append(_activity_bars(dataset, buckets, styles,
+                                          Path(f"{stem}-activity.png")))
         pairs = cold_warm_pairs(ok, report.metrics[0])
         if pairs:
             written.append(_cold_warm_bars(dataset, pairs, report.metrics[0],
@@ -77,15 +107,18 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _grouped_bars(axes, groups: list[str], series: dict[str, list[tuple[float, float]]]) -> None:
-    """One bar per series in each group; error bars only where the std is a number."""
+def _grouped_bars(axes, groups: list[str], series: dict[str, list[tuple[float, float]]],
+                  styles: dict[str, tuple[str, str]] | None = None) -> None:
+    """One bar per series in each group (coloured by ``styles`` when given); error bars only
+    where the std is a number."""
     width = 0.8 / max(len(series), 1)
     positions = np.arange(len(groups))
     for index, (label, values) in enumerate(series.items()):
         x = positions + (index - (len(series) - 1) / 2) * width
         means = np.array([0.0 if math.isnan(m) else m for m, _ in values])
         stds = np.array([s for _, s in values], dtype=float)
-        axes.bar(x, means, width, label=label)
+        colour = styles[label][0] if styles and label in styles else None
+        axes.bar(x, means, width, label=label, color=colour)
         shown = ~np.isnan(stds)
         if shown.any():
             axes.errorbar(x[shown], means[shown], yerr=stds[shown], fmt="none", capsize=2,
@@ -93,11 +126,12 @@ def _grouped_bars(axes, groups: list[str], series: dict[str, list[tuple[float, f
     axes.set_xticks(positions, groups)
 
 
-def _metric_bars(dataset: str, all_summaries: dict, metrics: list[str], path: Path) -> Path:
+def _metric_bars(dataset: str, all_summaries: dict, metrics: list[str],
+                 styles: dict[str, tuple[str, str]], path: Path) -> Path:
     summaries = {label: s for label, s in all_summaries.items() if s.ok}
     figure, axes = plt.subplots(figsize=(7.0, 4.0))
     _grouped_bars(axes, metrics, {label: [_spread(s, m) for m in metrics]
-                                  for label, s in summaries.items()})
+                                  for label, s in summaries.items()}, styles)
     handles, _ = axes.get_legend_handles_labels()
     handles += [Patch(facecolor="white", edgecolor="grey", hatch="//",  # a missing bar says why
                       label=f"{label}: {summary.status}, no result")
@@ -108,10 +142,10 @@ def _metric_bars(dataset: str, all_summaries: dict, metrics: list[str], path: Pa
     return _save(figure, path)
 
 
-def _quality_vs_time(dataset: str, summaries: dict, metric: str, path: Path) -> Path:
+def _quality_vs_time(dataset: str, summaries: dict, metric: str,
+                     styles: dict[str, tuple[str, str]], path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7.0, 4.0))
-    markers = "osD^vP*X<>"
-    for index, (label, summary) in enumerate(summaries.items()):
+    for label, summary in summaries.items():
         seconds = [r["result"]["seconds"]["test"] for r in summary.ok]
         mean, std = _spread(summary, metric)
         if math.isnan(mean):
@@ -120,7 +154,7 @@ def _quality_vs_time(dataset: str, summaries: dict, metric: str, path: Path) -> 
         axes.errorbar([max(float(np.mean(seconds)), 1e-3)], [mean],
                       yerr=[std] if spread else None,
                       xerr=[float(np.std(seconds))] if spread else None,
-                      fmt=markers[index % len(markers)], capsize=3, label=label)
+                      fmt=styles[label][1], color=styles[label][0], capsize=3, label=label)
     axes.set_xscale("log")
     axes.set_xlabel("test evaluation seconds (full ranking, mean over seeds)")
     axes.set_ylabel(metric)
@@ -130,10 +164,11 @@ def _quality_vs_time(dataset: str, summaries: dict, metric: str, path: Path) -> 
     return _save(figure, path)
 
 
-def _activity_bars(dataset: str, buckets: Buckets, path: Path) -> Path:
+def _activity_bars(dataset: str, buckets: Buckets, styles: dict[str, tuple[str, str]],
+                   path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7.0, 4.0))
     groups = [f"{name}\n{n} test users" for name, n in zip(buckets.names, buckets.users)]
-    _grouped_bars(axes, groups, buckets.values)
+    _grouped_bars(axes, groups, buckets.values, styles)
     axes.set_xlabel("training interactions per user (tertiles)")
     axes.set_ylabel(f"{buckets.metric} (mean over users; ± std over seeds)")
     axes.set_title(f"{dataset}: {buckets.metric} by user activity")

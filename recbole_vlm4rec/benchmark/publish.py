@@ -28,10 +28,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from recbole_vlm4rec.benchmark.report_data import CAPPED, UNDERTRAINED
 from recbole_vlm4rec.formats.files import atomic_write_text
 
 BLOCK = re.compile(r"(<!-- results-table: (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results-table -->)",
                    re.S)
+MARK_MEANING = {CAPPED: "epochs capped: training ended at the epochs limit before early stopping",
+                UNDERTRAINED: "possibly undertrained, as flagged by the run (early-best: stopped "
+                              "by patience with its best epoch among the first few; "
+                              "still-improving: reached the epoch cap with its best epoch at or "
+                              "near it)"}
 COPIED = ("report.md", "summary.csv", "runs.csv", "significance.csv", "tuning.csv", "spec.yaml",
           "tuning.json")
 
@@ -54,7 +60,8 @@ def parse_block_args(text: str) -> tuple[str, dict[str, str]]:
 
 def render_table(summary_csv: Path, dataset: str | None = None,
                  metrics: list[str] | None = None) -> str:
-    """A Markdown table of a summary.csv: model, then mean (± std over seeds) per metric."""
+    """A Markdown table of a summary.csv: model, then mean (± std over seeds) per metric; † / ‡
+    after models with capped / possibly undertrained runs, each explained below the table."""
     with open(summary_csv, newline="") as handle:
         rows = [row for row in csv.DictReader(handle)
                 if dataset is None or row["dataset"] == dataset]
@@ -64,6 +71,7 @@ def render_table(summary_csv: Path, dataset: str | None = None,
         metrics = [name[:-5] for name in rows[0] if name.endswith("_mean")]
     lines = ["| model | " + " | ".join(metrics) + " | runs |",
              "|---|" + "---|" * (len(metrics) + 1)]
+    marked: dict[str, list[str]] = {}
     for row in rows:
         cells = []
         for metric in metrics:
@@ -76,8 +84,28 @@ def render_table(summary_csv: Path, dataset: str | None = None,
                 text += f" ± {float(std):.4f}"
             cells.append(text)
         model = row["model"] if dataset else f"{row['model']} ({row['dataset']})"
+        model += _training_marks(row, marked)
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {row['runs_ok']}/{row['runs']} |")
+    for mark, labels in marked.items():
+        lines += ["", f"{mark} {MARK_MEANING[mark]}: {'; '.join(labels)}."]
     return "\n".join(lines) + "\n"
+
+
+def _training_marks(row: dict[str, str], marked: dict[str, list[str]]) -> str:
+    """† / ‡ after a label whose runs were capped / flagged as undertrained (columns of the
+    summary; summaries written before a column existed have no such runs), noted in ``marked``."""
+    text = ""
+    capped, flagged = int(row.get("runs_capped") or 0), int(row.get("runs_undertrained") or 0)
+    if capped:
+        text += f" {CAPPED}"
+        marked.setdefault(CAPPED, []).append(f"{row['model']} ({capped}/{row['runs_ok']} runs)")
+    if flagged:
+        text += f" {UNDERTRAINED}"
+        reasons = (row.get("undertrained_reasons") or "").replace(";", ", ")
+        marked.setdefault(UNDERTRAINED, []).append(
+            f"{row['model']} ({flagged}/{row['runs_ok']} runs" + (f": {reasons})" if reasons
+                                                                     else ")"))
+    return text
 
 
 def render_blocks(text: str, root: Path, only: Path | None = None) -> str:
@@ -128,7 +156,7 @@ def commit_of(result: dict[str, Any]) -> str:
 def provenance(folder: Path) -> dict[str, Any]:
     """The code and spec behind a benchmark folder's runs, from the run records themselves."""
     from recbole_vlm4rec.benchmark.grid import record_path
-    from recbole_vlm4rec.benchmark.report import load_report
+    from recbole_vlm4rec.benchmark.report_data import load_report
     from recbole_vlm4rec.benchmark.spec import Cell
 
     report = load_report(folder)  # the records the report shows, nothing stale
@@ -144,7 +172,7 @@ def provenance(folder: Path) -> dict[str, Any]:
                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
     spec = folder / "spec.yaml"
     return {"published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source_folder": str(folder),
+            "source_folder": folder.resolve().name,  # its name: no machine path in the docs
             "spec_sha256": hashlib.sha256(spec.read_bytes()).hexdigest() if spec.is_file() else None,
             "code_versions": code, "runs": runs}
 

@@ -30,6 +30,7 @@ examples:
   vlm4rec encode ml-100k-posters --descriptions tagger-preference   # after `vlm4rec ground ml-100k-posters`
   vlm4rec encode ml-100k --template "{movie_title} ({release_year}). Genres: {class}." --feature text
   vlm4rec encode amazon-baby --descriptions openai-preference --encoder all-mpnet-base-v2 --feature vlm_mpnet
+  vlm4rec encode amazon-baby --descriptions openai-preference --processes 4   # 4 CPU processes, or 1 per GPU
   vlm4rec encode amazon-baby --modality image                 # EfficientNet-Lite0, 1280-d
   vlm4rec encode amazon-baby --modality image --encoder ~/models/clip-vit-base-patch32 --feature clip
   vlm4rec encode ml-100k --modality image --items posters.tsv --image-column poster_path
@@ -64,6 +65,10 @@ def register(subparsers: Any) -> None:
                         help="encoder batch size (default 64 texts / 32 images / 4 lvlm)")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda:1 (default: GPU when present)")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="text: encode in N processes (sentence-transformers' multi-process "
+                        "pool): one per GPU when GPUs are present, else N CPU processes; same "
+                        "vectors as one process (default 1)")
     parser.add_argument("--data-path", help="folder holding dataset folders (default: the project home's dataset/, see docs/datasets.md)")
     parser.add_argument("--features-dir", help="output folder (default dataset/<name>/features)")
     parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the "
@@ -130,6 +135,9 @@ def _run(args: argparse.Namespace):
     items = (Path(args.items).expanduser() if args.items
              else default_item_table(args.dataset, folder))
     show_progress = not args.quiet
+    if args.processes != 1 and (args.modality != "text" or args.processes < 1):
+        raise ValueError(f"--processes {args.processes}: a number >= 1, for text encoding only "
+                         f"(sentence-transformers); --modality {args.modality} runs in one process")
     if args.modality == "lvlm":
         from recbole_vlm4rec.encoding.lvlm_cli import run_lvlm
 
@@ -179,4 +187,5 @@ def _run(args: argparse.Namespace):
         inputs, out_dir, args.feature or feature, args.encoder or DEFAULT_TEXT_ENCODER,
         source=source, use_cache=not args.no_cache, device=args.device,
         batch_size=args.batch_size or 64, show_progress=show_progress, extra_meta=extra_meta,
+        processes=args.processes,
     )

@@ -221,15 +221,20 @@ def encode_text_feature(inputs: TextInputs, out_dir: str | Path, feature: str,
                         encoder_spec: str, source: str, use_cache: bool = True,
                         device: str | None = None, batch_size: int = 64,
                         show_progress: bool = True,
-                        extra_meta: dict[str, Any] | None = None) -> EncodeReport:
+                        extra_meta: dict[str, Any] | None = None,
+                        processes: int = 1) -> EncodeReport:
     """Encode ``inputs`` with a sentence encoder and write feature ``feature`` into ``out_dir``;
-    ``extra_meta`` adds provenance keys (e.g. the template) to the feature's ``.json``."""
+    ``extra_meta`` adds provenance keys (e.g. the template) to the feature's ``.json``;
+    ``processes > 1``: sentence-transformers' multi-process pool (same vectors)."""
     started = time.perf_counter()
     fingerprint = encoder_fingerprint(encoder_spec)
     cache_path = Path(out_dir) / CACHE_FILE_NAME if use_cache else None
-    encoder = TextEncoder(encoder_spec, device=device, batch_size=batch_size)
-    with VectorCache(cache_path, f"text:{fingerprint}") as cache:
-        tokens, matrix, hits, n_encoded, bad = encode_texts(inputs, encoder, cache, show_progress)
+    encoder = TextEncoder(encoder_spec, device=device, batch_size=batch_size, processes=processes)
+    try:
+        with VectorCache(cache_path, f"text:{fingerprint}") as cache:
+            tokens, matrix, hits, n_encoded, bad = encode_texts(inputs, encoder, cache, show_progress)
+    finally:
+        encoder.close()
     return write_encoded_feature(out_dir, feature, tokens, matrix, inputs.skipped + bad, hits,
                                  n_encoded, started, encoder_spec, fingerprint, source,
                                  n_superseded=inputs.n_superseded, kind="text",

@@ -25,8 +25,8 @@ a (structured) prompt and pooling the hidden states: multimodal by construction,
     ``POST <base-url>/embeddings`` with chat-style ``messages`` (image as a data URL + prompt), the
     request vLLM serves for multimodal embedding models (``vllm serve <model> --task embed``; its
     ``--override-pooler-config '{"pooling_type": "MEAN"}'`` picks the pooling, server-side).
-    Retries with backoff, fatal statuses as the grounding backend (openai_compatible.py);
-    ``concurrency`` requests in flight.
+    The HTTP client is the one grounding uses (``formats/openai_client.py``: retries, deadlines,
+    fatal statuses, several servers); ``concurrency`` requests in flight.
 
 Per-item failures come back as values (``error`` + ``detail``); an exception means the embedder
 cannot work at all (weights missing, endpoint unreachable).
@@ -34,15 +34,11 @@ cannot work at all (weights missing, endpoint unreachable).
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import hashlib
-import io
+import json
 import logging
-import os
-import random
-import time
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -204,155 +200,83 @@ def _image_token_id(config: Any) -> int:
 
 
 class OpenAILVLMEmbedder(LVLMEmbedder):
-    """``/embeddings`` with chat-style messages on an OpenAI-compatible server (vLLM).
-
-    One server (``base_url``, default ``$OPENAI_BASE_URL`` or vLLM's localhost:8000/v1); 429, 5xx,
-    408 and connection errors are retried ``max_retries`` times with exponential backoff and jitter
-    (``Retry-After`` honoured), other 4xx fail the item, 401/403/404 stop the run.
-    """
+    """``/embeddings`` with chat-style messages on an OpenAI-compatible server (vLLM), through the
+    shared client (``formats/openai_client.py``: retries with backoff, ``Retry-After``, whole-request
+    deadlines, fatal statuses, a fleet of servers): ``concurrency`` requests in flight."""
 
     name = "openai"
 
-    def __init__(self, model: str | None = None, base_url: str | None = None,
+    def __init__(self, model: str | None = None, base_url: str | Sequence[str] | None = None,
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 120.0, max_retries: int = 5, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, jpeg_quality: int = 90) -> None:
-        import httpx
-
-        from recbole_vlm4rec.grounding.backends.openai_compatible import DEFAULT_BASE_URL
+        from recbole_vlm4rec.formats.loop import BackgroundLoop
+        from recbole_vlm4rec.formats.openai_client import OpenAIClient
 
         if not model:
             raise ValueError("the openai LVLM backend needs --model: the model name the "
                              "endpoint serves (GET <base-url>/models lists them)")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise ValueError("openai LVLM backend: concurrency >= 1, max_retries >= 0, timeout > 0")
+        try:
+            self.client = OpenAIClient(base_url, model=model, api_key_env=api_key_env,
+                                       concurrency=concurrency, timeout=timeout,
+                                       max_retries=max_retries, backoff_base=backoff_base,
+                                       backoff_max=backoff_max)
+        except ValueError as error:
+            raise ValueError(f"openai LVLM backend: {error}") from None
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.concurrency, self.max_retries = concurrency, max_retries
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
-        self.jpeg_quality, self.api_key_env = jpeg_quality, api_key_env
-        api_key = os.environ.get(api_key_env, "")
-        self._client = httpx.Client(
-            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        self.base_url = ", ".join(self.client.urls)
+        self.jpeg_quality = jpeg_quality
         self.batch_size = concurrency  # requests in flight per embed() call
+        self._loop = BackgroundLoop("lvlm-openai")
 
     def model_id(self) -> str:
         return f"{self.model} via {self.base_url}/embeddings (server-side pooling)"
 
     def preflight(self) -> None:
         """GET /models: an unreachable endpoint, a rejected key or an unknown model fail here."""
-        import httpx
-
-        from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError
-
-        try:
-            response = self._client.get("/models")
-        except httpx.HTTPError as error:
-            raise BackendUnavailableError(f"cannot reach {self.base_url} ({type(error).__name__}: "
-                                          f"{error}); is the server running?") from error
-        if response.status_code in (401, 403):
-            raise BackendUnavailableError(f"{self.base_url} answered {response.status_code}; set "
-                                          f"the key in ${self.api_key_env}")
-        try:
-            served = [entry["id"] for entry in response.json().get("data", [])]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return  # some servers have no /models: the requests themselves will tell
-        if response.status_code == 200 and served and self.model not in served:
-            raise BackendUnavailableError(f"{self.base_url} does not serve model {self.model!r}; "
-                                          f"it serves: {', '.join(served[:20])}")
+        self._run(self.client.preflight())
 
     def embed(self, requests: Sequence[GroundingRequest]) -> list[LVLMOutput]:
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._embed_one, requests))
+        from recbole_vlm4rec.formats.openai_messages import user_message
 
-    def _embed_one(self, request: GroundingRequest) -> LVLMOutput:
-        body = {"model": self.model, "encoding_format": "float",
-                "messages": user_message(request, self.jpeg_quality)}
-        outcome = self._post(body)
-        if isinstance(outcome, tuple):
-            return LVLMOutput(request.item_id, error=outcome[0], detail=outcome[1])
-        try:
-            vector = np.asarray(outcome.json()["data"][0]["embedding"], dtype=np.float32)
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            return LVLMOutput(request.item_id, error="bad_response",
-                              detail=f"not an embeddings response ({type(error).__name__}): "
-                                     f"{outcome.text[:200]!r}")
-        if vector.ndim != 1 or not len(vector):
-            return LVLMOutput(request.item_id, error="bad_response",
-                              detail=f"embedding of shape {vector.shape}")
-        return LVLMOutput(request.item_id, vector=vector)
+        bodies = [json.dumps({"model": self.model, "encoding_format": "float",
+                              "messages": user_message(r.prompt, r.image, r.image_bytes,
+                                                       self.jpeg_quality)}).encode()
+                  for r in requests]  # built here, off the client's loop
+        return self._run(self._embed_all(requests, bodies))
 
-    def _post(self, body: dict[str, Any]) -> Any:
-        """The 200 response, or ``(reason, detail)`` after the retries."""
-        import httpx
+    async def _embed_all(self, requests: Sequence[GroundingRequest],
+                         bodies: list[bytes]) -> list[LVLMOutput]:
+        outcomes = await asyncio.gather(*(self.client.post("/embeddings", body, embedding_vector)
+                                          for body in bodies))
+        return [LVLMOutput(r.item_id, vector=o.value, error=o.error, detail=o.detail)
+                for r, o in zip(requests, outcomes)]
 
+    def _run(self, coroutine: Any) -> Any:
+        from recbole_vlm4rec.formats.openai_client import EndpointUnavailableError
         from recbole_vlm4rec.grounding.backends.base import BackendUnavailableError
-        from recbole_vlm4rec.grounding.backends.openai_compatible import (FATAL_STATUSES,
-                                                                          RETRY_STATUSES)
 
-        error, detail = "connection_error", ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            try:
-                response = self._client.post("/embeddings", json=body)
-            except httpx.TimeoutException as exc:
-                error, detail = "timeout", f"{type(exc).__name__}: {exc}"
-            except httpx.TransportError as exc:
-                error, detail = "connection_error", f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return response
-                error, detail = f"http_{response.status_code}", _error_message(response)
-                if response.status_code in FATAL_STATUSES:
-                    raise BackendUnavailableError(
-                        f"{self.base_url} answered {response.status_code} "
-                        f"({FATAL_STATUSES[response.status_code]}): {detail}")
-                if response.status_code not in RETRY_STATUSES:
-                    break  # a permanent failure of this item (e.g. 400: image rejected)
-                retry_after = _seconds(response.headers.get("retry-after"))
-            if attempt < self.max_retries:
-                delay = min(self.backoff_max, self.backoff_base * 2 ** attempt)
-                time.sleep(retry_after if retry_after is not None
-                           else delay * random.uniform(0.5, 1.0))
-        tries = f" after {self.max_retries + 1} tries" if self.max_retries else ""
-        return error, f"{detail}{tries}"
+        try:
+            return self._loop.run(coroutine)
+        except EndpointUnavailableError as error:
+            raise BackendUnavailableError(str(error)) from error
 
     def close(self) -> None:
-        self._client.close()
+        self._loop.stop(self.client.aclose())
 
 
-def user_message(request: GroundingRequest, jpeg_quality: int = 90) -> list[dict[str, Any]]:
-    """One user turn: the prompt as a text part and the image as a base64 data URL (the original
-    JPEG/PNG bytes when the request carries them: no re-encoding cost, no generation loss)."""
-    if request.image_bytes:
-        data, mime = request.image_bytes, "png" if request.image_bytes[:3] == b"\x89PN" else "jpeg"
-    else:
-        buffer = io.BytesIO()
-        request.image.save(buffer, "JPEG", quality=jpeg_quality)
-        data, mime = buffer.getvalue(), "jpeg"
-    data_url = f"data:image/{mime};base64," + base64.b64encode(data).decode("ascii")
-    return [{"role": "user", "content": [
-        {"type": "text", "text": request.prompt},
-        {"type": "image_url", "image_url": {"url": data_url}},
-    ]}]
+def embedding_vector(content: bytes) -> np.ndarray:
+    """The vector of an embeddings answer; BadAnswer (retried) when it is not one."""
+    from recbole_vlm4rec.formats.openai_client import BadAnswer
 
-
-def _error_message(response: Any) -> str:
     try:
-        error = response.json().get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or response.text[:200] or response.reason_phrase)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+        vector = np.asarray(json.loads(content)["data"][0]["embedding"], dtype=np.float32)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise BadAnswer(f"not an embeddings response ({type(error).__name__}): "
+                        f"{content[:200].decode('utf-8', 'replace')!r}") from None
+    if vector.ndim != 1 or not len(vector):
+        raise BadAnswer(f"embedding of shape {vector.shape}")
+    return vector
 
 
 def create_lvlm_embedder(backend: str, **options: Any) -> LVLMEmbedder:

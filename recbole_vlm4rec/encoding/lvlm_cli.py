@@ -43,7 +43,9 @@ def add_lvlm_arguments(parser: argparse.ArgumentParser) -> None:
                        "float16")
     group.add_argument("--max-new-tokens", type=int, default=256,
                        help="with --describe: longest answer in tokens")
-    group.add_argument("--base-url", help="openai: endpoint, e.g. http://localhost:8000/v1")
+    group.add_argument("--base-url", action="append", metavar="URL",
+                       help="openai: endpoint, e.g. http://localhost:8000/v1; repeat it for several "
+                       "servers (requests go to the one with the fewest in flight)")
     group.add_argument("--api-key-env", default="OPENAI_API_KEY",
                        help="openai: environment variable holding the API key")
     group.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight")

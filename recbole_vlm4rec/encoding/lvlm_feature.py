@@ -53,7 +53,6 @@ class _Descriptions:
     def __init__(self, path: Path, prompt: PromptSpec, backend: str, model_id: str) -> None:
         self.path, self.prompt, self.backend, self.model_id = path, prompt, backend, model_id
         self.store = DescriptionStore(path.with_suffix(".sqlite"))
-        self.rows: dict[str, DescriptionRow] = {}
 
     def row(self, item_id: str, prompt_key: str, sha: str | None, **values: Any) -> DescriptionRow:
         return DescriptionRow(item_id=item_id, backend=self.backend, model=self.model_id,
@@ -75,23 +74,23 @@ class _Descriptions:
                         reason=None, detail="", fields=fields)
 
     def current(self, plans: Sequence[_Plan]) -> set[str]:
-        """Items whose cached row is current (same model, prompt and image); kept in ``rows``."""
+        """Items whose cached row is current (same model, prompt and image)."""
         cached = self.store.get_many([plan.item.item_id for plan in plans])
         done = set()
         for plan in plans:
             row = cached.get(plan.item.item_id)
             if row is not None and (row.backend, row.model, row.prompt_key, row.image_sha256) == (
                     self.backend, self.model_id, plan.prompt_key, plan.sha):
-                self.rows[row.item_id] = row
                 done.add(row.item_id)
         return done
 
     def save(self, rows: Sequence[DescriptionRow]) -> None:
         self.store.put_many(rows)
-        self.rows.update((row.item_id, row) for row in rows)
 
     def export(self) -> int:
-        count = export_jsonl(self.path, self.rows.values())
+        # the whole cache: rows of other items stay, and a failed attempt the cache refused to
+        # write over a good row is not exported either
+        count = export_jsonl(self.path, self.store.all_rows())
         self.store.close()
         return count
 

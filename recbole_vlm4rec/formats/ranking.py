@@ -63,6 +63,27 @@ def priorities(users: Any, n_items: int, seed: int) -> Any:
     return (permutation[None, :] + user_offsets(users, n_items, seed)[:, None]) % n_items
 
 
+def user_priorities(user: int, n_items: int, seed: int) -> np.ndarray:
+    """One user's row of :func:`priorities`, in numpy (serving ranks one query without torch)."""
+    mix = (int(seed) % 2**31) * _SEED_HASH
+    offset = ((int(user) + 1) * _USER_HASH + mix) % n_items
+    return (item_permutation(n_items, seed) + offset) % n_items
+
+
+def top_k_by_priority(scores: np.ndarray, k: int, priority: np.ndarray) -> np.ndarray:
+    """Indices of the ``k`` best scores of one row, best first, equal scores ordered by higher
+    ``priority``: :func:`tie_safe_topk`'s answer for that row, in numpy, with masked items
+    (``-inf``) left out rather than returned last."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    cutoff = np.partition(scores, len(scores) - k)[len(scores) - k]
+    candidates = np.flatnonzero(scores >= cutoff)
+    order = np.lexsort((-priority[candidates], -scores[candidates]))
+    chosen = candidates[order[:k]]
+    return chosen[scores[chosen] > -np.inf]
+
+
 def tie_safe_topk(scores: Any, k: int, users: Any, seed: int) -> TopK:
     """Top-``k`` item indices of each row of ``scores`` (``(n_rows, n_items)``, masked items at
     -inf), ties ordered by :func:`priorities` of ``users`` (one id per row)."""

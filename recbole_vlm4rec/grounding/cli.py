@@ -15,6 +15,9 @@ examples:
   # a vLLM / Ollama / hosted endpoint (API key read from $OPENAI_API_KEY), 32 requests in flight
   vlm4rec ground amazon-baby --backend openai --base-url http://gpu1:8000/v1 \\
       --model Qwen/Qwen2.5-VL-7B-Instruct --concurrency 32
+  # a fleet: two servers (or --base-urls-file servers.txt), 64 requests in flight over both
+  vlm4rec ground amazon-baby --backend openai --base-url http://gpu1:8000/v1 \\
+      --base-url http://gpu2:8000/v1 --model Qwen/Qwen2.5-VL-7B-Instruct --concurrency 64
   # a local Hugging Face model folder or hub id, batched on the GPU, structured JSON slots
   vlm4rec ground amazon-baby --backend transformers --model ./Qwen2-VL-2B-Instruct \\
       --prompt structured --domain baby --batch-size 8 --dtype bfloat16
@@ -25,8 +28,10 @@ examples:
 Output: <dataset>/descriptions/<tag>.jsonl (one row per item; `vlm4rec encode` reads it) and the
 cache <tag>.sqlite beside it. Rerunning the same command only does items that are missing, failed
 or stale (changed image bytes, prompt file, model); Ctrl-C keeps everything finished so far. The
-.jsonl lists every row the cache holds, also those of items outside --limit. Two runs on the same
-tag (e.g. on two machines sharing the folder) split the items between them.
+.jsonl lists every row the cache holds, also those of items outside --limit. A failed attempt
+never replaces a good description. One tag holds one backend/model/prompt's descriptions: another
+one is refused on it (use its own --tag, or --redo to switch). Two runs on the same tag (e.g. on
+two machines sharing the folder) split the items between them.
 """
 
 # flag -> backend constructor keyword; only flags the user sets are passed on.
@@ -76,13 +81,21 @@ def register(subparsers: Any) -> None:
     what.add_argument("--dry-run", action="store_true", help="print rendered prompts and the plan; call nothing, write nothing")
     what.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
                       help="keep failed rows of the cache instead of retrying them")
+    what.add_argument("--redo", action="store_true",
+                      help="describe every item again, also those with a current row, and let this "
+                      "backend/model/prompt take over a tag another one wrote (a good row is "
+                      "still replaced only by a good one)")
     what.add_argument("--max-side", type=int, default=1024, help="downscale longer image side to this (default 1024)")
     what.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     model = parser.add_argument_group("backend options (each applies to the backends that take it)")
     model.add_argument("--model", help="model: HF folder / hub id (transformers), served model name (openai)")
-    model.add_argument("--base-url", help="openai: endpoint base URL, e.g. http://localhost:8000/v1; "
-                       "several, comma-separated, share the load round-robin")
+    model.add_argument("--base-url", action="append", metavar="URL",
+                       help="openai: endpoint base URL, e.g. http://localhost:8000/v1; repeat it (or "
+                       "comma-separate) for a fleet: each request goes to the server with the fewest "
+                       "in flight, a failed one is retried on another")
+    model.add_argument("--base-urls-file", type=Path, metavar="FILE",
+                       help="openai: a file of base URLs, one per line (# comments), added to --base-url")
     model.add_argument("--api-key-env", help="openai: environment variable holding the API key (default OPENAI_API_KEY)")
     model.add_argument("--concurrency", type=int, help="openai: requests in flight")
     model.add_argument("--timeout", type=float, help="openai: seconds for a whole request (connect to last byte)")
@@ -120,10 +133,12 @@ def backend_options(args: argparse.Namespace, backend_class: type) -> dict[str, 
 def _ground(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.grounding.backends import BackendUnavailableError, get_backend_class
     from recbole_vlm4rec.formats.items import read_item_table
+    from recbole_vlm4rec.formats.openai_messages import read_base_urls
     from recbole_vlm4rec.grounding.items import (items_of_named_dataset, items_from_table,
                                                  with_local_image)
     from recbole_vlm4rec.grounding.prompts import PromptError, load_prompt
-    from recbole_vlm4rec.grounding.run import GroundingAborted, run_grounding
+    from recbole_vlm4rec.grounding.run import (GroundingAborted, TagHeldByAnotherDescriber,
+                                               run_grounding)
     from recbole_vlm4rec.grounding.store import DescriptionStore
     from recbole_vlm4rec.formats.paths import dataset_root
 
@@ -145,6 +160,8 @@ def _ground(args: argparse.Namespace) -> int:
         else:
             items = items_of_named_dataset(args.dataset, args.context, args.image_column)
             out_dir = args.out_dir or dataset_root() / args.dataset / "descriptions"
+        if args.base_urls_file:
+            args.base_url = (args.base_url or []) + read_base_urls(args.base_urls_file)
         backend_class = get_backend_class(args.backend)
         backend = backend_class(**backend_options(args, backend_class))
     except (PromptError, FileNotFoundError, KeyError, ValueError, ImportError) as error:
@@ -160,10 +177,12 @@ def _ground(args: argparse.Namespace) -> int:
     tag = args.tag or "-".join(filter(None, [args.backend, prompt.name, args.domain]))
     output = Path(out_dir) / f"{tag}.jsonl"
     try:
-        with DescriptionStore(Path(out_dir) / f"{tag}.sqlite") as store:
+        with DescriptionStore(Path(out_dir) / f"{tag}.sqlite", read_only=args.dry_run) as store:
             summary = run_grounding(items, prompt, backend, store, output, dry_run=args.dry_run,
-                                    retry_failed=args.retry_failed, max_side=args.max_side,
-                                    progress=args.progress)
+                                    retry_failed=args.retry_failed, redo=args.redo,
+                                    max_side=args.max_side, progress=args.progress)
+    except TagHeldByAnotherDescriber as error:
+        return fail(str(error))
     except GroundingAborted as error:  # the message says what failed and what to fix
         saved = getattr(error, "summary", None)
         if saved is not None:

@@ -42,7 +42,12 @@ from recbole_vlm4rec.grounding.store import (
 )
 from recbole_vlm4rec.grounding.workers import GroundingAborted, RowMaker, Task, describe_all, image_detail
 
-__all__ = ["GroundingAborted", "GroundingSummary", "run_grounding"]
+__all__ = ["GroundingAborted", "GroundingSummary", "TagHeldByAnotherDescriber", "run_grounding"]
+
+
+class TagHeldByAnotherDescriber(ValueError):
+    """The tag's good rows were made by another backend, model or prompt (a user mistake, or a
+    switch that needs ``--redo``); the message names them and both ways on."""
 
 
 @dataclass
@@ -58,11 +63,13 @@ class GroundingSummary:
     to_do: int = 0              # items sent (or, in a dry run, that would be sent) to the backend
     exported: int = 0
     kept: int = 0               # exported rows of items outside this run, or made by another backend/model/prompt
+    kept_good: int = 0          # items whose attempt failed: their earlier ok row stays
     interrupted: bool = False
     aborted: bool = False
     seconds: float = 0.0
     describe_seconds: float = 0.0
     output: Path | None = None
+    backend_report: list[str] = field(default_factory=list)  # e.g. per-server request counts
 
     @property
     def ok(self) -> int:
@@ -88,10 +95,19 @@ class GroundingSummary:
         ]
         lines += [f"  {reason:<18} {count:<6} e.g. {self.examples.get(reason, '')}"[:160].rstrip()
                   for reason, count in self.failures.most_common()]
+        if self.kept_good:
+            lines.append(f"kept         {self.kept_good}  items whose attempt failed keep their earlier "
+                         "description (a failure never replaces one; rerun to retry them)")
         if self.not_done:
             why = "the run stopped on the error below" if self.aborted else \
                 "interrupted: rerun the same command to go on"
             lines.append(f"not done     {self.not_done}  ({why})")
+        if len(self.backend_report) == 1:
+            lines.append(f"server       {self.backend_report[0]}")
+        elif self.backend_report:
+            lines.append("servers      each request went to the one with the fewest in flight; a "
+                         "failed one was retried on another")
+            lines += [f"  {line}" for line in self.backend_report]
         sent = f" ({rate:.2f} items/s sent to the backend)" if self.to_do and rate else ""
         lines.append(f"time         {self.seconds:.1f} s{sent}")
         if self.output:
@@ -110,6 +126,7 @@ def run_grounding(
     *,
     dry_run: bool = False,
     retry_failed: bool = True,
+    redo: bool = False,
     max_side: int | None = DEFAULT_MAX_SIDE,
     progress: bool = True,
     stream: TextIO | None = None,
@@ -118,6 +135,9 @@ def run_grounding(
     """Describe ``items`` (already limited by the caller) and write ``output``; see module doc.
 
     ``retry_failed``: failed rows of the cache are redone (False keeps them as cache hits).
+    ``redo``: every item is described again, current rows too, and the tag may hold another
+    describer's rows (otherwise TagHeldByAnotherDescriber); a good row is still replaced only by
+    a good one.
     Ctrl-C stops the run: rows done so far are saved and exported and the summary says
     ``interrupted``. A backend failing as a whole raises GroundingAborted (``.summary`` attached)
     after the same saving. ``claim_ttl_s``: how long this run's claims outlive it if it is killed.
@@ -126,6 +146,7 @@ def run_grounding(
     stream = stream or sys.stderr
     summary = GroundingSummary(total=len(items))
     meta = RowMaker(prompt, backend)
+    _check_describer(store, meta, redo)
     cached_rows = store.get_many([item.item_id for item in items])
     current: dict[str, DescriptionRow] = {}
     image_failures: list[DescriptionRow] = []
@@ -142,7 +163,7 @@ def run_grounding(
             image_failures.append(row)
             continue
         row = cached_rows.get(item.item_id)
-        if row is not None and meta.is_current(row, key, sha) and (row.ok or not retry_failed):
+        if row is not None and not redo and meta.is_current(row, key, sha) and (row.ok or not retry_failed):
             current[item.item_id] = row
             summary.cached += row.ok
         else:
@@ -152,7 +173,7 @@ def run_grounding(
         _print_dry_run(tasks, image_failures, summary, prompt, backend, stream)
         summary.count_failures(current.values())
         return summary
-    store.put_many(image_failures)
+    kept_good = store.put_many(image_failures)
     if tasks:
         backend.preflight()  # e.g. an unreachable endpoint or missing weights: fail once, not per item
     described: dict[str, DescriptionRow] = {}
@@ -161,7 +182,7 @@ def run_grounding(
         summary.describe_seconds = describe_all(
             tasks, prompt, backend, store, meta, max_side=max_side, owner=new_claim_owner(),
             started=started_at, done=described, by_other_run=by_other_run, progress=progress,
-            stream=stream, claim_ttl_s=claim_ttl_s)
+            stream=stream, claim_ttl_s=claim_ttl_s, kept_good=kept_good)
     except KeyboardInterrupt:
         summary.interrupted = True  # reported by the summary (and exit code 130 in the CLI)
     except GroundingAborted as error:
@@ -172,6 +193,7 @@ def run_grounding(
         current.update(described)
         current.update(by_other_run)
         summary.count_failures(current.values())
+        summary.kept_good = len(kept_good)
         summary.described = sum(row.ok for row in described.values())
         summary.by_other_run = sum(row.ok for row in by_other_run.values())
         rows = store.all_rows()  # the whole cache: a run over some items, or one that stopped, drops none
@@ -179,7 +201,24 @@ def run_grounding(
         summary.kept = sum(row.item_id not in current for row in rows)
         summary.output = Path(output)
         summary.seconds = time.perf_counter() - start
+        summary.backend_report = backend.report()
     return summary
+
+
+def _check_describer(store: DescriptionStore, meta: RowMaker, redo: bool) -> None:
+    """One tag, one describer: refuse a run whose backend, model or prompt differs from every
+    good row's the tag holds, unless ``redo`` asks for the switch."""
+    held = store.describers()
+    mine = (meta.backend_name, meta.model, meta.prompt.name)
+    if redo or not held or mine in held:
+        return
+    (backend, model, prompt), count = max(held.items(), key=lambda entry: entry[1])
+    others = f" (and {len(held) - 1} other describers)" if len(held) > 1 else ""
+    raise TagHeldByAnotherDescriber(
+        f"{store.path.with_suffix('.jsonl').name} holds {count} good descriptions by {backend} / "
+        f"{model} / prompt {prompt}{others}, not by this run's {mine[0]} / {mine[1]} / prompt "
+        f"{mine[2]}; give this run its own --tag, or pass --redo to describe every item again "
+        "with it (a good row is replaced only by a good one)")
 
 
 def _print_dry_run(

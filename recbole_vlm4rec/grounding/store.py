@@ -32,7 +32,9 @@ write) has one table ``descriptions`` with those columns plus ``prompt_key`` (ha
 file and the rendered per-item prompt) and ``updated_at`` (unix time). A row is *current* for a run
 when its ``backend``, ``model``, ``prompt_key`` and ``image_sha256`` all equal the run's; anything
 else is stale and redone. Rows are committed once per batch, so a crash or Ctrl-C loses at most the
-batches in flight.
+batches in flight. A failed row never replaces an ``ok`` row (:meth:`DescriptionStore.put_many`):
+a stale description stays until a successful attempt replaces it, whatever the failure (a server
+answering 500, one that died, an image gone missing).
 
 Two runs on the same tag share the work through a second table, ``claims`` (``item_id``,
 ``owner``, ``expires_at``): a run claims items before sending them and skips items another run
@@ -117,10 +119,15 @@ _COLUMNS = [f.name for f in fields(DescriptionRow)]
 class DescriptionStore:
     """The SQLite cache of one descriptions tag. Use from one thread (the pipeline's main one)."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 60.0) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 60.0, read_only: bool = False) -> None:
+        """``read_only`` (dry runs): nothing is created or written; a missing file reads as an
+        empty cache."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if read_only:
+                self._db = _connect_read_only(self.path)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = connect_sqlite_wal(self.path, ("PRAGMA synchronous=NORMAL", _SCHEMA, _CLAIMS_SCHEMA),
                                           timeout_s, isolation_level=None)
         except sqlite3.DatabaseError as error:
@@ -154,9 +161,16 @@ class DescriptionStore:
         cursor = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM descriptions ORDER BY item_id")
         return [_row(values) for values in cursor]
 
-    def put_many(self, rows: Iterable[DescriptionRow], owner: str | None = None) -> int:
-        """Insert or replace ``rows`` in one transaction, releasing ``owner``'s claims on them;
-        returns how many."""
+    def describers(self) -> dict[tuple[str, str, str], int]:
+        """``(backend, model, prompt) -> ok rows`` over the whole cache."""
+        return {(backend, model, prompt): count for backend, model, prompt, count in self._db.execute(
+            "SELECT backend, model, prompt, COUNT(*) FROM descriptions WHERE status = 'ok' "
+            "GROUP BY backend, model, prompt")}
+
+    def put_many(self, rows: Iterable[DescriptionRow], owner: str | None = None) -> set[str]:
+        """Write ``rows`` in one transaction, releasing ``owner``'s claims on them. A failed row
+        never replaces an ok one (whatever made it): returns the items whose ok row was kept
+        instead of the failed row given."""
         now = time.time()
         values = []
         for row in rows:
@@ -165,19 +179,29 @@ class DescriptionStore:
             record["fields"] = json.dumps(row.fields, ensure_ascii=False) if row.fields is not None else None
             values.append([record[c] for c in _COLUMNS])
         if not values:
-            return 0
+            return set()
         marks = ",".join("?" * len(_COLUMNS))
+        updates = ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS[1:])
+        failed = [value[0] for value in values if value[1] != "ok"]
+        kept: set[str] = set()
 
         def insert() -> None:
+            kept.clear()
+            for start in range(0, len(failed), _CHUNK):  # read in the write transaction: no race
+                chunk = failed[start:start + _CHUNK]
+                kept.update(item for (item,) in self._db.execute(
+                    f"SELECT item_id FROM descriptions WHERE status = 'ok' AND item_id IN "
+                    f"({','.join('?' * len(chunk))})", chunk))
             self._db.executemany(
-                f"INSERT OR REPLACE INTO descriptions ({','.join(_COLUMNS)}) VALUES ({marks})", values
-            )
+                f"INSERT INTO descriptions ({','.join(_COLUMNS)}) VALUES ({marks}) ON CONFLICT (item_id) "
+                f"DO UPDATE SET {updates} WHERE excluded.status = 'ok' OR descriptions.status != 'ok'",
+                values)
             if owner is not None:
                 self._db.executemany("DELETE FROM claims WHERE item_id = ? AND owner = ?",
                                      [(value[0], owner) for value in values])
 
         self._write(insert)
-        return len(values)
+        return set(kept)
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM descriptions").fetchone()[0])
@@ -237,6 +261,22 @@ class DescriptionStore:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that creates and writes nothing: an empty in-memory cache when ``path`` does
+    not exist; ``immutable`` when no write-ahead log is beside it (a read-only WAL connection
+    would create one), else read-only (a run on the tag is active or died: its log holds rows)."""
+    if not path.exists():
+        connection = sqlite3.connect(":memory:", isolation_level=None)
+        connection.execute(_SCHEMA)
+        connection.execute(_CLAIMS_SCHEMA)
+        return connection
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    uri = f"{path.resolve().as_uri()}?{mode}"
+    connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+    connection.execute("SELECT COUNT(*) FROM descriptions").fetchone()  # fails now if not a cache
+    return connection
 
 
 def _row(values: Sequence[Any]) -> DescriptionRow:

@@ -250,10 +250,12 @@ def describe_all(
     meta: RowMaker, *, max_side: int | None, owner: str, started: float,
     done: dict[str, DescriptionRow], by_other_run: dict[str, DescriptionRow],
     progress: bool, stream: TextIO, claim_ttl_s: float = CLAIM_TTL_S,
+    kept_good: set[str] | None = None,
 ) -> float:
     """Describe ``tasks``, committing finished batches into the cache and ``done`` (filled as it
     goes, so the caller has every saved row even after an exception); items another run
-    described meanwhile land in ``by_other_run``. Returns the seconds spent."""
+    described meanwhile land in ``by_other_run``; items whose attempt failed but whose earlier
+    ok row the cache kept land in ``kept_good``. Returns the seconds spent."""
     if not tasks:
         return 0.0
     batch_size, workers = max(1, backend.batch_size), max(1, backend.concurrency)
@@ -309,7 +311,9 @@ def describe_all(
                 rows.extend(future.result())
             except BaseException as raised:  # noqa: BLE001  (re-raised below, Ctrl-C included)
                 error = error or raised
-        store.put_many(rows, owner)
+        kept = store.put_many(rows, owner)
+        if kept_good is not None:
+            kept_good.update(kept)
         done.update((row.item_id, row) for row in rows)
         failed[0] += sum(not row.ok for row in rows)
         bar.update(len(rows))

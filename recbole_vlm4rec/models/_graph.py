@@ -29,16 +29,19 @@ def to_torch_sparse(matrix: sp.spmatrix) -> torch.Tensor:
         )
 
 
-def user_item_adjacency(interactions: sp.spmatrix,
-                        normalization: str = "symmetric") -> sp.csr_matrix:
+def user_item_adjacency(interactions: sp.spmatrix, normalization: str = "symmetric",
+                        self_loops: bool = False) -> sp.csr_matrix:
     """``(n_users + n_items)^2`` bipartite adjacency of a binary ``(n_users, n_items)`` matrix.
 
     ``symmetric``: D^-1/2 A D^-1/2 (LightGCN / FREEDOM); ``mean``: D^-1 A, i.e. each node averages
-    its neighbours (MMGCN's mean aggregation).
+    its neighbours (MMGCN's mean aggregation). ``self_loops``: A + I before normalising (LATTICE's
+    D^-1 (A + I)).
     """
     n_users, n_items = interactions.shape
     binary = (interactions.tocsr() > 0).astype(np.float32)
     adjacency = sp.bmat([[None, binary], [binary.T, None]], format="csr")
+    if self_loops:
+        adjacency = (adjacency + sp.eye(n_users + n_items, dtype=np.float32)).tocsr()
     if normalization == "symmetric":
         return symmetric_normalize(adjacency)
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
@@ -62,18 +65,27 @@ def knn_item_graph(features: np.ndarray, has_vector: np.ndarray, k: int,
     k = min(k, len(covered))
     if k == 0:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    unit = F.normalize(torch.from_numpy(features[covered]), dim=1)
-    neighbours, similarities = [], []
-    for start in range(0, len(covered), chunk):
-        top = torch.topk(unit[start:start + chunk] @ unit.T, k, dim=1)
-        neighbours.append(top.indices)
-        similarities.append(top.values)
-    columns = covered[torch.cat(neighbours).numpy().ravel()]
+    neighbours, similarities = knn_neighbours(torch.from_numpy(features[covered]), k, chunk)
+    columns = covered[neighbours.numpy().ravel()]
     rows = np.repeat(covered, k)
-    values = (torch.cat(similarities).numpy().ravel() if weighted
+    values = (similarities.numpy().ravel() if weighted
               else np.ones(len(rows), dtype=np.float32))
     graph = sp.csr_matrix((values, (rows, columns)), shape=(n_items, n_items))
     return symmetric_normalize(graph)
+
+
+def knn_neighbours(vectors: torch.Tensor, k: int,
+                   chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, k)`` indices of each row's ``k`` most cosine-similar rows (itself included) and
+    those cosines; computed ``chunk`` rows at a time, without gradient."""
+    with torch.no_grad():
+        unit = F.normalize(vectors, dim=1)
+        neighbours, similarities = [], []
+        for start in range(0, len(unit), chunk):
+            top = torch.topk(unit[start:start + chunk] @ unit.T, k, dim=1)
+            neighbours.append(top.indices)
+            similarities.append(top.values)
+    return torch.cat(neighbours), torch.cat(similarities)
 
 
 def symmetric_normalize(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -126,12 +138,13 @@ def sparse_matmul(matrix: torch.Tensor, dense: torch.Tensor,
     return _SparseMatmul.apply(matrix, matrix if transpose is None else transpose, dense)
 
 
-def lightgcn_mean(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Mean of ``embeddings`` and its ``n_layers`` propagations over the symmetric ``adjacency``
-    (LightGCN)."""
+def lightgcn_mean(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int,
+                  transpose: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``embeddings`` and its ``n_layers`` propagations over ``adjacency`` (LightGCN);
+    ``transpose``: the adjacency's transpose when it is not symmetric."""
     total, layer = embeddings, embeddings
     for _ in range(n_layers):
-        layer = sparse_matmul(adjacency, layer)
+        layer = sparse_matmul(adjacency, layer, transpose)
         total = total + layer
     return total / (n_layers + 1)
 
@@ -146,6 +159,20 @@ def log_sum_exp_rows(cosines_over_temperature: torch.Tensor, temperature: float)
     if temperature >= 0.02:
         return cosines_over_temperature.exp().sum(dim=1).log()
     return torch.logsumexp(cosines_over_temperature, dim=1)
+
+
+def in_batch_info_nce(view: torch.Tensor, other: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Mean over rows of -log softmax of (view_r, other_r) among (view_r, other_s) in the batch
+    (cosine / ``temperature``; SMORE's and MGCN's contrast between side and behavioural views)."""
+    view, other = F.normalize(view, dim=1) / temperature, F.normalize(other, dim=1)
+    positive = (view * other).sum(dim=1)
+    return (log_sum_exp_rows(view @ other.T, temperature) - positive).mean()
+
+
+def sigmoid_gate(size: int) -> torch.nn.Module:
+    """x -> sigmoid(W x + b), ``size`` -> ``size`` (SMORE's and MGCN's gates)."""
+    return torch.nn.Sequential(torch.nn.Linear(size, size), torch.nn.Sigmoid())
 
 
 class EvaluationCache:
@@ -207,3 +234,110 @@ def register_feature_buffers(module: torch.nn.Module, features: Any) -> None:
     for index, feature in enumerate(features):
         module.register_buffer(f"feature_{index}", torch.from_numpy(feature.matrix),
                                persistent=False)
+
+
+class FeatureTables(torch.nn.Module):
+    """The item feature matrices a model reads, fixed or fine-tuned.
+
+    ``trainable``: each matrix is a parameter initialised from a copy of the dataset's (MMRec's
+    ``nn.Embedding.from_pretrained(..., freeze=False)``: Adam updates the features; they are saved
+    in checkpoints). Otherwise non-persistent buffers: they follow ``.to(device)`` and stay out of
+    checkpoints (the dataset owns the data).
+    """
+
+    def __init__(self, features: Any, trainable: bool) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.count = len(features)
+        if trainable:
+            self.tables = torch.nn.ParameterList(
+                torch.nn.Parameter(torch.from_numpy(feature.matrix.copy())) for feature in features)
+        else:
+            for index, feature in enumerate(features):
+                self.register_buffer(f"table_{index}", torch.from_numpy(feature.matrix),
+                                     persistent=False)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def table(self, index: int) -> torch.Tensor:
+        """Feature ``index``'s whole ``(n_items, dim)`` matrix."""
+        return self.tables[index] if self.trainable else getattr(self, f"table_{index}")
+
+    def rows(self, index: int, items: torch.Tensor) -> torch.Tensor:
+        """Feature ``index``'s rows of ``items``."""
+        return self.table(index)[items]
+
+
+# Keys per block of log_sum_exp_of_products: a batch of 2048 queries x 256 keys is 2 MB of
+# float32, small enough to stay in cache between the product, the exp and the sum.
+_PRODUCT_BLOCK_ELEMENTS = 2048 * 256
+_LOG2_E = 1.4426950408889634  # exp(x) = 2^(x log2 e): torch's exp2 is ~3x faster than its exp
+
+
+class _LogSumExpOfProducts(torch.autograd.Function):
+    """``log sum_j exp(q_i . k_j)`` per query, in blocks of keys, recomputed in backward.
+
+    The direct formula materialises (and autograd keeps) a queries x keys matrix, its exp and their
+    gradients: several passes over hundreds of MB per step when the keys are a whole catalogue.
+    Here each block of products lives only while it is used; backward recomputes it and turns it
+    into the softmax weights in place. Products are taken in base 2 (queries scaled by log2 e), so
+    the exps are exp2; the products with few columns are laid out so that the matrix library
+    streams the large operand once (``k.T @ w.T``, ``q.T @ w``: several times faster than
+    ``w @ k`` and ``w.T @ q`` when keys have a handful of columns).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, queries: torch.Tensor, keys: torch.Tensor, shifted: bool) -> torch.Tensor:
+        block = max(1, _PRODUCT_BLOCK_ELEMENTS // max(len(queries), 1))
+        scaled = queries * _LOG2_E
+        shift = None
+        if shifted:  # products may overflow exp: subtract each row's maximum (an extra pass)
+            shift = scaled.new_full((len(queries), 1), -torch.inf)
+            for start in range(0, len(keys), block):
+                products = scaled @ keys[start:start + block].T
+                shift = torch.maximum(shift, products.amax(dim=1, keepdim=True))
+            shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        total = scaled.new_zeros(len(queries))
+        for start in range(0, len(keys), block):
+            products = scaled @ keys[start:start + block].T
+            if shift is not None:
+                products.sub_(shift)
+            total += products.exp2_().sum(dim=1)
+        log2_sums = total.log2_() if shift is None else total.log2_().add_(shift.squeeze(1))
+        ctx.save_for_backward(scaled, keys, log2_sums)
+        ctx.block = block
+        return log2_sums / _LOG2_E
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        scaled, keys, log2_sums = ctx.saved_tensors
+        want_queries, want_keys, _ = ctx.needs_input_grad
+        grad_queries_t = scaled.new_zeros(scaled.shape[1], len(scaled)) if want_queries else None
+        grad_keys = torch.empty_like(keys) if want_keys else None
+        queries_t = scaled.T / _LOG2_E
+        offset, scale = log2_sums.unsqueeze(1), grad.unsqueeze(1)
+        for start in range(0, len(keys), ctx.block):
+            block_keys = keys[start:start + ctx.block]
+            # d result_i / d products_ij = softmax_ij, times the incoming gradient of row i
+            weights = (scaled @ block_keys.T).sub_(offset).exp2_().mul_(scale)
+            if grad_queries_t is not None:
+                grad_queries_t.addmm_(block_keys.T, weights.T)
+            if grad_keys is not None:
+                grad_keys[start:start + ctx.block] = (queries_t @ weights).T
+        grad_queries = grad_queries_t.T if grad_queries_t is not None else None
+        return grad_queries, grad_keys, None
+
+
+def log_sum_exp_of_products(queries: torch.Tensor, keys: torch.Tensor,
+                            max_abs_product: float | None = None) -> torch.Tensor:
+    """``torch.logsumexp(queries @ keys.T, dim=1)`` without the queries x keys matrix (the same
+    values and gradients up to float rounding).
+
+    ``max_abs_product``: a known bound on ``|q_i . k_j|`` (1 / temperature for cosines over a
+    temperature). Up to 60 the plain exp cannot overflow or underflow float32 and the row
+    maximum's extra pass is skipped (as in ``log_sum_exp_rows``); otherwise it is subtracted.
+    """
+    shifted = max_abs_product is None or max_abs_product > 60
+    return _LogSumExpOfProducts.apply(queries, keys, shifted)

@@ -35,7 +35,10 @@ from recbole.utils import InputType, ModelType
 
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models._graph import to_torch_sparse
-from recbole_vlm4rec.models.features import ITEM_FEATURE_KEY, require_item_feature
+from recbole_vlm4rec.models import _memory
+from recbole_vlm4rec.models.contract import (ITEM_FEATURE_KEY, Capabilities, Features,
+                                             ModelContract, Setting)
+from recbole_vlm4rec.models.features import require_item_feature
 
 WEIGHTINGS = ("tfidf", "binary")
 
@@ -45,18 +48,28 @@ class AttributeKNN(GeneralRecommender):
     r"""Item-kNN over attribute tokens blended with CF item-kNN (see the module docstring)."""
 
     input_type = InputType.POINTWISE
-    feature_key = ITEM_FEATURE_KEY  # the config key naming the dataset feature it reads
     type = ModelType.TRADITIONAL
+    contract = ModelContract(
+        memory_estimate=_memory.attribute_knn,
+        settings=(
+            Setting("attribute_weight", float, "beta: weight of the attribute similarity (0 = "
+                    "RecBole's ItemKNN cosine, 1 = attributes only)", minimum=0, maximum=1),
+            Setting("attribute_weighting", str, "tfidf: tokens weighted by log(N / document "
+                    "frequency); binary: 0/1", choices=WEIGHTINGS),
+            Setting("knn_k", int, "neighbours kept per item under each similarity", minimum=1),
+            Setting("shrink", float, "added to the CF cosine's denominator (RecBole ItemKNN's "
+                    "shrink)", minimum=0),
+        ),
+        features=Features(ITEM_FEATURE_KEY, doc="attribute counts: `vlm4rec encode <dataset> "
+                          "--modality slots --descriptions <structured tag>`"),
+        capabilities=Capabilities(scores_new_items=True),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
         self.knn_k = int(config["knn_k"])
         self.attribute_weight = float(config["attribute_weight"])
         weighting = config["attribute_weighting"]
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"attribute_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if self.knn_k < 1 or not 0.0 <= self.attribute_weight <= 1.0:
-            raise ValueError("AttributeKNN: knn_k >= 1 and 0 <= attribute_weight <= 1 required")
         feature = require_item_feature(config, dataset, config["item_feature"])
         if (feature.matrix < 0).any():
             raise ValueError(f"AttributeKNN: feature '{feature.name}' has negative values; it "

@@ -27,6 +27,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
+from recbole_vlm4rec.models.contract import ModelContract, Setting
 
 
 @register_model
@@ -34,6 +36,11 @@ class BPRMF(GeneralRecommender):
     r"""BPR matrix factorisation with MMRec's embedding penalty (Rendle et al., UAI'09)."""
 
     input_type = InputType.PAIRWISE
+    contract = ModelContract(memory_estimate=_memory.bprmf, settings=(
+        Setting("embedding_size", int, "size of the user and item embeddings", minimum=1),
+        Setting("reg_weight", float, "weight of (||U_b||_F + ||P_b||_F + ||N_b||_F) / batch size",
+                minimum=0),
+    ))
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)

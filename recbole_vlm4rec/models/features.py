@@ -1,9 +1,9 @@
 """How models get item features: from the dataset, which loads them once (models never open files).
 
 :func:`features_read_by` is the one statement of which dataset features a run reads: the models
-load exactly those, and the run layer, the benchmark precheck and serving all ask it. A model says
-which config key names its features with the class attribute ``feature_key``
-(``item_feature``: one feature; ``content_features``: a list); models without it read none.
+load exactly those, and the run layer, the benchmark precheck and serving all ask it. A model's
+contract says which config key names its features (``features=Features(key, minimum)``:
+``item_feature``: one feature; ``content_features``: a list); models without one read none.
 """
 
 from __future__ import annotations
@@ -11,17 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from recbole_vlm4rec.formats.features import AlignedFeature
+from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, ITEM_FEATURE_KEY, ModelContract
+
+__all__ = ["CONTENT_FEATURES_KEY", "ITEM_FEATURE_KEY", "features_read_by"]
 
 
-ITEM_FEATURE_KEY = "item_feature"
-# Multi-feature models (VBPR, MMGCN, FREEDOM, LGMRec, SMORE, VLM4RecFusion) read one list-valued key, so a single
-# command line switches every one of them between representations.
-CONTENT_FEATURES_KEY = "content_features"
+def feature_key(model_class: type) -> str | None:
+    """The config key naming the features ``model_class`` reads (its contract's), or None."""
+    contract = model_class.__dict__.get("contract") or getattr(model_class, "contract", None)
+    if isinstance(contract, ModelContract) and contract.features is not None:
+        return contract.features.key
+    return None
 
 
 def features_read_by(model_class: type, config: Any) -> list[str]:
     """Names of the dataset features ``model_class`` reads under ``config`` (empty: none)."""
-    key = getattr(model_class, "feature_key", None)
+    key = feature_key(model_class)
     if key == CONTENT_FEATURES_KEY:
         return content_feature_names(config)
     if key is not None:

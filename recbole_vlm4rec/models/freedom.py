@@ -34,7 +34,10 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, degree_sensit
                                            knn_item_graph, register_feature_buffers,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, feature_weights, require_content_features
+from recbole_vlm4rec.models import _memory
+from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
+                                             equal_settings, positive_weights)
+from recbole_vlm4rec.models.features import feature_weights, require_content_features
 
 
 @register_model
@@ -42,7 +45,28 @@ class FREEDOM(CachedDotProductScores, GeneralRecommender):
     r"""Frozen kNN item graph + degree-sensitively pruned LightGCN (Zhou & Shen, MM'23)."""
 
     input_type = InputType.PAIRWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    contract = ModelContract(
+        memory_estimate=_memory.freedom,
+        settings=(
+            Setting("item_graph_weights", float, "one weight per feature for summing the item "
+                    "graphs; ~ = equal (MMRec: 0.1 visual, 0.9 text)", minimum=0, optional=True,
+                    per_feature=True),
+            Setting("embedding_size", int, "user / item ID embedding size", minimum=1),
+            Setting("feat_embed_dim", int, "size features are projected to for the auxiliary "
+                    "BPR loss", minimum=1),
+            Setting("knn_k", int, "neighbours per item in each feature's item-item graph",
+                    minimum=1),
+            Setting("n_mm_layers", int, "propagations over the frozen item-item graph", minimum=0),
+            Setting("n_ui_layers", int, "LightGCN layers over the user-item graph", minimum=0),
+            Setting("dropout", float, "share of user-item edges pruned each training epoch "
+                    "(degree-sensitive)", minimum=0, maximum=1),
+            Setting("reg_weight", float, "weight of the feature BPR losses", minimum=0),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, doc="features that each build a kNN item graph"),
+        checks=(positive_weights("item_graph_weights"),
+                equal_settings("feat_embed_dim", "embedding_size",
+                               "FREEDOM scores users against projected features")),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -51,11 +75,6 @@ class FREEDOM(CachedDotProductScores, GeneralRecommender):
         self.n_ui_layers = int(config["n_ui_layers"])
         self.dropout = float(config["dropout"])
         self.reg_weight = float(config["reg_weight"])
-        if int(config["feat_embed_dim"]) != self.embedding_size:
-            raise ValueError(
-                f"FREEDOM scores users against projected features: feat_embed_dim "
-                f"({config['feat_embed_dim']}) must equal embedding_size ({self.embedding_size})"
-            )
         features = require_content_features(config, dataset)
         self.feature_names = [feature.name for feature in features]
         weights = feature_weights(config["item_graph_weights"], len(features), "item_graph_weights")

@@ -42,7 +42,7 @@ Items without a vector for a feature enter that modality with f_i^m = 0 (counted
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,10 +53,22 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean,
-                                           log_sum_exp_rows, register_feature_buffers,
+                                           log_sum_exp_of_products, register_feature_buffers,
                                            sparse_matmul, to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
+from recbole_vlm4rec.models import _memory
+from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
+                                             equal_settings)
+from recbole_vlm4rec.models.features import require_content_features
+
+
+def _contrast_needs_two_features(values: Any) -> str | None:
+    names = values.get(CONTENT_FEATURES_KEY) or []
+    if float(values.get("cl_weight") or 0) > 0 and len(names) < 2:
+        return (f"LGMRec's hypergraph contrastive loss contrasts modalities: content_features "
+                f"names {len(names)} feature ({', '.join(names)}); give two or more, e.g. "
+                "--content_features=[visual,text], or set --cl_weight=0")
+    return None
 
 
 @register_model
@@ -64,7 +76,33 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
     r"""Local graph + global hypergraph multimodal recommender (Guo et al., AAAI'24)."""
 
     input_type = InputType.PAIRWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    contract = ModelContract(
+        memory_estimate=_memory.lgmrec,
+        settings=(
+            Setting("embedding_size", int, "user / item ID embedding size", minimum=1),
+            Setting("feat_embed_dim", int, "size each feature is projected to (added to the ID "
+                    "embeddings)", minimum=1),
+            Setting("n_ui_layers", int, "LightGCN layers of the collaborative embedding (0 = MF, "
+                    "MMRec's cf_model: mf)", minimum=0),
+            Setting("n_mm_layers", int, "propagations of each modality's embeddings over the "
+                    "user-item graph", minimum=0),
+            Setting("n_hyper_layer", int, "hypergraph message-passing layers", minimum=1),
+            Setting("hyper_num", int, "hyperedges per modality", minimum=1),
+            Setting("keep_rate", float, "share of hyperedge dependencies kept by dropout while "
+                    "training", above=0, maximum=1),
+            Setting("alpha", float, "weight of the global (hypergraph) embedding in the final "
+                    "one", minimum=0),
+            Setting("cl_weight", float, "weight of the hypergraph contrastive loss between "
+                    "modalities (needs >= 2 features when > 0)", minimum=0),
+            Setting("reg_weight", float, "weight of the unsquared L2 norms of the batch "
+                    "embeddings", minimum=0),
+            Setting("temperature", float, "Gumbel-softmax and contrastive temperature", above=0),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, doc="one modality per feature, e.g. [visual, text]"),
+        checks=(equal_settings("feat_embed_dim", "embedding_size",
+                               "LGMRec adds modality embeddings to ID embeddings"),
+                _contrast_needs_two_features),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -77,17 +115,7 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
         self.cl_weight = float(config["cl_weight"])
         self.reg_weight = float(config["reg_weight"])
         self.temperature = float(config["temperature"])
-        if self.n_hyper_layer < 1:
-            raise ValueError(f"LGMRec: n_hyper_layer must be >= 1, got {self.n_hyper_layer}")
-        if int(config["feat_embed_dim"]) != self.embedding_size:
-            raise ValueError(
-                f"LGMRec adds modality embeddings to ID embeddings: feat_embed_dim "
-                f"({config['feat_embed_dim']}) must equal embedding_size ({self.embedding_size})")
         features = require_content_features(config, dataset)
-        if len(features) < 2 and self.cl_weight > 0:
-            raise ValueError(
-                f"LGMRec's hypergraph contrastive loss contrasts modalities: content_features "
-                f"names {len(features)} feature; give two or more, or set cl_weight=0")
         self.feature_names = [feature.name for feature in features]
         register_feature_buffers(self, features)
 
@@ -116,8 +144,8 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
             for f in features)
         self.hyper_dropout = nn.Dropout(p=1.0 - float(config["keep_rate"]))
 
-    def _propagate(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor],
-                                  list[torch.Tensor]]:
+    def _propagate(self) -> tuple[torch.Tensor, torch.Tensor, list[_Hypergraph],
+                                  list[_Hypergraph]]:
         """(users, items, per-modality hypergraph user embeddings, ... item embeddings)."""
         ids = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         collaborative = lightgcn_mean(self.adjacency, ids, self.n_ui_layers)
@@ -145,8 +173,8 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
                 hyperedge_values = item_hyper.T @ items
                 items = item_hyper @ hyperedge_values
                 users = user_hyper @ hyperedge_values
-            hyper_users.append(users)
-            hyper_items.append(items)
+            hyper_users.append(_Hypergraph(users, user_hyper, hyperedge_values))
+            hyper_items.append(_Hypergraph(items, item_hyper, hyperedge_values))
             global_sum = global_sum + torch.cat([users, items])
         final = local + self.alpha * F.normalize(global_sum)
         users, items = torch.split(final, [self.n_users, self.n_items])
@@ -167,20 +195,46 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
         norms = batch_users.norm() + batch_pos.norm() + batch_neg.norm()
         loss = loss + self.reg_weight * norms / len(user)
         if self.cl_weight > 0:
+            # A user (item) repeated in the batch adds the same term again: computed once, counted.
+            users_once, user_counts = torch.unique(user, return_counts=True)
+            items_once, item_counts = torch.unique(pos, return_counts=True)
             contrast = 0.0
             for a, b in combinations(range(len(hyper_users)), 2):
-                # Row 0 (padding) is not a candidate: MMRec's denominators have no padding row.
-                contrast = contrast + _info_nce_sum(hyper_users[a][user], hyper_users[b][user],
-                                                    hyper_users[b][1:], self.temperature)
-                contrast = contrast + _info_nce_sum(hyper_items[a][pos], hyper_items[b][pos],
-                                                    hyper_items[b][1:], self.temperature)
+                contrast = contrast + _info_nce_sum(
+                    hyper_users[a].rows[users_once], hyper_users[b].rows[users_once],
+                    hyper_users[b], user_counts, self.temperature)
+                contrast = contrast + _info_nce_sum(
+                    hyper_items[a].rows[items_once], hyper_items[b].rows[items_once],
+                    hyper_items[b], item_counts, self.temperature)
             loss = loss + self.cl_weight * contrast
         return loss
 
 
-def _info_nce_sum(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
-    """Sum over anchors of -log softmax of the positive's cosine among all candidates' cosines."""
+class _Hypergraph(NamedTuple):
+    """One modality's hypergraph embeddings: ``rows = dependencies @ hyperedges`` (rank <=
+    hyper_num), the factors kept for the contrastive loss."""
+
+    rows: torch.Tensor
+    dependencies: torch.Tensor
+    hyperedges: torch.Tensor
+
+
+def _info_nce_sum(anchors: torch.Tensor, positives: torch.Tensor, candidates: _Hypergraph,
+                  counts: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over anchors (each ``counts`` times) of -log softmax of the positive's cosine among
+    the cosines to every candidate row but row 0 (padding: MMRec's denominators have none).
+
+    cos(a, c_j) / t = (a / (|a| t)) . (h_j V) / |h_j V| = ((a / (|a| t)) V^T) . (h_j / |h_j V|):
+    with V's rows fewer than its columns the products over all candidates have hyper_num terms
+    instead of embedding_size; the same values up to float rounding.
+    """
     anchors, positives = F.normalize(anchors) / temperature, F.normalize(positives)
     positive = (anchors * positives).sum(dim=1)
-    return (log_sum_exp_rows(anchors @ F.normalize(candidates).T, temperature) - positive).sum()
+    rows, dependencies = candidates.rows[1:], candidates.dependencies[1:]
+    norms = rows.norm(dim=1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
+    if candidates.hyperedges.shape[0] < candidates.hyperedges.shape[1]:
+        queries, keys = anchors @ candidates.hyperedges.T, dependencies / norms
+    else:
+        queries, keys = anchors, rows / norms
+    log_sums = log_sum_exp_of_products(queries, keys, max_abs_product=1.0 / temperature)
+    return (counts.to(log_sums.dtype) * (log_sums - positive)).sum()

@@ -53,7 +53,9 @@ from torch import nn
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, register_feature_buffers,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
+from recbole_vlm4rec.models import _memory
+from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
+from recbole_vlm4rec.models.features import require_content_features
 
 
 class ModalityGCN(nn.Module):
@@ -89,7 +91,19 @@ class MMGCN(CachedDotProductScores, GeneralRecommender):
     r"""Per-modality graph convolution, modality-specific user preferences (Wei et al., MM'19)."""
 
     input_type = InputType.PAIRWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    contract = ModelContract(
+        memory_estimate=_memory.mmgcn,
+        settings=(
+            Setting("embedding_size", int, "ID embedding and output size", minimum=1),
+            Setting("latent_dim", int, "size every modality's features and user preferences are "
+                    "projected to (MMRec: visual only)", minimum=1),
+            Setting("n_layers", int, "graph convolution layers per modality (MMRec's yaml says "
+                    "2, its code always runs 3)", minimum=1),
+            Setting("reg_weight", float, "weight of the squared batch ID embeddings + "
+                    "preferences (no effect in MMRec: untrained tensors)", minimum=0),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, doc="one modality per feature, e.g. [visual, text]"),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)

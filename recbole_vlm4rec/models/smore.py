@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -53,11 +54,14 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_max_union,
-                                           knn_item_graph, lightgcn_mean, log_sum_exp_rows,
-                                           register_feature_buffers, sparse_matmul,
-                                           to_torch_sparse, user_item_adjacency)
+                                           in_batch_info_nce, knn_item_graph, lightgcn_mean,
+                                           register_feature_buffers, sigmoid_gate,
+                                           sparse_matmul, to_torch_sparse,
+                                           user_item_adjacency)
 from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, require_content_features
+from recbole_vlm4rec.models import _memory
+from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
+from recbole_vlm4rec.models.features import require_content_features
 
 
 @register_model
@@ -65,7 +69,30 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
     r"""Spectrum-based modality fusion graph network (Ong & Khong, WSDM'25)."""
 
     input_type = InputType.PAIRWISE
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
+    contract = ModelContract(
+        memory_estimate=_memory.smore,
+        settings=(
+            Setting("embedding_size", int, "ID embedding size; every feature is projected to it",
+                    minimum=1),
+            Setting("n_ui_layers", int, "LightGCN layers of the behavioural (user-item) view",
+                    minimum=0),
+            Setting("n_layers", int, "propagations of each item view over its item-item graph",
+                    minimum=0),
+            Setting("knn_k", int, "neighbours per item in each feature's kNN graph (MMRec: "
+                    "image_knn_k, text_knn_k)", minimum=1, per_feature=True),
+            Setting("reg_weight", float, "weight of the squared L2 norms of the batch embeddings",
+                    minimum=0),
+            Setting("cl_weight", float, "weight of the InfoNCE between side and behavioural "
+                    "embeddings (MMRec: cl_loss)", minimum=0),
+            Setting("temperature", float, "InfoNCE temperature", above=0),
+            Setting("dropout", float, "dropout on the modality preference gates (MMRec: "
+                    "dropout_rate)", minimum=0, maximum=1),
+            Setting("train_features", bool, "fine-tune a copy of the raw feature matrices "
+                    "(MMRec, authors' code); False = fixed, cheaper"),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, minimum=2,
+                          doc="two or more modalities whose spectra are fused, e.g. [visual, text]"),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -76,18 +103,17 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         self.cl_weight = float(config["cl_weight"])
         self.temperature = float(config["temperature"])
         features = require_content_features(config, dataset)
-        if len(features) < 2:
-            raise ValueError(
-                f"SMORE fuses the spectra of two or more modalities: content_features names "
-                f"{len(features)} feature ({features[0].name}); give two or more, e.g. "
-                "[visual, text]")
         self.feature_names = [feature.name for feature in features]
-        knn_k = _per_feature(config["knn_k"], len(features), "knn_k")
+        knn_k = _per_feature(config["knn_k"], len(features))
         self.train_features = bool(config["train_features"])
         if self.train_features:
-            # A trainable copy: the dataset's features stay as loaded.
-            self.feature_tables = nn.ParameterList(
-                nn.Parameter(torch.from_numpy(f.matrix.copy())) for f in features)
+            # A trainable copy (the dataset's features stay as loaded), in blocks of rows: Adam's
+            # update of one n_items x 4096 table allocates table-sized temporaries every step
+            # (page faults dominated SMORE's step); per block the same element-wise update
+            # reuses memory.
+            self.feature_tables = nn.ModuleList(
+                nn.ParameterList(nn.Parameter(torch.from_numpy(block.copy()))
+                                 for block in _row_blocks(f.matrix)) for f in features)
         else:
             register_feature_buffers(self, features)
 
@@ -115,8 +141,8 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         # (real and imaginary parts), an item gate and a preference gate.
         self.spectral_filters = nn.ParameterList(
             nn.Parameter(torch.randn(1, size // 2 + 1, 2)) for _ in range(n_views))
-        self.item_gates = nn.ModuleList(_gate(size) for _ in range(n_views))
-        self.preference_gates = nn.ModuleList(_gate(size) for _ in range(n_views))
+        self.item_gates = nn.ModuleList(sigmoid_gate(size) for _ in range(n_views))
+        self.preference_gates = nn.ModuleList(sigmoid_gate(size) for _ in range(n_views))
         self.queries = nn.ModuleList(
             nn.Sequential(nn.Linear(size, size), nn.Tanh(), nn.Linear(size, size, bias=False))
             for _ in features)
@@ -125,10 +151,13 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
     def _propagate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(final embeddings, side embeddings, behavioural embeddings), users then items."""
         size = self.embedding_size
-        tables = (list(self.feature_tables) if self.train_features else
-                  [getattr(self, f"feature_{index}") for index in range(len(self.projections))])
-        spectra = [torch.fft.rfft(projection(table), dim=1, norm="ortho")
-                   for table, projection in zip(tables, self.projections)]
+        if self.train_features:
+            projected = [torch.cat([projection(block) for block in blocks])
+                         for blocks, projection in zip(self.feature_tables, self.projections)]
+        else:
+            projected = [projection(getattr(self, f"feature_{index}"))
+                         for index, projection in enumerate(self.projections)]
+        spectra = [torch.fft.rfft(values, dim=1, norm="ortho") for values in projected]
         fused = spectra[0]
         for spectrum in spectra[1:]:
             fused = fused * spectrum
@@ -173,26 +202,21 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         loss = -F.logsigmoid(pos_scores - neg_scores).mean()
         squares = batch_users.square().sum() + batch_pos.square().sum() + batch_neg.square().sum()
         loss = loss + self.reg_weight * 0.5 * squares / len(user)
-        contrast = (_in_batch_info_nce(side[pos_nodes], behaviour[pos_nodes], self.temperature)
-                    + _in_batch_info_nce(side[user], behaviour[user], self.temperature))
+        contrast = (in_batch_info_nce(side[pos_nodes], behaviour[pos_nodes], self.temperature)
+                    + in_batch_info_nce(side[user], behaviour[user], self.temperature))
         return loss + self.cl_weight * contrast
 
 
-def _gate(size: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(size, size), nn.Sigmoid())
+# Elements per block of a trainable feature table (4 MB of float32: 256 rows of 4096-d features).
+_TABLE_BLOCK_ELEMENTS = 2**20
 
 
-def _per_feature(configured: Any, n_features: int, key: str) -> list[int]:
+def _row_blocks(matrix: np.ndarray) -> list[np.ndarray]:
+    rows = max(1, _TABLE_BLOCK_ELEMENTS // max(matrix.shape[1], 1))
+    return [matrix[start:start + rows] for start in range(0, len(matrix), rows)]
+
+
+def _per_feature(configured: Any, n_features: int) -> list[int]:
+    """One value per feature (the contract checked the length before anything loaded)."""
     values = configured if isinstance(configured, (list, tuple)) else [configured] * n_features
-    if len(values) != n_features:
-        raise ValueError(f"{key} has {len(values)} values but content_features names "
-                         f"{n_features} features: give one value, or one per feature")
     return [int(value) for value in values]
-
-
-def _in_batch_info_nce(view: torch.Tensor, other: torch.Tensor,
-                       temperature: float) -> torch.Tensor:
-    """Mean over rows of -log softmax of (view_r, other_r) among (view_r, other_s) in the batch."""
-    view, other = F.normalize(view, dim=1) / temperature, F.normalize(other, dim=1)
-    positive = (view * other).sum(dim=1)
-    return (log_sum_exp_rows(view @ other.T, temperature) - positive).mean()

@@ -28,11 +28,21 @@ from recbole.utils import InputType, ModelType
 
 from recbole_vlm4rec.formats.features import AlignedFeature
 from recbole_vlm4rec.models._graph import to_torch_sparse
-from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import ITEM_FEATURE_KEY, require_item_feature
+from recbole_vlm4rec.models import _memory, register_model
+from recbole_vlm4rec.models.contract import (ITEM_FEATURE_KEY, Capabilities, Features,
+                                             ModelContract, Setting)
+from recbole_vlm4rec.models.features import require_item_feature
 
 AGGREGATIONS = ("mean", "max")
 SCORINGS = ("auto", "profiles", "item_similarity")
+PROFILE_SETTINGS = (
+    Setting("profile_aggregation", str, "mean: cosine to the mean of the history's normalised "
+            "embeddings; max: best cosine to any history item", choices=AGGREGATIONS),
+    Setting("profile_scoring", str, "mean profiles only: profiles (users x dim x items per "
+            "evaluation), item_similarity (items x items once, then a sparse history product), "
+            "auto = item_similarity when there are fewer items than users and the items x items "
+            "matrix fits in 2 GiB (~23k items); same scores", choices=SCORINGS),
+)
 
 
 @dataclass
@@ -63,27 +73,19 @@ class VLM4Rec(GeneralRecommender):
     """
 
     input_type = InputType.POINTWISE
-    feature_key = ITEM_FEATURE_KEY  # the config key naming the dataset features it reads
     type = ModelType.TRADITIONAL
-    # checked by the run layer before anything loads (run/accounting.py)
-    config_choices = {"profile_aggregation": AGGREGATIONS, "profile_scoring": SCORINGS}
+    contract = ModelContract(
+        memory_estimate=_memory.vlm4rec,
+        settings=PROFILE_SETTINGS,
+        features=Features(ITEM_FEATURE_KEY, doc="the feature to match on: vlm, visual, text..."),
+        capabilities=Capabilities(profile_servable=True, scores_new_items=True),
+    )
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
         self.aggregation = config["profile_aggregation"]
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"profile_aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
-            )
         scoring = config["profile_scoring"]
-        if scoring not in SCORINGS:
-            raise ValueError(f"profile_scoring must be one of {SCORINGS}, got {scoring!r}")
         blocks = self._embedding_blocks(config, dataset)
-        if self.aggregation == "max" and len(blocks) > 1:
-            raise ValueError(
-                f"profile_aggregation=max matches on one embedding; {type(self).__name__} has "
-                f"{len(blocks)} scored separately (use fusion=concat or profile_aggregation=mean)"
-            )
         self.feature_name = "+".join(block.name for block in blocks)
         self.blocks = blocks  # what serving needs to build a profile for a new item list
 
@@ -122,9 +124,10 @@ class VLM4Rec(GeneralRecommender):
             self.register_buffer("user_profiles", torch.cat(profile_parts, dim=1), persistent=False)
         # Mean profiles are linear in the history: profile_u . x_i = sum_j in H(u) x_j . x_i / |.|,
         # so with fewer items than users, one item-item similarity matrix (built once) plus a
-        # sparse history product costs less than users x dim x items per evaluation.
-        self.scores_from_item_similarity = self.aggregation == "mean" and (
-            scoring == "item_similarity" or (scoring == "auto" and self.n_items < self.n_users))
+        # sparse history product costs less than users x dim x items per evaluation; `auto`
+        # keeps that matrix under a bound so memory stays linear in the catalogue.
+        self.scores_from_item_similarity = _memory.uses_item_similarity(
+            self.aggregation, scoring, self.n_items, self.n_users)
         if self.scores_from_item_similarity:
             self.weighted_history = sp.hstack(weighted_history, format="csr").astype(np.float32)
             blocks_similarity = torch.cat([

@@ -26,24 +26,42 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_vlm4rec.models import register_model
-from recbole_vlm4rec.models.features import CONTENT_FEATURES_KEY, feature_weights, require_content_features
-from recbole_vlm4rec.models.vlm4rec import VLM4Rec, EmbeddingBlock
+from recbole_vlm4rec.models import _memory, register_model
+from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Capabilities, Features,
+                                             ModelContract, Setting, positive_weights)
+from recbole_vlm4rec.models.features import feature_weights, require_content_features
+from recbole_vlm4rec.models.vlm4rec import PROFILE_SETTINGS, EmbeddingBlock, VLM4Rec
 
 FUSIONS = ("concat", "weighted")
+
+
+def _max_needs_one_block(values: Any) -> str | None:
+    if values.get("profile_aggregation") == "max" and values.get("fusion") == "weighted" \
+            and len(values.get(CONTENT_FEATURES_KEY) or []) > 1:
+        return ("config key 'profile_aggregation' max matches on one embedding; fusion=weighted "
+                "scores each feature separately: use fusion=concat or profile_aggregation=mean")
+    return None
 
 
 @register_model
 class VLM4RecFusion(VLM4Rec):
     r"""Profile matching on a concatenation or a weighted average of several item features."""
 
-    feature_key = CONTENT_FEATURES_KEY  # the config key naming the dataset features it reads
-    config_choices = {**VLM4Rec.config_choices, "fusion": FUSIONS}
+    contract = ModelContract(
+        memory_estimate=_memory.vlm4rec,
+        settings=PROFILE_SETTINGS + (
+            Setting("fusion", str, "concat: match on the concatenation of normalised features; "
+                    "weighted: sum_k w_k * cosine_k", choices=FUSIONS),
+            Setting("fusion_weights", float, "one weight per feature, normalised to sum 1; "
+                    "~ = equal weights", minimum=0, optional=True, per_feature=True),
+        ),
+        features=Features(CONTENT_FEATURES_KEY, doc="the features to fuse, e.g. [visual, text]"),
+        capabilities=Capabilities(profile_servable=True, scores_new_items=True),
+        checks=(positive_weights("fusion_weights"), _max_needs_one_block),
+    )
 
     def _embedding_blocks(self, config: Any, dataset: Any) -> list[EmbeddingBlock]:
         fusion = config["fusion"]
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         features = require_content_features(config, dataset)
         weights = feature_weights(config["fusion_weights"], len(features))
         self.logger.info(

@@ -9,9 +9,9 @@ general (read whatever the model)
     utils, the abstract recommender), this project's ``configs/overall.yaml`` and
     ``configs/dataset/*.yaml``, and every ``config["key"]`` in this project's code outside models/.
 per model
-    the model's yaml (RecBole's ``properties/model/<Model>.yaml``, this project's
-    ``configs/model/<Model>.yaml``), every ``config["key"]`` in the model's own module,
-    and its ``feature_key`` (models/features.py).
+    this package's models (and plug-ins): the settings and feature key of their contract
+    (models/contract.py), nothing else. RecBole's models: RecBole's ``properties/model/<Model>.yaml``,
+    this project's ``configs/model/<Model>.yaml`` for it, and every ``config["key"]`` in its module.
 
 A key that is neither general nor this model's is either another model's (``reg_weight`` given to
 RecBole's BPR, which has no regularisation) or unknown (a typo). Unknown keys are errors with a
@@ -21,9 +21,11 @@ not be dropped silently, and the fix (remove it, or pick the model that reads it
 by a layer shared by every model (a dataset yaml), it is reported by name in the log and the
 results JSON (``config_accounting.not_read``) instead: such a layer may configure several models.
 
-Values: ``(int)``, ``(float)`` and ``(bool)`` as the yaml comment (or the default) declares them,
-and the choices a model declares in ``config_choices`` (or the run layer validates), are checked
-before anything is loaded; a bad value is one line naming the key and what it takes.
+Values, checked before anything is loaded, a bad one being one line naming the key and what it
+takes: a model's settings against its contract (models/contract.py: type, range, choices, feature
+count, rules across settings), the general settings in ``GENERAL_SETTINGS`` against their range,
+the run layer's choices, and any other key against the ``(int)`` / ``(float)`` / ``(bool)`` its
+yaml comment (or its default) declares.
 """
 
 from __future__ import annotations
@@ -33,9 +35,27 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
+from recbole_vlm4rec.formats.yamlfiles import load_yaml, read_yaml_mapping
+from recbole_vlm4rec.models.contract import Setting
+
+# General settings whose range a run checks before anything loads (RecBole accepts epochs=0 or a
+# negative learning rate and then trains nothing, or fails deep inside).
+GENERAL_SETTINGS = (
+    Setting("epochs", int, "training epochs (the cap; early stopping may end sooner)", minimum=1),
+    Setting("learning_rate", float, "optimiser step size", above=0),
+    Setting("train_batch_size", int, "training batch size", minimum=1),
+    Setting("eval_batch_size", int, "evaluation batch size", minimum=1),
+    Setting("stopping_step", int, "epochs without a better validation score before stopping",
+            minimum=1),
+    Setting("eval_step", int, "epochs between validations", minimum=1),
+    Setting("topk", int, "ranking cut-offs of the metrics", minimum=1, many=True),
+    Setting("weight_decay", float, "L2 penalty of the optimiser", minimum=0),
+    Setting("seed", int, "random seed"),
+    Setting("memory_budget", float, "GiB a run may use; ~ = this machine's memory",
+            above=0, optional=True),
+)
 
 CONFIG_READ = re.compile(r"""config(?:_dict)?\[\s*["']([A-Za-z_]\w*)["']\s*\]""")
 DECLARED_TYPE = re.compile(r"#\s*\(([A-Za-z]+)[^)]*\)\s*(.*)$")
@@ -101,32 +121,9 @@ READ_ONLY_TO_WARN = {("trainer.py", "reg_weight")}
 NOT_CONFIG = ("url.yaml", "kg_url.yaml", "hyper_tuning.py", "quick_start")
 
 
-@lru_cache(maxsize=1)
-def _yaml_loader() -> type:
-    """RecBole's yaml reading (1e-4 is a float), on libyaml when it is there (fast)."""
-    from recbole.config.configurator import Config
-
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    resolver = Config._build_yaml_loader(None).yaml_implicit_resolvers["1"]
-    float_pattern = next(p for tag, p in resolver if tag.endswith(":float"))
-
-    class Loader(base):  # type: ignore[misc, valid-type]
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", float_pattern,
-                                 list("-+0123456789."))
-    return Loader
-
-
-def load_yaml(text: str) -> Any:
-    """A yaml document read with RecBole's number rules (``1e-4`` is a float, as in a layer)."""
-    return yaml.load(text, Loader=_yaml_loader())
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     """A yaml file's top-level mapping (RecBole's number rules)."""
-    values = load_yaml(path.read_text(encoding="utf-8"))
-    return values if isinstance(values, dict) else {}
+    return read_yaml_mapping(path)
 
 
 def yaml_keys(path: Path, source: str) -> dict[str, KeyInfo]:
@@ -178,27 +175,32 @@ def _package_dir() -> Path:
 
 
 def _model_keys(model_class: type) -> dict[str, KeyInfo]:
-    """The keys one model reads: its yaml(s), its classes' source, its feature key."""
+    """The keys one model reads: its contract's (this package's models and plug-ins), else
+    RecBole's model yaml, our yaml for it and every ``config["key"]`` in its source."""
     import inspect
 
-    from recbole_vlm4rec.formats import paths
+    from recbole_vlm4rec.models import model_yaml
+    from recbole_vlm4rec.models.contract import model_info
 
     name = model_class.__name__
-    found: dict[str, KeyInfo] = {}
-    for folder, source in ((paths.configs_dir() / "model", "configs/model"),
-                           (_recbole_dir() / "properties" / "model", "RecBole model yaml")):
-        if (folder / f"{name}.yaml").is_file():
-            _merge(found, yaml_keys(folder / f"{name}.yaml", f"{source}/{name}.yaml"))
-    # the model's own module: a base class's reads may be overridden (VLM4RecFusion does not
-    # read VLM4Rec's item_feature), so a subclass's yaml documents what it inherits and uses
+    info = model_info(model_class, model_yaml(model_class))
+    if info.declared:
+        found = {s.name: KeyInfo(f"{name}'s contract", s.kind.__name__, None, s.doc)
+                 for s in info.contract.settings}
+        if info.contract.features is not None:
+            found[info.contract.features.key] = KeyInfo(f"{name}'s contract (features)")
+        return found
+    found = {}
+    for path, source in ((info.yaml_path, f"configs/model/{name}.yaml"),
+                         (_recbole_dir() / "properties" / "model" / f"{name}.yaml",
+                          f"RecBole model yaml/{name}.yaml")):
+        if path is not None and path.is_file():
+            _merge(found, yaml_keys(path, source))
     try:
         _merge(found, source_keys(_files([Path(inspect.getsourcefile(model_class))]),
                                   f"{name} source"))
     except (TypeError, OSError):
         pass
-    feature_key = getattr(model_class, "feature_key", None)
-    if feature_key:
-        found.setdefault(feature_key, KeyInfo(f"{name}.feature_key"))
     return found
 
 
@@ -239,6 +241,8 @@ def known_keys() -> KnownKeys:
     package = _package_dir()
     own_code = [p for p in package.rglob("*.py") if p.relative_to(package).parts[0] != "models"]
     own_code.append(package / "models" / "features.py")  # helpers every content model calls
+    for setting in GENERAL_SETTINGS:
+        known.general.setdefault(setting.name, KeyInfo("run layer (GENERAL_SETTINGS)"))
     _merge(known.general, source_keys(_files(own_code), "recbole_vlm4rec code"))
     for name, model_class in {**recbole_models(), **project_models()}.items():
         known.by_model[name] = _model_keys(model_class)
@@ -253,15 +257,14 @@ def known_keys() -> KnownKeys:
     return known
 
 
-def value_choices(model_class: type) -> dict[str, tuple[Any, ...]]:
-    """Allowed values per key: the model's ``config_choices``, the run layer's, RecBole's."""
+def value_choices() -> dict[str, tuple[Any, ...]]:
+    """Allowed values of general keys: the run layer's and RecBole's (models: their contract)."""
     from recbole_vlm4rec.formats.features import UNKNOWN_TOKEN_RULES
     from recbole_vlm4rec.run.cold_start import TARGETS
     from recbole_vlm4rec.run.masking import MASKS
 
     return {"learner": recbole_learners(), "eval_history_mask": MASKS,
-            "cold_start_targets": TARGETS, "feature_unknown_tokens": UNKNOWN_TOKEN_RULES,
-            **getattr(model_class, "config_choices", {})}
+            "cold_start_targets": TARGETS, "feature_unknown_tokens": UNKNOWN_TOKEN_RULES}
 
 
 @lru_cache(maxsize=1)
@@ -332,26 +335,77 @@ def _runnable_first(model: str) -> tuple[int, str]:
     return (0 if model in project_models() else 1 if model in recbole_models() else 2, model)
 
 
-def check_values(config: Any, model_class: type, given: Iterable[str]) -> None:
-    """ConfigValueError for the first given key whose value has the wrong type or choice."""
+def check_values(config: Any, model_class: type, given: Mapping[str, str],
+                 feature_names: Sequence[str] | None = None, overrides: Mapping[str, Any] = {},
+                 ) -> None:
+    """ConfigValueError (one line) for the first bad value: a model setting against its
+    contract (every setting, and the number of ``feature_names``), a general setting against its
+    range (GENERAL_SETTINGS) or choices, any other given key against its yaml-declared type."""
+    from recbole_vlm4rec.models import model_yaml
+    from recbole_vlm4rec.models.contract import model_info
+
+    where = {key: _describe_origin(key, origin, overrides) for key, origin in given.items()}
+    info = model_info(model_class, model_yaml(model_class))
+    checked: set[str] = set()
+    if info.declared:
+        values = {key: config[key] for key in info.contract.keys() if key in config}
+        problems = info.contract.problems(values, feature_names, where)
+        if problems:
+            raise ConfigValueError(problems[0])
+        checked |= set(info.contract.keys())
+    for setting in GENERAL_SETTINGS:
+        if setting.name in config and setting.name not in checked:
+            problem = setting.problem(config[setting.name])
+            if problem:
+                raise ConfigValueError(f"config key '{setting.name}'"
+                                       f"{_where(setting.name, where)} {problem}")
+            checked.add(setting.name)
     known = known_keys()
     own = known.model_keys(model_class.__name__, model_class)
-    choices = value_choices(model_class)
+    choices = value_choices()
     for key in given:
-        if key not in config:
+        if key not in config or key in checked:
             continue
         value = config[key]
-        info = own.get(key) or known.general.get(key)
         if key in choices:
             if value not in choices[key]:
                 allowed = ", ".join(str(c) for c in choices[key])
-                raise ConfigValueError(f"config key '{key}' takes one of {allowed}; got {value!r}")
+                raise ConfigValueError(f"config key '{key}'{_where(key, where)} takes one of "
+                                       f"{allowed}; got {value!r}")
             continue
-        wanted = _declared_type(info)
-        if wanted and not _has_type(value, wanted, info):
+        info_key = own.get(key) or known.general.get(key)
+        wanted = _declared_type(info_key)
+        if wanted and not _has_type(value, wanted, info_key):
             what = {"int": "an integer", "float": "a number", "bool": "True or False"}[wanted]
-            about = f" ({info.description})" if info and info.description else ""
-            raise ConfigValueError(f"config key '{key}' takes {what}{about}; got {value!r}")
+            about = f" ({info_key.description})" if info_key and info_key.description else ""
+            raise ConfigValueError(f"config key '{key}'{_where(key, where)} takes {what}"
+                                   f"{about}; got {value!r}")
+
+
+def check_general_values(layers: Sequence[Any], overrides: Mapping[str, Any]) -> None:
+    """ConfigValueError for a general setting out of range in the layers or the overrides, before
+    RecBole's Config is built (RecBole raises its own ValueError for some, e.g. ``topk: [0]``)."""
+    from recbole.config.configurator import Config
+
+    values: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    names = {setting.name for setting in GENERAL_SETTINGS}
+    for layer in layers:
+        for key, value in read_yaml(Path(layer.path)).items():
+            if key in names:
+                values[key], where[key] = value, f"{key} in the {layer.role} layer"
+    # the overrides' strings as RecBole converts them ("[0]" -> [0])
+    converted = Config._convert_config_dict(None, {k: v for k, v in overrides.items() if k in names})
+    for key, value in converted.items():
+        values[key], where[key] = value, _describe_origin(key, "command line", overrides)
+    for setting in GENERAL_SETTINGS:
+        problem = setting.problem(values[setting.name]) if setting.name in values else None
+        if problem:
+            raise ConfigValueError(f"config key '{setting.name}' ({where[setting.name]}) {problem}")
+
+
+def _where(key: str, where: Mapping[str, str]) -> str:
+    return f" ({where[key]})" if key in where else ""
 
 
 def _declared_type(info: KeyInfo | None) -> str | None:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from recbole_vlm4rec.models import DEFAULT_MODEL
+
 DESCRIPTION = """\
 Train and evaluate one model on one dataset through RecBole's trainer and full-ranking evaluator,
 under the protocol shipped with the package (configs/overall.yaml + the model's and the dataset's
@@ -41,10 +43,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default="VLM4Rec",
-                        help="model class name: ours (VLM4Rec, ...) or any RecBole general model "
-                        "(BPR, LightGCN, ItemKNN, Pop, ...); `vlm4rec models` lists them. "
-                        "Default: VLM4Rec")
+    parser.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                        help="model class name: ours or any RecBole general model; `vlm4rec "
+                        "models` lists them and what each needs. Default: %(default)s")
     parser.add_argument("--dataset", "-d", default=None,
                         help="dataset name (default: ml-100k, embedded, runs offline); "
                         "`vlm4rec datasets` lists them")
@@ -94,9 +95,13 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``run_recbole.py``'s entry: the same flags as ``vlm4rec run``."""
+    from recbole_vlm4rec import compat
+
     parser = build_parser(prog)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return run_command(args, split_overrides(parser, rest))
+    overrides = split_overrides(parser, rest)
+    compat.install()  # where a run starts (vlm4rec's own main does it for `vlm4rec run`)
+    return run_command(args, overrides)
 
 
 def register(subparsers: Any) -> None:
@@ -105,7 +110,7 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(run)
-    run.set_defaults(func=_run, accepts_overrides=True)
+    run.set_defaults(func=_run, accepts_overrides=True, patches_recbole=True)
 
     features = subparsers.add_parser(
         "features",
@@ -122,7 +127,7 @@ def register(subparsers: Any) -> None:
     features.add_argument("dataset", help="dataset name, e.g. ml-100k")
     features.add_argument("--data-path", help="folder holding dataset folders (default: the "
                           "project's dataset/)")
-    features.set_defaults(func=_features)
+    features.set_defaults(func=_features, patches_recbole=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -143,7 +148,7 @@ def _features(args: argparse.Namespace) -> int:
         overrides: dict[str, Any] = {"state": "WARNING"}
         if args.data_path:
             overrides["data_path"] = args.data_path
-        config = build_config("VLM4Rec", args.dataset, overrides=overrides)
+        config = build_config(DEFAULT_MODEL, args.dataset, overrides=overrides)
         declared = declared_item_features(config)
     except (UnknownDatasetError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -24,8 +24,9 @@ scores did, docs/results-hybrid.md). Ranking the cold items among themselves (th
 cold-start protocol) scores only how a model orders new items: a warm item's score cannot move a
 cold item's rank. That strict "cold targets over all items" setting is not offered.
 
-Hooked into a run by :func:`apply_cold_start` (the runner calls it before ``data_preparation``):
-it wraps ``build()`` of that one dataset instance; :func:`restrict_candidates` then masks every
+Hooked into a run by :func:`cold_start_splits`: the runner hands the function it returns to
+``compat.data_preparation``, which passes RecBole's splits through it (no dataset method is
+replaced); :func:`restrict_candidates` then masks every
 non-cold item in the trainer's full-ranking evaluation (``cold``), and :func:`evaluate_by_target`
 adds the warm / cold test metrics (``mixed``). The run JSON's ``cold_start`` records what was moved,
 the candidates and, under ``mixed``, ``test_by_target``.
@@ -33,7 +34,7 @@ the candidates and, under ``mixed``, ``test_by_target``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -76,17 +77,17 @@ def _valid_share(config: Any) -> float:
     return 0.5
 
 
-def apply_cold_start(config: Any, dataset: Any) -> None:
-    """When ``cold_start_items`` is set, make ``dataset.build()`` return cold-start splits."""
+def cold_start_splits(config: Any, dataset: Any) -> Callable[[list[Any]], list[Any]] | None:
+    """When ``cold_start_items`` is set, the function that turns ``dataset.build()``'s splits
+    into cold-start splits (the runner hands it to ``compat.data_preparation``); else None."""
     settings = cold_start_settings(config)
     if settings is None:
-        return
-    normal_build = dataset.build
+        return None
 
-    def build() -> list[Any]:
-        return split_cold_items(dataset, normal_build(), **settings)
+    def split(parts: list[Any]) -> list[Any]:
+        return split_cold_items(dataset, parts, **settings)
 
-    dataset.build = build
+    return split
 
 
 def choose_cold_items(item_ids: np.ndarray, share: float, seed: int) -> np.ndarray:

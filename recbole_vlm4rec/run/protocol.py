@@ -28,17 +28,20 @@ from typing import Any, Sequence
 
 import yaml
 
-from recbole_vlm4rec import compat, speedups
+from recbole_vlm4rec import compat
 from recbole_vlm4rec.data.dataset import (check_features_declared, declared_item_features,
                                           features_dir, item_file)
 from recbole_vlm4rec.data.registry import (DEFAULT_DATASET, NAMED_DATASETS, check_dataset,
                                            is_embedded)
 from recbole_vlm4rec.formats import paths
 from recbole_vlm4rec.formats.paths import ProtocolMissingError
-from recbole_vlm4rec.models import get_model_class, project_models
+from recbole_vlm4rec.models import get_model_class, model_yaml, project_models
+from recbole_vlm4rec.models.contract import model_info
 from recbole_vlm4rec.models.features import features_read_by
-from recbole_vlm4rec.run import ranking
-from recbole_vlm4rec.run.accounting import Accounting, check_keys, check_values, given_keys
+from recbole_vlm4rec.run.accounting import (Accounting, ConfigValueError, check_general_values,
+                                            check_keys, check_values, given_keys, known_keys,
+                                            read_yaml)
+from recbole_vlm4rec.run.memory import MemoryPlan, plan_memory
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,29 @@ class PreparedRun:
     features: list[str]  # dataset features the model reads
     notes: list[str] = field(default_factory=list)  # what was built / used, for the log
     accounting: Accounting | None = None  # keys given but not read by this model (reported)
+    memory: MemoryPlan | None = None  # the estimate checked before loading (run/memory.py)
+    given: dict[str, str] = field(default_factory=dict)  # key -> where it was given
+
+    def differences(self) -> list[str]:
+        """``key = value (protocol: value)`` for each setting given for this run (command line,
+        ``--config_files``) whose value differs from the protocol's layers (or RecBole's default
+        where no layer sets it): what the console shows instead of RecBole's whole config."""
+        protocol: dict[str, Any] = {}
+        for layer in self.layers:
+            if layer.role != "user":
+                protocol.update(read_yaml(layer.path))
+        known = known_keys()
+        own = known.model_keys(self.model_class.__name__, self.model_class)
+        lines = []
+        for key, where in self.given.items():
+            if where != "command line" and not where.startswith("user"):
+                continue
+            info = own.get(key) or known.general.get(key)
+            base = protocol[key] if key in protocol else info.default if info else None
+            value = self.config[key]
+            if value != base:
+                lines.append(f"{key} = {value!r} (protocol: {base!r})")
+        return lines
 
 
 def config_layers(model: str, dataset: str, data_path: str | Path,
@@ -71,12 +97,12 @@ def config_layers(model: str, dataset: str, data_path: str | Path,
     raises ProtocolMissingError, a missing ``extra`` file FileNotFoundError."""
     configs = paths.configs_dir()
     layers = [ConfigLayer("overall", configs / "overall.yaml")]
-    model_yaml = configs / "model" / f"{model}.yaml"
-    if model_yaml.is_file():
-        layers.append(ConfigLayer("model", model_yaml))
+    values = model_yaml(get_model_class(model))
+    if values is not None and values.is_file():
+        layers.append(ConfigLayer("model", values))
     elif model in project_models():
-        raise ProtocolMissingError(f"model {model} has no defaults file {model_yaml}: every "
-                                   "project model ships one (reinstall, or add the yaml)")
+        raise ProtocolMissingError(f"model {model} has no values file {values}: every model "
+                                   "with a contract ships one (reinstall, or add the yaml)")
     shipped = configs / "dataset" / f"{dataset}.yaml"
     if shipped.is_file():
         layers.append(ConfigLayer("dataset", shipped))
@@ -117,10 +143,10 @@ def resolve_layers(model: str, dataset: str, config_files: Sequence[str] = (),
 
 def build_config(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequence[str] = (),
                  overrides: dict[str, Any] | None = None) -> Any:
-    """A RecBole Config for ``model`` on ``dataset`` with the protocol's layers applied."""
-    compat.apply()
-    speedups.install()
-    ranking.install()
+    """A RecBole Config for ``model`` on ``dataset`` with the protocol's layers applied.
+
+    Changes nothing global (compat.config_class() carries its own fixes): a precheck, or any
+    code, may build configs without patching RecBole."""
     Config = compat.config_class()
     data_path, layers = resolve_layers(model, dataset, config_files, overrides)
     # RecBole loads its own model yaml only when given a name it knows; ours are passed as classes.
@@ -142,16 +168,36 @@ def prepare_run(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequen
     """
     _, layers = resolve_layers(model, dataset, config_files, overrides)
     model_class = get_model_class(model)
-    compat.apply()  # RecBole's yaml rules read the layers
     accounting = check_keys(model, model_class, layers, overrides or {})
+    check_general_values(layers, overrides or {})
     config = build_config(model, dataset, config_files, overrides)
-    check_values(config, model_class, given_keys(layers, overrides or {}))
-    features = features_read_by(model_class, config)
+    given = given_keys(layers, overrides or {})
+    try:
+        features = features_read_by(model_class, config)
+    except ValueError as error:  # no feature named and no default, or a name given twice
+        check_values(config, model_class, given, None, overrides or {})  # its own mistakes first
+        raise ConfigValueError(str(error)) from None
+    check_values(config, model_class, given, features, overrides or {})
     check_features_declared(config, features)
-    prepared = PreparedRun(config, model_class, layers, features, accounting=accounting)
+    memory = check_memory(config, model, model_class, features, given)
+    prepared = PreparedRun(config, model_class, layers, features, accounting=accounting,
+                           given=given, memory=memory)
     if build_features:
         prepared.notes = build_declared_features(config, features)
+    prepared.notes += memory.notes
     return prepared
+
+
+def check_memory(config: Any, model: str, model_class: type, features: Sequence[str],
+                 given: dict[str, str]) -> MemoryPlan:
+    """The run's memory estimate against its budget (run/memory.py): MemoryBudgetError before
+    anything loads when it cannot fit; sets ``eval_batch_size`` when the budget lowers it."""
+    info = model_info(model_class, model_yaml(model_class))
+    plan = plan_memory(config, model, info.contract, info.trained, features,
+                       eval_batch_size_given=given.get("eval_batch_size", "overall") != "overall")
+    if plan.eval_batch_size != config["eval_batch_size"]:
+        config["eval_batch_size"] = plan.eval_batch_size
+    return plan
 
 
 def build_declared_features(config: Any, names: Sequence[str] | None = None) -> list[str]:

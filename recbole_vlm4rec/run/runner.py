@@ -26,13 +26,12 @@ from typing import Any, Sequence
 
 from recbole.config import Config
 from recbole.data import create_dataset as recbole_create_dataset
-from recbole.data import data_preparation
 from recbole.utils import ModelType, get_trainer, init_logger, init_seed
 
 from recbole_vlm4rec import compat
 from recbole_vlm4rec.data.registry import DEFAULT_DATASET
 from recbole_vlm4rec.formats import paths
-from recbole_vlm4rec.run.cold_start import (apply_cold_start, evaluate_by_target,
+from recbole_vlm4rec.run.cold_start import (cold_start_splits, evaluate_by_target,
                                             restrict_candidates)
 from recbole_vlm4rec.run.masking import apply_eval_history_mask
 from recbole_vlm4rec.run.per_user import (
@@ -121,16 +120,27 @@ class BuiltRun:
 
 def build_run(config: Any, model_class: type) -> BuiltRun:
     """Dataset -> cold-start protocol -> splits -> masking -> model, seeded as RecBole seeds."""
+    compat.require_installed()
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
     check_topk(config, data)
     logging.getLogger().info(data)
-    apply_cold_start(config, data)  # no-op unless `cold_start_items` is set
-    train_data, valid_data, test_data = data_preparation(config, data)
+    train_data, valid_data, test_data = compat.data_preparation(
+        config, data, cold_start_splits(config, data))  # the splits as is unless cold start
     apply_eval_history_mask(config, train_data, test_data)
     init_seed(config["seed"] + (config["local_rank"] or 0), config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
     return BuiltRun(config, data, train_data, valid_data, test_data, model)
+
+
+def log_to_file_only(logger: logging.Logger, message: str) -> str | None:
+    """Write ``message`` to the logger's log files only (whatever their level), not the console;
+    the path of the (first) file written, or None when the logger has no file."""
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in files:
+        handler.handle(record)
+    return files[0].baseFilename if files else None
 
 
 def run(
@@ -150,7 +160,11 @@ def run(
     config = prepared.config
     init_logger(config)
     recbole_logger = logging.getLogger()
-    recbole_logger.info(config)
+    log_file = log_to_file_only(recbole_logger, str(config))  # ~150 lines: the log file keeps them
+    for line in prepared.differences():
+        recbole_logger.info(f"differs from the protocol: {line}")
+    if log_file:
+        recbole_logger.info(f"full config: {log_file}")
     for layer in prepared.layers:
         recbole_logger.info(f"config layer ({layer.role}): {layer.path}")
     for note in prepared.notes:

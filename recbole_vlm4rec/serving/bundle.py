@@ -33,15 +33,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recbole_vlm4rec.formats.features import load_array
 from recbole_vlm4rec.formats.files import atomic_write, atomic_write_bytes, atomic_write_text
+from recbole_vlm4rec.serving.bundle_check import (
+    BundleError,
+    check_matrix,
+    check_meta,
+    check_topn,
+    check_vectors,
+    read_array,
+    read_csr,
+    read_index,
+    read_texts,
+    read_tokens,
+)
 
 FORMAT_VERSION = 3  # 3: tie_break_seed (equal scores ordered as the evaluation orders them)
 INDEX_KINDS = ("flat", "hnsw")
-
-
-class BundleError(ValueError):
-    """A bundle folder is missing a file, is malformed or was written by another format."""
 
 
 @dataclass
@@ -52,6 +59,9 @@ class Bundle:
     user_tokens: list[str]
     descriptions: dict[str, str] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)  # token -> image file (explorer page)
+    train: tuple[np.ndarray, np.ndarray] | None = None  # CSR per user: training items (all)
+    test: tuple[np.ndarray, np.ndarray] | None = None  # CSR per user: held-out test items
     # kind: profile
     embeddings: np.ndarray | None = None
     has_vector: np.ndarray | None = None
@@ -72,6 +82,35 @@ class Bundle:
     def masked_rows(self, user_row: int) -> np.ndarray:
         """Item rows never recommended to a known user (the evaluation's masked items)."""
         return self.masked_indices[self.masked_indptr[user_row]:self.masked_indptr[user_row + 1]]
+
+    def train_rows(self, user_row: int) -> np.ndarray | None:
+        """A known user's training items (None for bundles written without train.npz)."""
+        return _csr_row(self.train, user_row)
+
+    def test_rows(self, user_row: int) -> np.ndarray | None:
+        """A known user's held-out test items (None for bundles written without test.npz)."""
+        return _csr_row(self.test, user_row)
+
+
+def _csr_row(csr: tuple[np.ndarray, np.ndarray] | None, row: int) -> np.ndarray | None:
+    if csr is None:
+        return None
+    indptr, indices = csr
+    return indices[indptr[row]:indptr[row + 1]]
+
+
+def block_profile(summed: np.ndarray, blocks: Sequence[dict[str, Any]]) -> np.ndarray:
+    """VLM4Rec's mean profile from the sum of its items' vectors: per feature block, the
+    normalised sum scaled by the square root of the block's weight (a block no item has stays
+    zero)."""
+    parts, start = [], 0
+    for block in blocks:
+        part = summed[..., start:start + block["dim"]]
+        norm = np.linalg.norm(part, axis=-1, keepdims=True)
+        parts.append(np.where(norm > 0, part / np.where(norm > 0, norm, 1.0), 0.0)
+                     * np.sqrt(block["weight"]))
+        start += block["dim"]
+    return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
 DEFAULT_TIE_BREAK_SEED = 2020  # RecBole's default seed, for bundles written from bare arrays
@@ -118,8 +157,18 @@ def _write_texts(folder: Path, name: str, texts: dict[str, str] | None) -> None:
 
 
 def _finish(folder: Path, meta: dict[str, Any], descriptions: dict[str, str] | None) -> Path:
+    """The optional files (absent ones removed: a rewritten folder keeps nothing stale), then
+    ``bundle.json``. ``meta``'s ``titles`` / ``images`` (token -> text) and ``train_items`` /
+    ``test_items`` (per user row, item rows) become files, not JSON."""
     _write_texts(folder, "descriptions.tsv", descriptions)
-    _write_texts(folder, "titles.tsv", meta.pop("titles", None))  # token -> title: a file, not json
+    _write_texts(folder, "titles.tsv", meta.pop("titles", None))
+    _write_texts(folder, "images.tsv", meta.pop("images", None))
+    for name, key in (("train.npz", "train_items"), ("test.npz", "test_items")):
+        rows = meta.pop(key, None)
+        if rows is None:
+            (folder / name).unlink(missing_ok=True)
+        else:
+            _write_csr(folder, name, rows)
     full_meta = {"format_version": FORMAT_VERSION, **meta,
                  "n_descriptions": len(descriptions or {}),
                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -160,17 +209,25 @@ def write_profile_arrays(
     _write_lines(folder, "users.tokens", user_tokens)
     _write_npy(folder, "item_embeddings.npy", embeddings)
     _write_npy(folder, "has_vector.npy", np.asarray(has_vector, dtype=bool))
+    meta = {"profile_aggregation": "mean", **meta}
+    meta.setdefault("blocks", [{"name": meta.get("item_feature"), "dim": int(embeddings.shape[1]),
+                                "weight": 1.0}])
+    if user_profiles is None and meta["profile_aggregation"] == "mean":
+        user_profiles = np.stack([block_profile(embeddings[h].sum(axis=0), meta["blocks"])
+                                  for h in profile_histories]) if len(profile_histories) else \
+            np.zeros((0, embeddings.shape[1]), np.float32)
     if user_profiles is not None:
         _write_npy(folder, "user_profiles.npy", np.asarray(user_profiles, dtype=np.float32))
+    else:
+        (folder / "user_profiles.npy").unlink(missing_ok=True)
     _write_csr(folder, "profile_histories.npz", profile_histories)
     _write_csr(folder, "masked.npz", masked)
     index = build_index(embeddings, index_kind)
     atomic_write_bytes(folder / "index.faiss", faiss.serialize_index(index).tobytes())
-    meta = {"kind": "profile", "profile_aggregation": "mean", **meta,
+    meta = {"kind": "profile", **meta,
             "dim": int(embeddings.shape[1]), "n_items": len(item_tokens),
             "n_users": len(user_tokens), "index": index_kind,
             "hnsw_ef_search": HNSW_EF_SEARCH if index_kind == "hnsw" else None}
-    meta.setdefault("blocks", [{"name": meta.get("item_feature"), "dim": meta["dim"], "weight": 1.0}])
     meta.setdefault("tie_break_seed", DEFAULT_TIE_BREAK_SEED)
     return _finish(folder, meta, descriptions)
 
@@ -183,9 +240,9 @@ def write_profile_bundle(folder: str | Path, model: Any, train: Any, item_tokens
     embeddings = model.item_embeddings.detach().cpu().numpy()[1:]
     has_vector = np.abs(embeddings).sum(axis=1) > 0
     history = train.inter_matrix(form="csr")  # the training split: what profiles are made of
-    profile_histories = [np.asarray(history[u].indices, np.int64) - 1
-                         for u in range(1, len(user_tokens))]
-    profile_histories = [h[has_vector[h]] for h in profile_histories]
+    train_items = [np.asarray(history[u].indices, np.int64) - 1
+                   for u in range(1, len(user_tokens))]
+    profile_histories = [h[has_vector[h]] for h in train_items]
     profiles = (model.user_profiles.detach().cpu().numpy()[1:]
                 if model.aggregation == "mean" else None)
     blocks = [{"name": b.name, "dim": int(b.embeddings.shape[1]), "weight": float(b.weight)}
@@ -195,7 +252,8 @@ def write_profile_bundle(folder: str | Path, model: Any, train: Any, item_tokens
         feature_meta = train.item_feature(meta["features"][0]).meta
         encoder = {"name": feature_meta.get("encoder"),
                    "fingerprint": feature_meta.get("encoder_fingerprint")}
-    meta = {**meta, "profile_aggregation": model.aggregation, "blocks": blocks, "encoder": encoder}
+    meta = {"train_items": train_items, **meta, "profile_aggregation": model.aggregation,
+            "blocks": blocks, "encoder": encoder}
     return write_profile_arrays(
         folder, item_tokens[1:], embeddings, has_vector, user_tokens[1:], profile_histories,
         [m[m > 0] - 1 for m in masked[1:]], meta, descriptions, index_kind, profiles)
@@ -216,78 +274,95 @@ def write_topn_bundle(folder: str | Path, top: tuple[np.ndarray, np.ndarray],
     return _finish(folder, meta, descriptions)
 
 
-def _read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
-
-
-def _load_csr(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    stored = _array(path)
-    return stored["indptr"], stored["indices"]
-
-
 NEEDED = {
     "profile": ["items.tokens", "users.tokens", "item_embeddings.npy", "has_vector.npy",
                 "index.faiss", "profile_histories.npz", "masked.npz"],
     "topn": ["items.tokens", "users.tokens", "topn_items.npy", "topn_scores.npy"],
 }
+TEXT_FILES = {"descriptions.tsv": "descriptions", "titles.tsv": "titles", "images.tsv": "images"}
+CSR_FILES = {"train.npz": "train", "test.npz": "test"}
 
 
-def _array(path: Path) -> Any:
+def _read_meta(meta_path: Path) -> tuple[bytes, dict[str, Any]]:
     try:
-        return load_array(path)
-    except (ValueError, OSError, EOFError) as error:
-        raise BundleError(f"cannot read {path}: {error}: export the bundle again") from error
+        raw = meta_path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{meta_path.parent}: no bundle.json (not a bundle, or its export did "
+                          "not finish)") from None
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise BundleError(f"{meta_path}: not valid JSON: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise BundleError(f"{meta_path}: format_version {version!r}, this code reads "
+                          f"{FORMAT_VERSION}: export the bundle again")
+    check_meta(meta, meta_path, tuple(NEEDED), INDEX_KINDS)
+    return raw, meta
 
 
 def load_bundle(folder: str | Path) -> Bundle:
-    """Read a bundle; BundleError names the file at fault."""
+    """Read a bundle, every file checked (bundle_check.py); BundleError names the file at fault.
+
+    ``bundle.json`` is read before and after the other files: an export writing the folder
+    meanwhile (it removes ``bundle.json`` first and writes it last) fails the load instead of
+    mixing two versions' files."""
     folder = Path(folder)
     meta_path = folder / "bundle.json"
-    if not meta_path.is_file():
-        raise BundleError(f"{folder}: no bundle.json (not a bundle, or its export did not finish)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as error:
-        raise BundleError(f"{meta_path}: not valid JSON: {error}") from error
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{meta_path}: format_version {meta.get('format_version')!r}, this "
-                          f"code reads {FORMAT_VERSION}: export the bundle again")
-    kind = meta.get("kind")
-    if kind not in NEEDED:
-        raise BundleError(f"{meta_path}: unknown bundle kind {kind!r} (known: {sorted(NEEDED)})")
+    raw, meta = _read_meta(meta_path)
+    kind, n_items, n_users = meta["kind"], meta["n_items"], meta["n_users"]
     missing = [name for name in NEEDED[kind] if not (folder / name).is_file()]
     if missing:
         raise BundleError(f"{folder}: missing {missing}: export the bundle again")
-    bundle = Bundle(folder, meta, _read_lines(folder / "items.tokens"),
-                    _read_lines(folder / "users.tokens"))
-    for name, texts in (("descriptions.tsv", bundle.descriptions), ("titles.tsv", bundle.titles)):
+    bundle = Bundle(folder, meta, read_tokens(folder / "items.tokens", n_items, "item"),
+                    read_tokens(folder / "users.tokens", n_users, "user"))
+    known = {token: row for row, token in enumerate(bundle.item_tokens)}
+    for name, attribute in TEXT_FILES.items():
         if (folder / name).is_file():
-            for line in _read_lines(folder / name):
-                token, _, text = line.partition("\t")
-                texts[token] = text
+            setattr(bundle, attribute, read_texts(folder / name, known))
+    for name, attribute in CSR_FILES.items():
+        if (folder / name).is_file():
+            setattr(bundle, attribute, read_csr(folder / name, n_users, n_items))
     if kind == "topn":
-        bundle.topn_items = _array(folder / "topn_items.npy")
-        bundle.topn_scores = _array(folder / "topn_scores.npy")
-        if len(bundle.topn_items) != len(bundle.user_tokens):
-            raise BundleError(f"{folder}: topn_items.npy does not have one row per user")
-        return bundle
-    import faiss
+        bundle.topn_items = read_array(folder / "topn_items.npy")
+        bundle.topn_scores = read_array(folder / "topn_scores.npy")
+        check_topn(folder, bundle.topn_items, bundle.topn_scores, n_users, meta["top_n"], n_items)
+    else:
+        _load_profile_files(bundle)
+    if _read_bytes(meta_path) != raw:
+        raise BundleError(f"{meta_path}: the bundle changed while it was read (an export is "
+                          "writing it): load it again when the export has finished")
+    return bundle
 
-    bundle.embeddings = _array(folder / "item_embeddings.npy")
-    bundle.has_vector = _array(folder / "has_vector.npy")
-    bundle.index = faiss.deserialize_index(np.fromfile(folder / "index.faiss", dtype=np.uint8))
-    if not (len(bundle.item_tokens) == len(bundle.embeddings) == bundle.index.ntotal
-            == meta["n_items"]):
-        raise BundleError(f"{folder}: items.tokens ({len(bundle.item_tokens)}), "
-                          f"item_embeddings.npy ({len(bundle.embeddings)}) and index.faiss "
-                          f"({bundle.index.ntotal}) disagree")
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _load_profile_files(bundle: Bundle) -> None:
+    folder, meta = bundle.folder, bundle.meta
+    n_items, n_users = meta["n_items"], meta["n_users"]
+    bundle.embeddings, bundle.has_vector = check_vectors(
+        folder, read_array(folder / "item_embeddings.npy"), read_array(folder / "has_vector.npy"),
+        n_items, meta["dim"])
+    bundle.index = read_index(folder / "index.faiss", bundle.embeddings, meta["index"])
     if meta.get("hnsw_ef_search") and hasattr(bundle.index, "hnsw"):
         bundle.index.hnsw.efSearch = int(meta["hnsw_ef_search"])  # search depth: recall vs latency
     if (folder / "user_profiles.npy").is_file():
-        bundle.user_profiles = _array(folder / "user_profiles.npy")
-    bundle.profile_indptr, bundle.profile_indices = _load_csr(folder / "profile_histories.npz")
-    bundle.masked_indptr, bundle.masked_indices = _load_csr(folder / "masked.npz")
-    if not (len(bundle.profile_indptr) == len(bundle.masked_indptr) == len(bundle.user_tokens) + 1):
-        raise BundleError(f"{folder}: profile_histories.npz / masked.npz do not have one row per "
-                          "line of users.tokens")
-    return bundle
+        bundle.user_profiles = check_matrix(folder / "user_profiles.npy",
+                                            read_array(folder / "user_profiles.npy"),
+                                            (n_users, meta["dim"]), "f").astype(np.float32)
+    elif meta.get("profile_aggregation", "mean") == "mean":
+        raise BundleError(f"{folder}: missing ['user_profiles.npy'] (a mean-profile bundle needs "
+                          "it): export the bundle again")
+    bundle.profile_indptr, bundle.profile_indices = read_csr(folder / "profile_histories.npz",
+                                                             n_users, n_items)
+    without = ~bundle.has_vector[bundle.profile_indices]
+    if without.any():
+        raise BundleError(f"{folder / 'profile_histories.npz'}: item row "
+                          f"{int(bundle.profile_indices[without][0])} has no vector, so it cannot "
+                          "be part of a profile: export the bundle again")
+    bundle.masked_indptr, bundle.masked_indices = read_csr(folder / "masked.npz", n_users, n_items)

@@ -1,4 +1,5 @@
-"""``vlm4rec export`` (write a serving bundle) and ``vlm4rec recommend`` (top-k from one)."""
+"""``vlm4rec export`` (write a serving bundle) and ``vlm4rec recommend`` (top-k from one);
+``vlm4rec serve`` and ``vlm4rec audit`` are in serve_cli.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import sys
 import time
 from dataclasses import asdict
 from typing import Any
+
+from recbole_vlm4rec.models import DEFAULT_MODEL
+from recbole_vlm4rec.serving import serve_cli
+from recbole_vlm4rec.serving.serve_cli import at_least
 
 EXPORT_EPILOG = """\
 examples:
@@ -47,11 +52,12 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("dataset", nargs="?", help="dataset name, e.g. ml-100k (not with "
                         "--checkpoint: the checkpoint names its dataset)")
-    export.add_argument("--model", default="VLM4Rec", choices=("VLM4Rec", "VLM4RecFusion"),
-                        help="feature-based model to export (default VLM4Rec)")
+    export.add_argument("--model", default=DEFAULT_MODEL,
+                        help="feature-based model to export: one whose contract says "
+                        "profile-servable (`vlm4rec models`; default %(default)s)")
     export.add_argument("--checkpoint", help="a RecBole checkpoint (.pth) of any model: export "
                         "its top-n per known user")
-    export.add_argument("--top-n", type=int, default=100,
+    export.add_argument("--top-n", type=at_least(1), default=100,
                         help="with --checkpoint: best items kept per user (default 100)")
     export.add_argument("--feature", help="VLM4Rec's item feature (default: the dataset's "
                         "default feature); same as --item_feature=...")
@@ -65,7 +71,7 @@ def register(subparsers: Any) -> None:
     export.add_argument("--index", choices=("flat", "hnsw"), default="flat",
                         help="flat: exact search (default); hnsw: approximate, faster on large "
                         "catalogues")
-    export.set_defaults(func=_export, accepts_overrides=True)
+    export.set_defaults(func=_export, accepts_overrides=True, patches_recbole=True)
 
     recommend = subparsers.add_parser(
         "recommend", help="top-k recommendations with explanations from a serving bundle",
@@ -77,13 +83,15 @@ def register(subparsers: Any) -> None:
     query.add_argument("--user", help="a user token of the bundle's dataset")
     query.add_argument("--items", help="comma-separated item tokens: the history of a new user")
     query.add_argument("--text", help="a free-text wish, encoded with the bundle's encoder")
-    recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
-    recommend.add_argument("--explain", type=int, default=2,
+    recommend.add_argument("-k", type=at_least(1), default=10, help="how many items (default 10)")
+    recommend.add_argument("--explain", type=at_least(0), default=2,
                            help="history items shown per recommendation (default 2)")
     recommend.add_argument("--encoder", help="text queries: the encoder to use (must match the "
                            "bundle's; default: the bundle's)")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of text")
     recommend.set_defaults(func=_recommend)
+
+    serve_cli.register(subparsers)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -95,7 +103,8 @@ def _export(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.formats.descriptions import DescriptionsFileError
     from recbole_vlm4rec.formats.features import FeatureFileError
     from recbole_vlm4rec.run.cli import split_overrides
-    from recbole_vlm4rec.serving.export import export_bundle, export_checkpoint_bundle
+    from recbole_vlm4rec.serving.export import (export_bundle, export_checkpoint_bundle,
+                                                profile_models)
 
     overrides: dict[str, Any] = split_overrides(argparse.ArgumentParser(prog="vlm4rec export"),
                                                 args.overrides)
@@ -108,6 +117,10 @@ def _export(args: argparse.Namespace) -> int:
         descriptions = str(paths.descriptions_dir(args.dataset) / f"{descriptions}.jsonl")
     try:
         started = time.perf_counter()
+        if not args.checkpoint and args.model not in profile_models():
+            raise ValueError(f"--model {args.model} cannot be served from features: profile "
+                             f"bundles serve {', '.join(profile_models())}; export a trained "
+                             "run's checkpoint instead (vlm4rec export --checkpoint saved/...pth)")
         if args.checkpoint:
             if args.dataset or overrides:
                 raise ValueError("--checkpoint exports the checkpoint's own model, dataset and "

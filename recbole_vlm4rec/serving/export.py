@@ -30,7 +30,12 @@ from recbole_vlm4rec.formats import descriptions
 from recbole_vlm4rec.models.features import features_read_by
 from recbole_vlm4rec.serving.bundle import write_profile_bundle, write_topn_bundle
 
-PROFILE_MODELS = ("VLM4Rec", "VLM4RecFusion")
+def profile_models() -> list[str]:
+    """Models whose contract says serving can rebuild a new user's profile (a profile bundle)."""
+    from recbole_vlm4rec.models import all_model_info
+
+    return [name for name, info in all_model_info().items()
+            if info.contract.capabilities.profile_servable]
 
 
 def read_descriptions(path: str | Path) -> dict[str, str]:
@@ -80,6 +85,24 @@ def item_titles(item_file: str | Path, item_field: str) -> tuple[str | None, dic
     return column, titles
 
 
+def item_images(item_file: str | Path, item_field: str,
+                image_column: str = "image") -> dict[str, str]:
+    """``token -> image file`` (absolute; relative references are under the table's folder) for
+    the explorer page; URLs and empty cells are left out (the page shows no picture for them)."""
+    from recbole_vlm4rec.formats.images import is_url, resolve_image_reference
+    from recbole_vlm4rec.formats.items import read_item_table
+
+    if not Path(item_file).is_file():
+        return {}
+    table = read_item_table(item_file)
+    if item_field not in table.columns or image_column not in table.columns:
+        return {}
+    folder = Path(item_file).resolve().parent
+    return {str(t): str(Path(resolve_image_reference(str(v), folder)).resolve())
+            for t, v in zip(table[item_field], table[image_column])
+            if str(v).strip() and not is_url(str(v).strip())}
+
+
 def _numeric(values: Any) -> bool:
     """True for a column of numbers (a price, a year): not a title."""
     import pandas as pd
@@ -88,14 +111,22 @@ def _numeric(values: Any) -> bool:
     return bool(pd.to_numeric(filled, errors="coerce").notna().all())
 
 
-def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
-    """Per internal user id, the items the test evaluation masks (the run's eval_history_mask)."""
-    history = getattr(test_data, "uid2history_item", None)
+def _per_user(lists: Any, n_users: int) -> list[np.ndarray]:
     out = []
     for uid in range(n_users):
-        items = history[uid] if history is not None and uid < len(history) else None
+        items = lists[uid] if lists is not None and uid < len(lists) else None
         out.append(np.zeros(0, np.int64) if items is None else np.asarray(items, np.int64))
     return out
+
+
+def masked_items(test_data: Any, n_users: int) -> list[np.ndarray]:
+    """Per internal user id, the items the test evaluation masks (the run's eval_history_mask)."""
+    return _per_user(getattr(test_data, "uid2history_item", None), n_users)
+
+
+def held_out_items(test_data: Any, n_users: int) -> list[np.ndarray]:
+    """Per internal user id, the test split's items (the evaluation's positives)."""
+    return _per_user(getattr(test_data, "uid2positive_item", None), n_users)
 
 
 def export_bundle(
@@ -125,17 +156,17 @@ def export_checkpoint_bundle(checkpoint: str | Path, out: str | Path,
     The checkpoint pickles its config, so it is unpickled in full: export only checkpoints you
     (or this project's runs) wrote. The dataset and split are rebuilt from that config.
     """
-    from recbole_vlm4rec import compat, speedups
+    from recbole_vlm4rec import compat
     from recbole_vlm4rec.models import get_model_class
     from recbole_vlm4rec.run.runner import build_run
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    compat.apply()
-    speedups.install()
     state = torch.load(path, map_location="cpu", weights_only=False)
     config = state["config"]  # the run's own config: same data, split, masking and seed
+    if isinstance(config, dict):  # pickled as the dict of its values (compat.config_class)
+        config = compat.config_from_dict(config)
     model, dataset = config["model"], config["dataset"]
     if not torch.cuda.is_available():
         config["device"] = torch.device("cpu")
@@ -160,24 +191,33 @@ def _write(built: Any, model: str, dataset: str, out: str | Path,
     elif len(features) == 1:
         texts = _item_text_descriptions(data.item_feature(features[0]).meta, data.iid_field)
     title_column, titles = item_titles(item_file(built.config), data.iid_field)
+    test_items = held_out_items(built.test_data, len(user_tokens))
     meta = {
         "model": model, "dataset": dataset, "features": features,
         "item_feature": "+".join(features) or None,
         "eval_history_mask": built.config["eval_history_mask"],
         "title_column": title_column, "n_titles": len(titles), "titles": titles,
+        "images": item_images(item_file(built.config), data.iid_field),
+        # per user row: held-out items (the explorer marks hits) and, for topn bundles, the
+        # training items (profile bundles take them from the model's training split)
+        "test_items": [t[t > 0] - 1 for t in test_items[1:]],
         # equal scores are ordered as the evaluation orders them (formats/ranking.py)
         "tie_break_seed": int(built.config["seed"]),
         **(source or {}),
     }
+    servable = profile_models()
     if profile is None:
-        profile = model in PROFILE_MODELS
+        profile = model in servable
     if profile:
-        if type(instance).__name__ not in PROFILE_MODELS:
-            raise ValueError(f"profile bundles serve {', '.join(PROFILE_MODELS)}; {model} is "
+        if type(instance).__name__ not in servable:
+            raise ValueError(f"profile bundles serve {', '.join(servable)}; {model} is "
                              "served as a top-n bundle (vlm4rec export --checkpoint)")
         return write_profile_bundle(out, instance, built.train_data.dataset, item_tokens,
                                     user_tokens, masked, meta, texts, index_kind)
     top = _top_n_scores(instance, built.test_data, masked, top_n, int(built.config["seed"]))
+    history = built.train_data.dataset.inter_matrix(form="csr")
+    meta["train_items"] = [np.asarray(history[u].indices, np.int64) - 1
+                           for u in range(1, len(user_tokens))]
     return write_topn_bundle(out, top, item_tokens, user_tokens, meta, texts)
 
 

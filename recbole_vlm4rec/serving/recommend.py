@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from recbole_vlm4rec.serving.bundle import Bundle, load_bundle
+from recbole_vlm4rec.formats.ranking import item_permutation, top_k_by_priority, user_priorities
+from recbole_vlm4rec.serving.bundle import Bundle, block_profile, load_bundle
 
 
 class ServingError(ValueError):
@@ -46,6 +47,17 @@ class EmptyHistoryError(ServingError):
 
 class EncoderMismatchError(ServingError):
     pass
+
+
+class InvalidQueryError(ServingError):
+    """A query argument out of range (k < 1, explain < 0)."""
+
+
+def check_counts(k: int, explain: int = 0) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidQueryError(f"k must be an integer >= 1, got {k!r}")
+    if isinstance(explain, bool) or not isinstance(explain, (int, np.integer)) or explain < 0:
+        raise InvalidQueryError(f"explain must be an integer >= 0, got {explain!r}")
 
 
 @dataclass
@@ -85,10 +97,24 @@ class Recommender:
         self.feature = self.bundle.meta.get("item_feature")
         self._encoder = None
         self.ignored_items: list[str] = []  # last for_items() query's items without a vector
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """First uses that cost a query ~10-50 ms once per process (numpy.random's import for
+        the tie permutation, BLAS and FAISS thread pools), paid while loading instead: a
+        query's reported time is the query's."""
+        seed = self.bundle.meta.get("tie_break_seed")
+        if seed is not None:
+            item_permutation(len(self.bundle.item_tokens) + 1, int(seed))  # cached
+        if self.kind == "profile":
+            first = self.bundle.embeddings[:1]
+            self.bundle.index.search(first, 1)
+            first @ first.T
 
     # --- queries ---------------------------------------------------------------------------
     def for_user(self, user: str, k: int = 10, explain: int = 2) -> list[Recommendation]:
         """Top-k for a user of the bundle, the evaluation's masked items left out."""
+        check_counts(k, explain)
         row = self.user_row.get(str(user))
         if row is None:
             raise UnknownUserError(_unknown("user", [str(user)], self.bundle.user_tokens))
@@ -107,6 +133,7 @@ class Recommender:
 
     def for_items(self, items: Sequence[str], k: int = 10, explain: int = 2) -> list[Recommendation]:
         """Top-k for a new user given the item tokens they interacted with."""
+        check_counts(k, explain)
         self._require_profile("an ad-hoc history")
         items = [str(i).strip() for i in items if str(i).strip()]
         if not items:
@@ -117,8 +144,7 @@ class Recommender:
         rows = np.unique([self.item_row[i] for i in items])
         # Like the model's profiles: items the feature does not cover cannot enter one.
         usable = rows[self.bundle.has_vector[rows]]
-        self.ignored_items = [self.bundle.item_tokens[r] for r in rows
-                              if not self.bundle.has_vector[r]]
+        self.ignored_items = self.without_vector(items)
         if not len(usable):
             raise EmptyHistoryError(
                 f"none of the history items has a '{self.feature}' vector "
@@ -126,8 +152,17 @@ class Recommender:
         profile = self._profile(usable) if self.aggregation == "mean" else None
         return self._rank(usable, rows, k, explain, profile)
 
+    def without_vector(self, items: Sequence[str]) -> list[str]:
+        """The known items of ``items`` that the bundle's feature has no vector for (left out of
+        a profile), sorted as the bundle lists them."""
+        if self.kind != "profile":
+            return []
+        rows = np.unique([self.item_row[i] for i in items if i in self.item_row])
+        return [self.bundle.item_tokens[r] for r in rows if not self.bundle.has_vector[r]]
+
     def for_text(self, text: str, k: int = 10, encoder: str | None = None) -> list[Recommendation]:
         """Top-k items for a free-text wish, encoded with the bundle's own text encoder."""
+        check_counts(k)
         self._require_profile("a text query")
         if not text.strip():
             raise EmptyHistoryError("empty text query")
@@ -178,15 +213,20 @@ class Recommender:
 
     def load_text_encoder(self, encoder: str | None = None):
         """The (loaded) encoder text queries use; loading it is the slow part of a first query,
-        so callers that time queries load it first."""
-        from recbole_vlm4rec.encoding.text import TextEncoder
+        so callers that time queries load it first. BERT sentence encoders (the default MiniLM)
+        run in numpy (query_encoder.py: no torch import), others through sentence-transformers."""
+        from recbole_vlm4rec.serving.query_encoder import load_query_encoder
 
         self._require_profile("a text query")
         name = self.check_encoder(encoder)
         if self._encoder is None or self._encoder.spec != name:
-            self._encoder = TextEncoder(name)
-            self._encoder.dim  # loads the weights
+            self._encoder = load_query_encoder(name)
         return self._encoder
+
+    def use_text_encoder(self, encoder) -> None:
+        """Share an encoder loaded elsewhere (a service serving several bundles built with the
+        same one); the caller has checked it with :meth:`check_encoder`."""
+        self._encoder = encoder
 
     def encode_query(self, text: str, encoder: str | None = None) -> np.ndarray:
         vector = self.load_text_encoder(encoder).encode([text], show_progress=False)[0]
@@ -197,16 +237,8 @@ class Recommender:
 
     # --- ranking ---------------------------------------------------------------------------
     def _profile(self, rows: np.ndarray) -> np.ndarray:
-        """The model's mean profile of ``rows``: per feature block, the normalised sum of the
-        items' (unit) block vectors, scaled by the square root of the block's weight."""
-        summed = self.bundle.embeddings[rows].sum(axis=0)
-        parts, start = [], 0
-        for block in self.bundle.meta["blocks"]:
-            part = summed[start:start + block["dim"]]
-            norm = float(np.linalg.norm(part))
-            parts.append(part / norm * np.sqrt(block["weight"]) if norm > 0 else part)
-            start += block["dim"]
-        return np.concatenate(parts).astype(np.float32)
+        """The model's mean profile of ``rows`` (bundle.block_profile)."""
+        return block_profile(self.bundle.embeddings[rows].sum(axis=0), self.bundle.meta["blocks"])
 
     def _search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         n = min(n, len(self.bundle.item_tokens))
@@ -230,7 +262,7 @@ class Recommender:
             candidates = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
         # a search stops at `depth`: an item scoring the last returned score may be cut off
         bound = float(scores[:, -1].max()) if depth < len(self.bundle.item_tokens) else -np.inf
-        priority = self._tie_priorities(user_row)
+        priority = self.tie_priorities(user_row)
         skip = set(np.asarray(excluded).tolist())
         top = sorted(((row, score) for row, score in candidates if row not in skip),
                      key=lambda rs: (-rs[1], -priority[rs[0]]))[:k]
@@ -239,36 +271,27 @@ class Recommender:
             top = self._exact_top(vectors, profile, excluded, k, user_row)
         return [self._recommendation(row, score, history, vectors, explain) for row, score in top]
 
-    def _tie_priorities(self, user_row: int | None) -> np.ndarray:
+    def tie_priorities(self, user_row: int | None) -> np.ndarray:
         """Per item row, the evaluation's tie priority for this user (item id = row + 1; a
-        query that is no known user ranks as RecBole's padding user 0)."""
-        import torch
-
-        from recbole_vlm4rec.formats.ranking import priorities
-
-        user = torch.tensor([0 if user_row is None else user_row + 1])
+        query that is no known user ranks as RecBole's padding user 0). numpy only: a first
+        query must not pay for importing torch."""
+        user = 0 if user_row is None else user_row + 1
         n_ids = len(self.bundle.item_tokens) + 1
-        return priorities(user, n_ids, int(self.bundle.meta["tie_break_seed"]))[0, 1:].numpy()
+        return user_priorities(user, n_ids, int(self.bundle.meta["tie_break_seed"]))[1:]
 
     def _exact_top(self, vectors: np.ndarray, profile: np.ndarray | None, excluded: np.ndarray,
                    k: int, user_row: int | None) -> list[tuple[int, float]]:
-        """Every item scored (a tie reached the search depth): formats/ranking.tie_safe_topk."""
-        import torch
-
-        from recbole_vlm4rec.formats.ranking import tie_safe_topk
-
+        """Every item scored (a tie reached the search depth), ordered as
+        formats/ranking.tie_safe_topk orders the evaluation's row."""
         embeddings = self.bundle.embeddings
         if profile is None:
             scores = (vectors @ embeddings.T).max(axis=0)
         else:
             scores = embeddings @ profile
-        row_scores = torch.full((1, len(scores) + 1), -torch.inf)  # column 0: padding item
-        row_scores[0, 1:] = torch.from_numpy(scores.astype(np.float32))
-        row_scores[0, torch.from_numpy(np.asarray(excluded, np.int64) + 1)] = -torch.inf
-        user = torch.tensor([0 if user_row is None else user_row + 1])
-        top = tie_safe_topk(row_scores, k, user, int(self.bundle.meta["tie_break_seed"]))
-        return [(int(i) - 1, float(row_scores[0, i])) for i in top.indices[0]
-                if row_scores[0, i] > -torch.inf]
+        scores = scores.astype(np.float32)
+        scores[np.asarray(excluded, np.int64)] = -np.inf
+        top = top_k_by_priority(scores, k, self.tie_priorities(user_row))
+        return [(int(row), float(scores[row])) for row in top]
 
     def _describe(self, row: int) -> str | None:
         return self.bundle.descriptions.get(self.bundle.item_tokens[row])

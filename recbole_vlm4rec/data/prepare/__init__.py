@@ -2,8 +2,10 @@
 
 Sources (one module each): ``mmrec`` (an MMRec data folder), ``amazon`` (Amazon 2014 review and
 metadata dumps), ``catalogue`` (any interactions table + items table + images folder, incl. the
-``ml-100k-posters`` shortcut). Each builds a ``PreparedDataset``; ``output.write_dataset`` writes
-it atomically. The output, ``dataset/<name>/``:
+``ml-100k-posters`` shortcut). Each reads its files with ``readers.py``, checks every value with
+``values.py`` (refused values counted on the card), and builds a ``PreparedDataset``
+(``prepared.py``); ``output.write_dataset`` writes it atomically with its card (``card.py``). The
+output, ``dataset/<name>/``:
 
 ``<name>.inter`` or ``<name>.train.inter`` / ``.valid.inter`` / ``.test.inter``
     RecBole atomic interactions, tab separated: ``user_id:token item_id:token`` and, when the

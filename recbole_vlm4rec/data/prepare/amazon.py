@@ -13,17 +13,19 @@ joined by ``" | "``), description, price; ``image`` = ``imUrl``, or ``images/<fi
 ``--download-images``. Policies, each counted on the dataset card with ``file:line`` examples:
 a user reviewing an item twice keeps the earliest review; broken lines (undecodable, not JSON nor
 a literal, nested too deeply, missing a key) are skipped, counted per file
-(``malformed_review_lines``, ``malformed_meta_lines``); reviews whose rating or timestamp is not
-a finite number (``NaN``, ``Infinity``) are skipped (``non_finite_review_values``); a second
-metadata line for an item is ignored (``duplicate_meta_lines``: the first wins); items without a
-metadata line or without ``imUrl`` are kept and counted.
+(``malformed_review_lines``, ``malformed_meta_lines``); every value goes through ``values.py``: a
+review with a refused id, rating or timestamp (an object/list/boolean id, ``NaN``, ``Infinity``,
+a 400-digit integer, a timestamp before 1970...) is skipped, a refused metadata value (a title
+that is an object, a price that is not a number...) is left empty, both counted under the shared
+keys (``wrong_json_types``, ``non_finite_values``...); a second metadata line for an item is
+ignored (``duplicate_meta_lines``: the first wins); items without a metadata line or without
+``imUrl`` are kept and counted.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,16 +33,34 @@ import pandas as pd
 from tqdm import tqdm
 
 from recbole_vlm4rec.data.prepare.catalogue import attach_items
-from recbole_vlm4rec.data.prepare.output import (
-    PrepareError,
-    PreparedDataset,
-    check_token,
-    clean_text,
-)
-from recbole_vlm4rec.data.prepare.readers import Problems, iter_lines
+from recbole_vlm4rec.data.prepare.prepared import PrepareError, PreparedDataset
+from recbole_vlm4rec.data.prepare.readers import iter_lines
 from recbole_vlm4rec.data.prepare.splits import apply_split, drop_duplicate_interactions, k_core
+from recbole_vlm4rec.data.prepare.values import (
+    OUT_OF_RANGE,
+    WRONG_TYPE,
+    BadValue,
+    Problems,
+    Refusals,
+    check_id,
+    check_number,
+    check_reference,
+    check_timestamp,
+    json_text,
+    json_type,
+    nothing_usable,
+    show,
+)
 
 META_TEXT_COLUMNS = ("title", "brand", "categories", "description")
+# (column, metadata key, reader): every value of a metadata line goes through values.py
+_META_FIELDS = (
+    *((column, column, json_text) for column in ("title", "brand")),
+    ("categories", "categories", lambda value, _: _categories(value or [])),
+    ("description", "description", json_text),
+    ("price", "price", lambda value, _: _price(value)),
+    ("image", "imUrl", check_reference),
+)
 
 
 def parse_record(text: str) -> dict[str, Any]:
@@ -70,55 +90,68 @@ def iter_records(path: Path, encoding: str, problems: Problems) -> Iterator[tupl
             problems.add(f"{path}:{line_no}", str(error))
 
 
-def _number(record: dict[str, Any], key: str) -> float:
-    """``record[key]`` as a float; KeyError when absent, ValueError naming the key otherwise."""
-    value = record[key]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} {value!r} is not a number") from None
+def _field(record: dict[str, Any], key: str) -> Any:
+    """``record[key]``; a missing key is a ValueError naming it."""
+    if key not in record:
+        raise ValueError(f"no {key}")
+    return record[key]
 
 
-def read_reviews(path: Path, encoding: str, problems: Problems, non_finite: Problems) -> pd.DataFrame:
+def read_reviews(path: Path, encoding: str, problems: Problems) -> pd.DataFrame:
     """``user_id, item_id, rating, timestamp`` per review line, in file order."""
     records = []
     for line_no, record in tqdm(iter_records(path, encoding, problems), desc=f"reading {path.name}",
                                 unit=" lines", mininterval=2.0, leave=False, disable=None):
-        where = f"{path}:{line_no}"
         try:
-            user = check_token(record["reviewerID"], where, "reviewerID")
-            item = check_token(record["asin"], where, "asin")
-            rating, stamp = _number(record, "overall"), _number(record, "unixReviewTime")
-        except KeyError as error:
-            problems.add(where, f"no {error.args[0]}")
-            continue
-        except (PrepareError, ValueError) as error:
-            problems.add(where, str(error).replace(f"{where}: ", ""))
-            continue
-        if not (math.isfinite(rating) and math.isfinite(stamp)):
-            non_finite.add(where, f"overall {rating}, unixReviewTime {stamp}")
+            user = check_id(_field(record, "reviewerID"), "reviewerID")
+            item = check_id(_field(record, "asin"), "asin")
+            rating = check_number(_field(record, "overall"), "overall")
+            stamp = check_timestamp(_field(record, "unixReviewTime"), "unixReviewTime")
+        except ValueError as error:
+            problems.refuse(f"{path}:{line_no}", error)
             continue
         records.append((user, item, rating, stamp))
     if not records:
-        raise PrepareError(f"{path}: no valid review lines"
-                           + (f" ({'; '.join(problems.examples)})" if problems.examples else ""))
+        raise nothing_usable(path, "review lines", problems)
     return pd.DataFrame(records, columns=["user_id", "item_id", "rating", "timestamp"])
 
 
 def _categories(value: Any) -> str:
+    """``[["Baby", "Nursery"], ...]`` (or a flat list, or one string) -> unique names joined by
+    `` | ``; any other shape is refused."""
     flat: list[str] = []
-    stack = [value] if not isinstance(value, list) else list(value)
-    for entry in stack:
+    for entry in value if isinstance(value, list) else [value]:
         for name in entry if isinstance(entry, list) else [entry]:
-            name = clean_text(name)
+            if not isinstance(name, str):
+                raise BadValue(WRONG_TYPE, f"categories hold {json_type(name)} ({show(name)}), "
+                               "expected lists of strings")
+            name = json_text(name, "categories")
             if name and name not in flat:
                 flat.append(name)
     return " | ".join(flat)
 
 
-def duplicate_meta_problems(path: Path) -> Problems:
-    return Problems("duplicate_meta_lines", f"{path.name} lines ignored: a second line for an item "
-                    "of the dataset (the first line wins)")
+def _price(value: Any) -> float | None:
+    """A non-negative number; ``"$1,299.00"`` strings of the later dumps are read too."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = value.strip().lstrip("$").replace(",", "")
+    price = check_number(value, "price")
+    if price < 0:
+        raise BadValue(OUT_OF_RANGE, f"price {price:g} is negative")
+    return price
+
+
+def duplicate_meta_problems(path: Path, refusals: Refusals) -> Problems:
+    return refusals.counter("duplicate_meta_lines", f"{path.name} lines ignored: a second line for "
+                            "an item of the dataset (the first line wins)")
+
+
+def meta_problems(path: Path, refusals: Refusals) -> Problems:
+    return refusals.counter("malformed_meta_lines", f"{path.name} lines skipped: undecodable, not "
+                            "JSON nor a Python literal dict, nested too deeply, or no asin; values "
+                            "that are not usable (e.g. a price that is not a number) left empty")
 
 
 def read_meta(path: Path, wanted: set[str], encoding: str, problems: Problems,
@@ -128,31 +161,25 @@ def read_meta(path: Path, wanted: set[str], encoding: str, problems: Problems,
     first_line: dict[str, int] = {}
     for line_no, record in tqdm(iter_records(path, encoding, problems), desc=f"reading {path.name}",
                                 unit=" lines", mininterval=2.0, leave=False, disable=None):
-        asin = record.get("asin")
-        asin = "" if asin is None else str(asin).strip()
-        if not asin:
-            problems.add(f"{path}:{line_no}", "no asin" if "asin" not in record else "empty asin")
+        where = f"{path}:{line_no}"
+        try:
+            asin = check_id(_field(record, "asin"), "asin")
+        except ValueError as error:
+            problems.refuse(where, error)
             continue
         if asin not in wanted:
             continue
         if asin in rows:
-            duplicates.add(f"{path}:{line_no}", f"asin {asin} already on line {first_line[asin]}")
+            duplicates.add(where, f"asin {asin} already on line {first_line[asin]}")
             continue
         first_line[asin] = line_no
-        price = record.get("price")
-        try:
-            price = float(price) if price not in (None, "") else None
-        except (TypeError, ValueError):
-            price = None
-        rows[asin] = {
-            "item_id": asin,
-            "title": clean_text(record.get("title")),
-            "brand": clean_text(record.get("brand")),
-            "categories": _categories(record.get("categories", [])),
-            "description": clean_text(record.get("description")),
-            "price": price,
-            "image": str(record.get("imUrl") or "").strip(),
-        }
+        rows[asin] = {"item_id": asin}
+        for column, key, read in _META_FIELDS:
+            try:
+                rows[asin][column] = read(record.get(key), key)
+            except ValueError as error:  # one bad value: that value only is left empty
+                problems.refuse(where, error, note=" (left empty)")
+                rows[asin][column] = None if column == "price" else ""
     columns = ["item_id", *META_TEXT_COLUMNS, "price", "image"]
     return pd.DataFrame([rows[a] for a in sorted(rows)], columns=columns)
 
@@ -169,12 +196,12 @@ def prepare_amazon(
             raise PrepareError(f"file not found: {path}")
     prepared = PreparedDataset(name=name, inter=pd.DataFrame(), source_kind="Amazon 2014 dumps",
                                sources=[p for p in (reviews_path, meta_path) if p])
-    problems = Problems("malformed_review_lines", f"{reviews_path.name} lines skipped: undecodable, "
-                        "not JSON nor a Python literal dict, nested too deeply, or missing or bad "
-                        "reviewerID/asin/overall/unixReviewTime")
-    non_finite = Problems("non_finite_review_values", f"{reviews_path.name} lines skipped: rating "
-                          "(overall) or unixReviewTime is NaN or infinite")
-    inter = read_reviews(reviews_path, encoding, problems, non_finite)
+    refusals = Refusals()
+    problems = refusals.counter(
+        "malformed_review_lines", f"{reviews_path.name} lines skipped: undecodable, not JSON nor "
+        "a Python literal dict, nested too deeply, or missing or empty reviewerID/asin/overall/"
+        "unixReviewTime, or a rating/time that is not a number")
+    inter = read_reviews(reviews_path, encoding, problems)
     # Earliest review of a (user, item) pair wins; ties keep file order.
     inter = inter.sort_values(["user_id", "timestamp"], kind="stable")
     inter = drop_duplicate_interactions(inter, prepared, "the earliest review")
@@ -182,15 +209,11 @@ def prepare_amazon(
     prepared.inter = apply_split(inter, split, seed, prepared)
     items = None
     if meta_path is not None:
-        meta_problems = Problems("malformed_meta_lines", f"{meta_path.name} lines skipped: undecodable, "
-                                 "not JSON nor a Python literal dict, nested too deeply, or no asin")
-        duplicates = duplicate_meta_problems(meta_path)
-        items = read_meta(meta_path, set(inter["item_id"]), encoding, meta_problems, duplicates)
-        meta_problems.record(prepared)
-        duplicates.record(prepared)
+        items = read_meta(meta_path, set(inter["item_id"]), encoding,
+                          meta_problems(meta_path, refusals),
+                          duplicate_meta_problems(meta_path, refusals))
     attach_items(prepared, items, None, None, meta_path.name if meta_path else "metadata")
     if items is not None:
         prepared.item_types["price"] = "float"
-    problems.record(prepared)
-    non_finite.record(prepared)
+    refusals.record(prepared)
     return prepared

@@ -12,15 +12,25 @@ checksum as the dataset's fingerprint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recbole_vlm4rec.data.prepare.output import SPLIT_NAMES, PreparedDataset, sha256_of
+from recbole_vlm4rec.data.prepare.prepared import SPLIT_NAMES, PreparedDataset
 
 FORMAT_VERSION = 1
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_card(prepared: PreparedDataset, folder: Path) -> dict[str, Any]:

@@ -24,13 +24,18 @@ from pathlib import Path
 import pandas as pd
 
 from recbole_vlm4rec.formats.images import is_url
-from recbole_vlm4rec.data.prepare.output import (
-    PrepareError,
-    PreparedDataset,
-    check_token,
+from recbole_vlm4rec.data.prepare.prepared import PrepareError, PreparedDataset
+from recbole_vlm4rec.data.prepare.readers import find_column, read_table
+from recbole_vlm4rec.data.prepare.values import (
+    Problems,
+    Refusals,
+    check_id,
+    check_number,
+    check_reference,
+    check_timestamp,
     clean_text,
+    nothing_usable,
 )
-from recbole_vlm4rec.data.prepare.readers import Problems, find_column, read_table
 from recbole_vlm4rec.data.prepare.splits import apply_split, drop_duplicate_interactions, k_core
 
 USER_COLUMNS = ("user_id", "userID", "userId", "user", "uid", "reviewerID")
@@ -41,9 +46,9 @@ IMAGE_COLUMNS = ("image", "image_path", "poster_path", "imUrl", "image_url", "po
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def _malformed() -> Problems:
-    return Problems("malformed_lines", "lines skipped: undecodable, wrong field count, empty id "
-                    "or non-numeric rating/timestamp")
+def _malformed(refusals: Refusals) -> Problems:
+    return refusals.counter("malformed_lines", "lines skipped: undecodable, wrong field count, "
+                            "empty id or non-numeric rating/timestamp")
 
 
 def read_interactions(path: Path, encoding: str, problems: Problems, user_col: str | None = None,
@@ -59,18 +64,16 @@ def read_interactions(path: Path, encoding: str, problems: Problems, user_col: s
                     required=bool(time_col))
     records = []
     for line_no, fields in rows:
-        where = f"{path}:{line_no}"
         try:
-            user, item = check_token(fields[u], where, header[u]), check_token(fields[i], where, header[i])
-            rating = float(fields[r]) if r is not None else None
-            stamp = float(fields[t]) if t is not None else None
-        except (PrepareError, ValueError) as error:
-            problems.add(where, str(error).replace(f"{where}: ", ""))
+            user, item = check_id(fields[u], header[u]), check_id(fields[i], header[i])
+            rating = check_number(fields[r], header[r]) if r is not None else None
+            stamp = check_timestamp(fields[t], header[t]) if t is not None else None
+        except ValueError as error:
+            problems.refuse(f"{path}:{line_no}", error)
             continue
         records.append((user, item, rating, stamp))
     if not records:
-        raise PrepareError(f"{path}: no valid interaction lines"
-                           + (f" ({'; '.join(problems.examples)})" if problems.examples else ""))
+        raise nothing_usable(path, "interaction lines", problems)
     frame = pd.DataFrame(records, columns=["user_id", "item_id", "rating", "timestamp"])
     return frame.drop(columns=[c for c, col in (("rating", r), ("timestamp", t)) if col is None])
 
@@ -94,16 +97,22 @@ def read_items(path: Path, encoding: str, problems: Problems, item_col: str | No
     for line_no, fields in rows:
         where = f"{path}:{line_no}"
         try:
-            token = check_token(fields[i], where, header[i])
-        except PrepareError as error:
-            problems.add(where, str(error).replace(f"{where}: ", ""))
+            token = check_id(fields[i], header[i])
+        except ValueError as error:
+            problems.refuse(where, error)
             continue
         if token in seen:
             problems.add(where, f"item {token!r} listed again (first row kept)")
             continue
         seen.add(token)
-        records.append([token] + [clean_text(fields[k]) for k in keep]
-                       + ([fields[m].strip()] if m is not None else []))
+        image = []
+        if m is not None:
+            try:
+                image = [check_reference(fields[m], header[m])]
+            except ValueError as error:
+                problems.refuse(where, error, note=" (left empty)")
+                image = [""]
+        records.append([token] + [clean_text(fields[k]) for k in keep] + image)
     columns = ["item_id"] + [header[k] for k in keep] + (["image"] if m is not None else [])
     if len(set(columns)) != len(columns):
         raise PrepareError(f"{path}:1: column names clash after renaming: {columns}")
@@ -187,7 +196,8 @@ def prepare_catalogue(
         raise PrepareError(f"images folder not found: {images_dir}")
     prepared = PreparedDataset(name=name, inter=pd.DataFrame(), source_kind="catalogue",
                                sources=[p for p in (inter_path, items_path) if p])
-    problems = _malformed()
+    refusals = Refusals()
+    problems = _malformed(refusals)
     inter = read_interactions(inter_path, encoding, problems, user_col, item_col, rating_col,
                               time_col)
     inter = drop_duplicate_interactions(inter, prepared, "the first row in file order")
@@ -199,7 +209,7 @@ def prepare_catalogue(
     base = images_dir or (items_path.parent if items_path else None)
     attach_items(prepared, table, base, images_dir,
                  items_path.name if items_path else "the items table")
-    problems.record(prepared)
+    refusals.record(prepared)
     return prepared
 
 
@@ -225,7 +235,8 @@ def prepare_ml100k_posters(posters: str | Path, name: str = "ml-100k-posters",
     inter_path, item_path = ml100k / "ml-100k.inter", ml100k / "ml-100k.item"
     prepared = PreparedDataset(name=name, inter=pd.DataFrame(), source_kind="ml-100k + posters",
                                sources=[inter_path, item_path, table_path])
-    problems = _malformed()
+    refusals = Refusals()
+    problems = _malformed(refusals)
     inter = read_interactions(inter_path, "utf-8", problems)
     inter = drop_duplicate_interactions(inter, prepared, "the first row in file order")
     prepared.inter = apply_split(inter, split, seed, prepared)
@@ -234,5 +245,5 @@ def prepare_ml100k_posters(posters: str | Path, name: str = "ml-100k-posters",
                                  text_cols=[])
     items = items.merge(poster_table, on="item_id", how="left").fillna("")
     attach_items(prepared, items, posters, None, item_path.name)
-    problems.record(prepared)
+    refusals.record(prepared)
     return prepared

@@ -167,7 +167,8 @@ def _run(build: Callable[[argparse.Namespace], Any],
         from recbole_vlm4rec.formats import paths
         from recbole_vlm4rec.data.prepare.card import read_card
         from recbole_vlm4rec.data.prepare.config import next_steps, write_dataset_config
-        from recbole_vlm4rec.data.prepare.output import PrepareError, write_dataset
+        from recbole_vlm4rec.data.prepare.output import write_dataset
+        from recbole_vlm4rec.data.prepare.prepared import PrepareError
 
         started = time.perf_counter()
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from recbole_vlm4rec.data.prepare.output import PreparedDataset
+from recbole_vlm4rec.data.prepare.prepared import PreparedDataset
 from recbole_vlm4rec.formats.files import atomic_write_text
 
 FEATURE_ORDER = ("vlm", "visual", "text")
@@ -85,34 +85,18 @@ def write_dataset_config(prepared: PreparedDataset, config_dir: Path) -> tuple[P
 
 
 def next_steps(folder: Path, config_path: Path, custom_root: bool = False) -> list[str]:
-    """What to run after preparing ``folder`` under the yaml ``config_path``: commands that run
-    now (``vlm4rec run ...``), then one line per declared feature still missing, saying what
-    makes it. Only models whose features exist (or are built on first use) are suggested.
-    ``custom_root``: the dataset is not under the project's dataset/ folder (prepare --root), so
-    the commands name its root."""
-    from recbole_vlm4rec.data.feature_status import discover_feature_files, how_to_make
+    """What to run after preparing ``folder`` under the yaml ``config_path``: ``vlm4rec models
+    --dataset`` (the models that run on it now, as commands: the models' contracts say what each
+    needs), ``vlm4rec features``, then one line per declared feature still missing, saying what
+    makes it. ``custom_root``: the dataset is not under the project's dataset/ folder (prepare
+    --root), so the commands name its root."""
+    from recbole_vlm4rec.data.feature_status import dataset_features, how_to_make
 
     name = folder.name
-    config = yaml.safe_load(config_path.read_text()) or {}
-    on_disk = set(discover_feature_files(folder / "features"))
-    declared = {str(n): (spec if isinstance(spec, dict) else {})
-                for n, spec in (config.get("item_features") or {}).items()}
-    declared.update({n: {} for n in on_disk if n not in declared})
-
-    def ready(feature: str) -> bool:
-        return feature in on_disk or bool(declared.get(feature, {}).get("build"))
-
-    root = f" --data_path={shlex.quote(str(folder.parent))}" if custom_root else ""
-    models = ["LightGCN"]
-    default = config.get("default_item_feature")
-    if default and ready(default):
-        models.append("VLM4Rec")
-    content = config.get("content_features") or ([default] if default else [])
-    if content and all(ready(feature) for feature in content):
-        models.append("VBPR")
-    commands = [f"vlm4rec run --model={model} --dataset={name}{root}" for model in models]
-    commands.append(f"vlm4rec features {name}{root.replace('--data_path=', '--data-path ')}")
+    features = dataset_features(folder, [config_path])
+    root = f" --data-path {shlex.quote(str(folder.parent))}" if custom_root else ""
+    commands = [f"vlm4rec models --dataset {name}{root}", f"vlm4rec features {name}{root}"]
     item_file = folder / f"{name}.item"
     missing = [f"{feature} (missing): {how_to_make(name, feature, spec, item_file, folder)}"
-               for feature, spec in declared.items() if not ready(feature)]
+               for feature, spec in features.declared.items() if not features.ready(feature)]
     return commands + missing

@@ -10,7 +10,8 @@ Input files (tab separated unless noted):
     default) the dataset's tokens are the raw ids (ASINs, reviewer ids), the same tokens the
     Amazon-dump source produces; otherwise MMRec's integers.
 ``image_feat.npy`` / ``text_feat.npy`` (optional)
-    row ``i`` = MMRec ``itemID`` ``i``; imported as features ``visual`` / ``text``.
+    row ``i`` = MMRec ``itemID`` ``i``; imported as features ``visual`` / ``text`` (as float32; a
+    row that is not finite there is left out and counted: that item has no vector).
 ``*url*.csv`` (optional, comma separated)
     ``itemID,asin,imUrl``: the image URL of each item, written to the ``image`` column.
 ``meta`` (optional argument)
@@ -18,7 +19,9 @@ Input files (tab separated unless noted):
     (see ``amazon.py``), and image URLs for items the url file lacks. Needs raw ids (asins).
 
 Policies: a repeated (user, item) pair keeps its first line (counted); lines with the wrong field
-count, a non-integer id or an ``x_label`` outside 0/1/2 are skipped and reported as ``file:line``.
+count, a non-integer id or an ``x_label`` outside 0/1/2 are skipped and reported as ``file:line``;
+every value goes through ``values.py`` (a NaN rating, a negative timestamp, a raw id with a control
+character... are refused, counted on the card under the shared keys).
 """
 
 from __future__ import annotations
@@ -28,12 +31,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_vlm4rec.data.prepare.output import (
-    ImportedFeature,
-    PrepareError,
-    PreparedDataset,
+from recbole_vlm4rec.data.prepare.prepared import ImportedFeature, PrepareError, PreparedDataset
+from recbole_vlm4rec.data.prepare.readers import find_column, read_table
+from recbole_vlm4rec.data.prepare.values import (
+    NON_FINITE,
+    Problems,
+    Refusals,
+    check_id,
+    check_mmrec_id,
+    check_number,
+    check_reference,
+    check_timestamp,
+    nothing_usable,
 )
-from recbole_vlm4rec.data.prepare.readers import Problems, find_column, read_table
 from recbole_vlm4rec.formats.features import load_array
 
 FEATURE_FILES = {"visual": "image_feat.npy", "text": "text_feat.npy"}
@@ -61,9 +71,10 @@ def _read_id_mapping(path: Path, raw_names: tuple[str, ...], id_names: tuple[str
     mapping: dict[int, str] = {}
     for line_no, fields in rows:
         try:
-            mapping[int(fields[id_col])] = fields[raw_col]
-        except ValueError:
-            problems.add(f"{path}:{line_no}", f"id {fields[id_col]!r} is not an integer")
+            mapping[check_mmrec_id(fields[id_col], header[id_col])] = check_id(
+                fields[raw_col], header[raw_col])
+        except ValueError as error:
+            problems.refuse(f"{path}:{line_no}", error)
     return mapping
 
 
@@ -78,9 +89,10 @@ def _read_urls(folder: Path, problems: Problems) -> tuple[dict[int, str], Path |
     urls = {}
     for line_no, fields in rows:
         try:
-            urls[int(fields[id_col])] = fields[url_col]
-        except ValueError:
-            problems.add(f"{path}:{line_no}", f"itemID {fields[id_col]!r} is not an integer")
+            urls[check_mmrec_id(fields[id_col], header[id_col])] = check_reference(
+                fields[url_col], header[url_col])
+        except ValueError as error:
+            problems.refuse(f"{path}:{line_no}", error)
     return urls, path
 
 
@@ -99,8 +111,10 @@ def prepare_mmrec_folder(
     if ids not in ("raw", "mmrec"):
         raise ValueError(f"ids must be 'raw' or 'mmrec', got {ids!r}")
     inter_path = Path(inter_file).resolve() if inter_file else find_inter_file(folder)
-    malformed = Problems("malformed_lines", "lines skipped: undecodable, wrong field count, "
-                         "non-integer id or x_label not in 0/1/2")
+    refusals = Refusals()
+    malformed = refusals.counter("malformed_lines", "lines skipped: undecodable, wrong field "
+                                 "count, empty or non-integer id, non-numeric rating/timestamp, "
+                                 "or x_label not in 0/1/2")
     prepared = PreparedDataset(name=name, inter=pd.DataFrame(), source_kind="MMRec folder",
                                split_description=SPLIT_DESCRIPTION, sources=[inter_path])
 
@@ -113,14 +127,16 @@ def prepare_mmrec_folder(
     records, seen, duplicates = [], set(), 0
     for line_no, fields in rows:
         try:
-            user, item, label = int(fields[user_col]), int(fields[item_col]), int(fields[label_col])
-            rating = float(fields[rating_col]) if rating_col is not None else None
-            stamp = float(fields[time_col]) if time_col is not None else None
+            user = check_mmrec_id(fields[user_col], header[user_col])
+            item = check_mmrec_id(fields[item_col], header[item_col])
+            label = check_mmrec_id(fields[label_col], "x_label")
+            rating = check_number(fields[rating_col], "rating") if rating_col is not None else None
+            stamp = (check_timestamp(fields[time_col], "timestamp") if time_col is not None
+                     else None)
+            if label not in (0, 1, 2):
+                raise ValueError(f"x_label {label} not in 0/1/2")
         except ValueError as error:
-            malformed.add(f"{inter_path}:{line_no}", str(error))
-            continue
-        if label not in (0, 1, 2):
-            malformed.add(f"{inter_path}:{line_no}", f"x_label {label} not in 0/1/2")
+            malformed.refuse(f"{inter_path}:{line_no}", error)
             continue
         if (user, item) in seen:
             duplicates += 1
@@ -128,8 +144,7 @@ def prepare_mmrec_folder(
         seen.add((user, item))
         records.append((user, item, rating, stamp, label))
     if not records:
-        raise PrepareError(f"{inter_path}: no valid interaction lines"
-                           + (f" ({'; '.join(malformed.examples)})" if malformed.examples else ""))
+        raise nothing_usable(inter_path, "interaction lines", malformed)
     if duplicates:
         prepared.count("duplicate_interactions", duplicates,
                        "repeated (user, item) lines; the first line (and its x_label) is kept")
@@ -150,7 +165,8 @@ def prepare_mmrec_folder(
         missing = [i for i in item_ids if i not in raw_items]
         if missing:
             raise PrepareError(f"{item_map_path}: {len(missing)} itemIDs of {inter_path.name} "
-                               f"have no asin, e.g. {missing[:5]}; use --ids mmrec")
+                               f"have no asin, e.g. {missing[:5]}; use --ids mmrec"
+                               + _refused_lines(refusals, item_map_path))
         item_tokens = {i: raw_items[i] for i in item_ids}
     if ids == "raw" and user_map_path.is_file():
         raw_users = _read_id_mapping(user_map_path, ("user_id",), ("userID",), encoding, malformed)
@@ -158,7 +174,8 @@ def prepare_mmrec_folder(
         missing = [u for u in user_tokens if u not in raw_users]
         if missing:
             raise PrepareError(f"{user_map_path}: {len(missing)} userIDs of {inter_path.name} "
-                               f"have no raw id, e.g. {sorted(missing)[:5]}; use --ids mmrec")
+                               f"have no raw id, e.g. {sorted(missing)[:5]}; use --ids mmrec"
+                               + _refused_lines(refusals, user_map_path))
         user_tokens = {u: raw_users[u] for u in user_tokens}
     _check_unique(item_tokens, item_map_path)
     _check_unique(user_tokens, user_map_path)
@@ -174,7 +191,7 @@ def prepare_mmrec_folder(
     items["image"] = [urls.get(i, "") for i in item_ids]
     item_types["image"] = "token"
     if meta is not None:
-        items = _merge_meta(Path(meta).resolve(), items, encoding, malformed, prepared)
+        items = _merge_meta(Path(meta).resolve(), items, encoding, refusals, prepared)
         item_types = {c: item_types.get(c, "float" if c == "price" else "token_seq")
                       for c in items.columns}
     without_image = int((items["image"] == "").sum())
@@ -186,7 +203,7 @@ def prepare_mmrec_folder(
         path = folder / file_name
         if path.is_file():
             prepared.features[feature_name] = _import_feature(
-                path, feature_name, item_ids, item_tokens, prepared)
+                path, feature_name, item_ids, item_tokens, prepared, refusals)
             prepared.sources.append(path)
 
     inter["user_id"] = inter["user_id"].map(user_tokens)
@@ -194,8 +211,13 @@ def prepare_mmrec_folder(
     prepared.inter = inter
     prepared.items = items
     prepared.item_types = item_types
-    malformed.record(prepared)
+    refusals.record(prepared)
     return prepared
+
+
+def _refused_lines(refusals: Refusals, path: Path) -> str:
+    examples = refusals.examples(f"{path}:")
+    return f" (lines of it refused: {'; '.join(examples[:3])})" if examples else ""
 
 
 def _check_unique(tokens: dict[int, str], path: Path) -> None:
@@ -204,7 +226,9 @@ def _check_unique(tokens: dict[int, str], path: Path) -> None:
 
 
 def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dict[int, str],
-                    prepared: PreparedDataset) -> ImportedFeature:
+                    prepared: PreparedDataset, refusals: Refusals) -> ImportedFeature:
+    """Rows of the dataset's items, as float32; a row with a value that is not finite there
+    (NaN, inf, beyond float32) is left out and counted: that item has no vector of the feature."""
     try:
         matrix = load_array(path)
     except (ValueError, OSError, EOFError) as error:
@@ -219,25 +243,35 @@ def _import_feature(path: Path, name: str, item_ids: list[int], item_tokens: dic
     if extra:
         prepared.count(f"{name}_rows_without_interactions", extra,
                        f"rows of {path.name} whose itemID has no interaction: not imported")
+    with np.errstate(over="ignore"):
+        rows = matrix[item_ids].astype(np.float32)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.any():
+        raise PrepareError(f"{path}: no row of the dataset's items is finite (NaN, inf or beyond "
+                           "float32 in every one)")
+    non_finite = refusals.counter(NON_FINITE)
+    for index in np.flatnonzero(~finite):
+        non_finite.add(f"{path}:row {item_ids[index]}", f"{name} vector of item "
+                       f"{item_tokens[item_ids[index]]} is not finite in float32 (left out)")
     return ImportedFeature(
-        matrix=matrix[item_ids].astype(np.float32),
-        tokens=[item_tokens[i] for i in item_ids],
+        matrix=rows[finite],
+        tokens=[item_tokens[i] for i, ok in zip(item_ids, finite) if ok],
         meta={"format_version": 2, "origin": "imported", "kind": "imported", "source": str(path),
               "format": "MMRec (row i = itemID i)", "rows_in_source": int(matrix.shape[0])},
     )
 
 
-def _merge_meta(path: Path, items: pd.DataFrame, encoding: str, problems: Problems,
+def _merge_meta(path: Path, items: pd.DataFrame, encoding: str, refusals: Refusals,
                 prepared: PreparedDataset) -> pd.DataFrame:
     """Join Amazon metadata by asin; the url file's image wins over ``imUrl``."""
-    from recbole_vlm4rec.data.prepare.amazon import duplicate_meta_problems, read_meta
+    from recbole_vlm4rec.data.prepare.amazon import (duplicate_meta_problems, meta_problems,
+                                                     read_meta)
 
     if not path.is_file():
         raise PrepareError(f"metadata file not found: {path}")
     asins = items["asin"] if "asin" in items.columns else items["item_id"]
-    duplicates = duplicate_meta_problems(path)
-    table = read_meta(path, set(asins), encoding, problems, duplicates)
-    duplicates.record(prepared)
+    table = read_meta(path, set(asins), encoding, meta_problems(path, refusals),
+                      duplicate_meta_problems(path, refusals))
     prepared.sources.append(path)
     missing = len(set(asins) - set(table["item_id"]))
     if missing:

@@ -9,87 +9,22 @@ function of the inputs (no times, fixed row order), so preparing twice gives ide
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from recbole_vlm4rec.data.prepare.card import write_card
+from recbole_vlm4rec.data.prepare.prepared import SPLIT_NAMES, PreparedDataset
+from recbole_vlm4rec.data.prepare.values import clean_text
 from recbole_vlm4rec.formats.features import save_feature
 
-SPLIT_NAMES = ("train", "valid", "test")
 # Files written by later stages (features/, descriptions/ and the grounding cache) and downloaded
 # images survive a re-prepare: they are carried into the new folder unless prepare rewrites them.
 CARRIED_OVER = ("features", "images", "descriptions")
-_WHITESPACE = re.compile(r"\s+")
-
-
-class PrepareError(ValueError):
-    """Input that cannot become a dataset; the message names the file (and line) at fault."""
-
-
-@dataclass
-class ImportedFeature:
-    matrix: np.ndarray
-    tokens: list[str]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PreparedDataset:
-    """Everything a source produces, before it is written.
-
-    ``inter`` has columns ``user_id``, ``item_id``, optionally ``rating`` and ``timestamp``, and
-    ``split`` (0 train / 1 valid / 2 test) when the split is predefined; rows are written in order.
-    ``items`` has ``item_id``, text columns and ``image`` (path relative to the dataset folder,
-    absolute path, URL, or empty). ``item_types`` gives each item column's RecBole type.
-    ``counters`` are named counts of what was dropped, fixed or found missing, each explained in
-    ``reasons``; both go to the dataset card.
-    """
-
-    name: str
-    inter: pd.DataFrame
-    items: pd.DataFrame | None = None
-    item_types: dict[str, str] = field(default_factory=dict)
-    features: dict[str, ImportedFeature] = field(default_factory=dict)
-    sources: list[Path] = field(default_factory=list)
-    command: str = ""
-    source_kind: str = ""
-    split_description: str = ""
-    counters: dict[str, int] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)
-    extra_files: dict[str, str] = field(default_factory=dict)  # relative path -> text content
-
-    def count(self, key: str, n: int, reason: str) -> None:
-        self.counters[key] = self.counters.get(key, 0) + int(n)
-        self.reasons[key] = reason
-
-    @property
-    def predefined_split(self) -> bool:
-        return "split" in self.inter.columns
-
-
-def clean_text(value: Any) -> str:
-    """One line of text: tabs, newlines and runs of spaces become one space (atomic files are TSV)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return _WHITESPACE.sub(" ", str(value)).strip()
-
-
-def check_token(value: str, where: str, field: str = "id") -> str:
-    """A user/item id as a RecBole token: non-empty, no tab or newline; ``field`` names it in the
-    error."""
-    token = "" if value is None else str(value).strip()
-    if not token:
-        raise PrepareError(f"{where}: empty {field}")
-    if any(c in token for c in "\t\r\n"):
-        raise PrepareError(f"{where}: invalid {field} {value!r} (contains a tab/newline)")
-    return token
 
 
 def format_number(value: Any) -> str:
@@ -98,16 +33,6 @@ def format_number(value: Any) -> str:
         return ""
     number = float(value)
     return str(int(number)) if number.is_integer() else repr(number)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 
 
 def _inter_lines(frame: pd.DataFrame) -> list[str]:
@@ -141,8 +66,6 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 def write_dataset(prepared: PreparedDataset, root: Path) -> Path:
     """Write ``root/<name>/`` atomically; returns its path. Replaces an existing folder."""
-    from recbole_vlm4rec.data.prepare.card import write_card
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / prepared.name

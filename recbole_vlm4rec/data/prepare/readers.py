@@ -1,41 +1,22 @@
 """Line readers shared by the sources: delimited tables and JSON/Python-literal lines.
 
 Lines are decoded one at a time, so a bad byte or a broken record is reported as ``file:line``.
-Broken records are collected in a :class:`Problems` log (counted, first examples kept) rather than
-silently skipped; a file where every record is broken raises :class:`PrepareError`.
+Broken records and refused values are counted in :class:`~.values.Problems` (first examples kept)
+rather than silently skipped; a line longer than ``values.MAX_LINE_BYTES`` is never held in memory
+whole. A file where every record is broken raises :class:`PrepareError` in the source.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from recbole_vlm4rec.data.prepare.output import PrepareError, PreparedDataset
-
-MAX_EXAMPLES = 5
-
-
-@dataclass
-class Problems:
-    """Counted, located problems of one kind (e.g. malformed lines)."""
-
-    key: str
-    reason: str
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, where: str, message: str) -> None:
-        self.count += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{where}: {message}")
-
-    def record(self, prepared: PreparedDataset) -> None:
-        """Put the count (with the first examples) on the dataset card; nothing when zero."""
-        if self.count:
-            examples = "; ".join(self.examples)
-            prepared.count(self.key, self.count, f"{self.reason} (e.g. {examples})")
+from recbole_vlm4rec.data.prepare.prepared import PrepareError
+from recbole_vlm4rec.data.prepare.values import (MAX_LINE_BYTES, OVER_LONG, BadValue, Problems,
+                                                  show)
 
 
 def open_binary(path: Path) -> IO[bytes]:
@@ -45,27 +26,62 @@ def open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def iter_lines(path: Path, encoding: str, problems: Problems) -> Iterator[tuple[int, str]]:
-    """``(line_no, text)`` of non-blank lines; undecodable lines go to ``problems``."""
+def _raw_lines(handle: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    """``(line, size in bytes)``; a line over ``MAX_LINE_BYTES`` is read past in bounded pieces
+    and given as ``(b"", size)``."""
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        size = len(raw)
+        if size <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw, size
+            continue
+        while not raw.endswith(b"\n"):
+            raw = handle.readline(MAX_LINE_BYTES)
+            if not raw:
+                break
+            size += len(raw)
+        yield b"", size
+
+
+def iter_lines(path: Path, encoding: str, problems: Problems,
+               header: bool = False) -> Iterator[tuple[int, str]]:
+    """``(line_no, text)`` of non-blank lines; undecodable or over-long lines go to ``problems``
+    (a header line that is either is a :class:`PrepareError`)."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise PrepareError(f"unknown --encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") \
+            from None
     with open_binary(path) as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode(encoding)
-            except UnicodeDecodeError as error:
-                problems.add(f"{path}:{line_no}", f"not {encoding} ({error.reason}); "
-                             "pass --encoding if the file uses another one")
-                continue
-            text = text.lstrip("\ufeff") if line_no == 1 else text
-            text = text.rstrip("\r\n")
-            if text.strip():
-                yield line_no, text
+        for line_no, (raw, size) in enumerate(_raw_lines(handle), start=1):
+            if size > MAX_LINE_BYTES:
+                error: ValueError = BadValue(
+                    OVER_LONG, f"line of {size:,} bytes (at most {MAX_LINE_BYTES:,}): skipped")
+            else:
+                try:
+                    text = raw.decode(encoding)
+                except UnicodeDecodeError as decode_error:
+                    error = ValueError(f"not {encoding} ({decode_error.reason}); pass --encoding "
+                                       "if the file uses another one")
+                else:
+                    text = text.lstrip("\ufeff") if line_no == 1 else text
+                    text = text.rstrip("\r\n")
+                    if text.strip():
+                        header = False
+                        yield line_no, text
+                    continue
+            if header:
+                raise PrepareError(f"{path}:{line_no}: header line refused: {error}")
+            problems.refuse(f"{path}:{line_no}", error)
 
 
 def sniff_separator(header: str, path: Path) -> str:
     for separator in ("\t", ",", ";", "|"):
         if separator in header:
             return separator
-    raise PrepareError(f"{path}:1: cannot tell the column separator of header {header!r}")
+    raise PrepareError(f"{path}:1: cannot tell the column separator of header {show(header)}")
 
 
 def read_table(
@@ -75,11 +91,9 @@ def read_table(
 
     Header names keep RecBole's ``name:type`` suffix stripped (``user_id:token`` -> ``user_id``).
     Rows with a different number of fields go to ``problems``. Quoted csv is handled with the
-    csv module so commas inside quotes are not separators.
+    csv module so commas inside quotes are not separators (a field over its limit is refused).
     """
-    import csv
-
-    lines = iter_lines(path, encoding, problems)
+    lines = iter_lines(path, encoding, problems, header=True)
     try:
         _, header_text = next(lines)
     except StopIteration:
@@ -92,7 +106,13 @@ def read_table(
             if separator == "\t":
                 fields = text.split("\t")
             else:
-                fields = next(csv.reader([text], delimiter=separator))
+                try:
+                    fields = next(csv.reader([text], delimiter=separator))
+                except csv.Error as error:
+                    too_long = "field larger than field limit" in str(error)
+                    problems.refuse(f"{path}:{line_no}", BadValue(OVER_LONG, f"csv: {error}")
+                                    if too_long else ValueError(f"csv: {error}"))
+                    continue
             if len(fields) != len(header):
                 problems.add(f"{path}:{line_no}",
                              f"{len(fields)} fields, header has {len(header)}")
@@ -111,6 +131,6 @@ def find_column(header: list[str], candidates: tuple[str, ...], path: Path,
             return lowered.index(candidate.lower())
     if required:
         raise PrepareError(
-            f"{path}:1: no column named any of {list(candidates)}; header is {header}"
+            f"{path}:1: no column named any of {list(candidates)}; header is {show(header, 200)}"
         )
     return None

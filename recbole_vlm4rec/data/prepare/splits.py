@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recbole_vlm4rec.data.prepare.output import PreparedDataset
+from recbole_vlm4rec.data.prepare.prepared import PreparedDataset
 
 SPLIT_CHOICES = ("recbole", "mmrec")
 

@@ -13,7 +13,6 @@ coroutine on one event-loop thread it owns, so hundreds of requests in flight co
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 from abc import ABC, abstractmethod
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Coroutine, Sequence
 
 from PIL import Image
+
+from recbole_vlm4rec.formats.loop import BackgroundLoop
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class GroundingBackend(ABC):
         pipeline on a worker thread, never on an event loop. Default: the request as it is."""
         return request
 
+    def report(self) -> list[str]:
+        """Lines for the run's summary about the backend itself (e.g. per-server counts)."""
+        return []
+
     def close(self) -> None:
         """Release models, sessions and connections."""
 
@@ -104,9 +109,8 @@ class AsyncGroundingBackend(GroundingBackend):
     ``describe`` (the plain interface) runs the same coroutine and waits for it.
     """
 
-    _loop: asyncio.AbstractEventLoop | None = None
-    _loop_thread: threading.Thread | None = None
-    _loop_lock = threading.Lock()  # two threads submitting first must not start two loops
+    _runner: BackgroundLoop | None = None
+    _runner_lock = threading.Lock()  # two threads submitting first must not start two loops
 
     @abstractmethod
     async def describe_async(self, requests: Sequence[GroundingRequest]) -> list[GroundingOutput]:
@@ -118,40 +122,16 @@ class AsyncGroundingBackend(GroundingBackend):
     def submit(self, coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
         """Run ``coroutine`` on the backend's loop (started on first use); cancelling the
         returned future cancels the coroutine."""
-        with self._loop_lock:
-            if self._loop is None:
-                self._start_loop()
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
-    def _start_loop(self) -> None:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._loop_thread = threading.Thread(target=run, name=f"{self.name}-loop", daemon=True)
-        self._loop_thread.start()
-        ready.wait()
-        self._loop = loop
+        with self._runner_lock:
+            if self._runner is None:
+                self._runner = BackgroundLoop(f"{self.name}-loop")
+        return self._runner.submit(coroutine)
 
     async def aclose(self) -> None:
         """Release what lives on the loop (clients); called on the loop by :meth:`close`."""
 
     def close(self) -> None:
         """Let the backend's coroutines end (``aclose``), then stop its loop thread."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout=30)
-        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-            pass
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            if self._loop_thread is not None:
-                self._loop_thread.join(timeout=10)
-            if not loop.is_running():
-                loop.close()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.stop(self.aclose())

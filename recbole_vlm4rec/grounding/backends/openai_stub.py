@@ -7,10 +7,15 @@ parts) and ``POST /v1/chat/completions`` (image parts as base64 data URLs are de
 payload fails loudly; a model not in ``models`` gets 404, as vLLM answers). What it answers is decided by ``policy`` (default: a
 fixed description), after a fixed ``latency``; a policy can add ``X-Stub-Delay`` (seconds more)
 or ``X-Stub-Trickle`` (seconds between body bytes) to its headers. Not a model: it never looks at
-pixels beyond checking they decode.
+pixels beyond checking they decode. ``capacity`` bounds the requests it works on at once (a real
+server's batch): more wait their turn, so one server gives at most ``capacity / latency``
+answers a second.
 
     with StubServer(latency=0.2) as server:
         backend = OpenAICompatibleBackend(model="stub", base_url=server.base_url)
+
+:class:`StubProcess` runs one in a child process, as a real server runs: it has CPUs of its own
+(benchmarks) and can be killed mid-run (tests of a fleet losing a server).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import base64
 import hashlib
 import io
 import json
+import multiprocessing
 import threading
 import time
 from collections import Counter
@@ -78,8 +84,10 @@ class StubServer:
 
     def __init__(self, latency: float = 0.0, policy: Policy = default_policy,
                  models: tuple[str, ...] = ("stub",), api_key: str | None = None,
-                 list_models: bool = True, embeddings_policy: Policy = embeddings_reply) -> None:
+                 list_models: bool = True, embeddings_policy: Policy = embeddings_reply,
+                 capacity: int | None = None) -> None:
         self.latency = latency
+        self.capacity = threading.BoundedSemaphore(capacity) if capacity else None
         self.policy = policy
         self.embeddings_policy = embeddings_policy
         self.models = models
@@ -176,10 +184,73 @@ def _make_handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             headers = dict(headers or {})
             delay = float(headers.pop("X-Stub-Delay", 0) or 0)
             trickle = float(headers.pop("X-Stub-Trickle", 0) or 0)
-            time.sleep(stub.latency + delay)
+            if stub.capacity is None:
+                time.sleep(stub.latency + delay)
+            else:
+                with stub.capacity:  # a busy server: requests beyond its capacity wait their turn
+                    time.sleep(stub.latency + delay)
             try:
                 self._send(status, reply, headers, trickle)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                 pass
 
     return Handler
+
+
+class StubProcess:
+    """A :class:`StubServer` in a child process (``spawn``: nothing of the parent's threads is
+    copied). ``policy`` must be importable (a module-level function). ``received()`` counts the
+    requests (chat completions and embeddings) it has received, ``cpu_seconds()`` its CPU time
+    so far, ``kill()`` is SIGKILL."""
+
+    def __init__(self, latency: float = 0.0, capacity: int | None = None,
+                 policy: Policy = default_policy, models: tuple[str, ...] = ("stub",)) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._control, child_end = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child_end, latency, capacity, policy, models),
+                                        daemon=True)
+        self.base_url = ""
+
+    def __enter__(self) -> "StubProcess":
+        self._process.start()
+        self.base_url = self._control.recv()
+        return self
+
+    def _ask(self, question: str) -> float:
+        self._control.send(question)
+        return self._control.recv()
+
+    def received(self) -> int:
+        return int(self._ask("received"))
+
+    def cpu_seconds(self) -> float:
+        return self._ask("cpu")
+
+    def kill(self) -> None:
+        self._process.kill()
+        self._process.join(timeout=10)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process.is_alive():
+            try:
+                self._control.send("stop")
+            except OSError:
+                pass
+            self._process.join(timeout=10)
+        if self._process.is_alive():
+            self.kill()
+
+
+def _serve(control: Any, latency: float, capacity: int | None, policy: Policy,
+           models: tuple[str, ...]) -> None:
+    with StubServer(latency=latency, capacity=capacity, policy=policy, models=models) as server:
+        control.send(server.base_url)
+        while True:
+            question = control.recv()
+            if question == "received":
+                with server.lock:
+                    control.send(sum(server.requests.values()))
+            elif question == "cpu":
+                control.send(time.process_time())
+            else:
+                return

@@ -1,14 +1,19 @@
 """A small asyncio HTTP/1.1 client for the request pattern of remote grounding: many POSTs of a
-JSON body in flight to one server over kept-alive connections.
+JSON body in flight to one server over kept-alive connections; the fast path of
+``formats/openai_client.py``.
 
 Why not httpx for this: in a micro-benchmark (128 in flight, 200 ms server) httpx's AsyncClient
 (httpcore 1.0) spent 13 ms of CPU per request with one pool of 128 connections (the pool scans
 and polls every connection per request) and 0.75-1.1 ms split into pools of 1-8 connections,
 which on a 2-core machine caps a run far below what a GPU fleet serves. This client costs
-~0.08 ms per request. It speaks what chat-completion servers answer (HTTP/1.1, ``Content-Length`` or chunked
-bodies, or a body ended by closing the connection; TLS through an ``ssl`` context) and nothing
-more: no redirects, no compression (it asks for none), no proxies. ``OpenAICompatibleBackend``
-uses httpx instead when the environment names a proxy for the server.
+~0.08 ms per request. Why not aiohttp: 0.1-0.15 ms more client CPU per request on the grounding
+throughput bench, where it misses the >= 80%-of-ideal target this client meets (70-71% against
+80-82% at 256 in flight; figures in ``formats/openai_client.py`` and docs/grounding.md,
+Throughput). It speaks what chat-completion
+servers answer (HTTP/1.1, ``Content-Length`` or chunked bodies, or a body ended by closing the
+connection; TLS through an ``ssl`` context) and nothing more: no redirects, no compression (it asks
+for none), no proxies: the client sends requests to a server the environment names a proxy for
+through aiohttp.
 
 Deadlines are the caller's (``asyncio.wait_for``): a request cancelled half-way closes its
 connection, so a late answer can never be read as the answer to the next request.
@@ -65,8 +70,11 @@ class ConnectionPool:
         self._idle: list[_Connection] = []
 
     async def post(self, path: str, body: bytes) -> Response:
-        head = b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n" % (
-            (self.prefix + path).encode("ascii"), self._fixed, len(body))
+        return await self.request("POST", path, body)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> Response:
+        head = b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n" % (
+            method.encode("ascii"), (self.prefix + path).encode("ascii"), self._fixed, len(body))
         connection = await self._acquire()
         try:
             response = await connection.exchange(head, body)
@@ -136,10 +144,13 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = self.reusable = False
         if self._waiter is not None and not self._waiter.done():
+            why = f" ({exc})" if exc else ""
             if self._head and self._mode == "close":
                 self._done(bytes(self._buffer))
+            elif self._head is None and not self._buffer:  # gone before answering: a connection error
+                self._fail(ConnectionResetError(f"server closed the connection before answering{why}"))
             else:
-                self._fail(HTTPProtocolError(f"server closed the connection{f' ({exc})' if exc else ''}"))
+                self._fail(HTTPProtocolError(f"server closed the connection mid-answer{why}"))
 
     # one request
     async def exchange(self, head: bytes, body: bytes) -> Response:
