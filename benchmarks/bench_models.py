@@ -4,6 +4,7 @@ Amazon-Baby scale, with each model's evaluation time as a ratio to LightGCN's.
     python benchmarks/bench_models.py                       # all models
     python benchmarks/bench_models.py --models BPR LightGCN VBPR --threads 1
     python benchmarks/bench_models.py --inter /path/to/baby.inter   # data elsewhere (a worktree)
+    python benchmarks/bench_models.py --models BM3 MGCN --epochs 0  # evaluation cost only
 
 Data: the real interactions and split of ../shared/data/amazon-baby/baby.inter (19,445 users,
 7,050 items; x_label 0/1/2 = train/valid/test) and random item features of the real shapes:
@@ -61,8 +62,10 @@ def write_dataset(root: Path, name: str, inter_path: Path = BABY) -> None:
         save_feature(folder / "features", feature, vectors, items)
 
 
-def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3) -> dict:
-    """Build, train one epoch, evaluate; returns seconds and peak RSS (runs in a subprocess)."""
+def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3,
+            epochs: int = 1) -> dict:
+    """Build, train ``epochs`` epochs (0: none), evaluate; returns seconds and peak RSS (runs in
+    a subprocess)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -90,7 +93,8 @@ def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3) -> 
     model = get_model_class(model_name)(config, train._dataset)
     built = time.perf_counter()
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    trainer._train_epoch(train, 0)
+    for epoch in range(epochs):
+        trainer._train_epoch(train, epoch)
     trained = time.perf_counter()
     eval_times, eval_cpu = [], []
     for _ in range(repeats):  # best of: one evaluation on a shared CPU is noisy
@@ -99,7 +103,8 @@ def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3) -> 
         eval_times.append(time.perf_counter() - started)
         eval_cpu.append(time.process_time() - started_cpu)
     return {
-        "model": model_name, "build_s": built - start, "epoch_s": trained - built,
+        "model": model_name, "build_s": built - start,
+        "epoch_s": (trained - built) / epochs if epochs else None,
         "eval_s": min(eval_times), "eval_cpu_s": min(eval_cpu), "recall@20": float(result["recall@20"]),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "n_test_users": len(test.uid_list),
@@ -116,11 +121,16 @@ def main() -> int:
                              "beside the checkout)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="evaluations per model; the fastest is reported (default 3)")
+    parser.add_argument("--epochs", type=int, default=1, choices=[0, 1, 2, 3],
+                        help="training epochs before evaluating (default 1; the epoch column is "
+                             "their mean). 0 measures the evaluation cost alone: an untrained "
+                             "model ranks as fast as a trained one, so the eval columns hold")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.data_root, args.threads, args.repeats)))
+        print(json.dumps(run_one(args.one, args.data_root, args.threads, args.repeats,
+                                 args.epochs)))
         return 0
     if not args.inter.is_file():
         parser.error(f"needs the Amazon-Baby interactions at {args.inter} (--inter)")
@@ -133,7 +143,8 @@ def main() -> int:
         for name in models:
             done = subprocess.run(
                 [sys.executable, __file__, "--one", name, "--data-root", tmp,
-                 "--threads", str(args.threads), "--repeats", str(args.repeats)],
+                 "--threads", str(args.threads), "--repeats", str(args.repeats),
+                 "--epochs", str(args.epochs)],
                 capture_output=True, text=True, cwd=tmp, env=env)
             if done.returncode != 0:
                 print(f"{name}: FAILED\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -149,7 +160,8 @@ def main() -> int:
     for r in rows:
         ratio = f"{r['eval_s'] / base:.2f}" if base else "-"
         cpu_ratio = f"{r['eval_cpu_s'] / base_cpu:.2f}" if base_cpu else "-"
-        print(f"{r['model']:<14}{r['build_s']:>9.2f}{r['epoch_s']:>9.2f}{r['eval_s']:>8.2f}"
+        epoch = f"{r['epoch_s']:.2f}" if r["epoch_s"] is not None else "-"
+        print(f"{r['model']:<14}{r['build_s']:>9.2f}{epoch:>9}{r['eval_s']:>8.2f}"
               f"{ratio:>15}{r['eval_cpu_s']:>12.2f}{cpu_ratio:>14}{r['peak_rss_gb']:>13.2f}")
     if base:
         slow = [r["model"] for r in rows if r["eval_s"] > 2 * base]

@@ -241,21 +241,31 @@ def cost_note(spec) -> str:
     return note
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from recbole_vlm4rec.benchmark.grid import GridConfigError, rerun_undertrained, run_grid
-    from recbole_vlm4rec.benchmark.report import write_report
+def _selected_spec(args: argparse.Namespace):
+    """The spec of ``bench`` / ``tune`` narrowed by --datasets / --models / --set; None (after
+    printing why) when it cannot load or the rerun options conflict."""
     from recbole_vlm4rec.benchmark.spec import SpecError, load_spec
 
     try:
         spec = load_spec(args.spec)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return None
     spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
     spec.models = _subset(spec.models, args.models, "models")
     spec.with_forced(_parse_set(args.set))
     if problem := _check_rerun_args(args):
         print(f"error: {problem}", file=sys.stderr)
+        return None
+    return spec
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from recbole_vlm4rec.benchmark.grid import GridConfigError, rerun_undertrained, run_grid
+    from recbole_vlm4rec.benchmark.report import write_report
+
+    spec = _selected_spec(args)
+    if spec is None:
         return 2
     try:
         spec.with_seeds(_parse_seeds(args.seeds))
@@ -298,19 +308,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from recbole_vlm4rec.benchmark.grid import GridConfigError
     from recbole_vlm4rec.benchmark.report import write_report
-    from recbole_vlm4rec.benchmark.spec import SpecError, load_spec
     from recbole_vlm4rec.benchmark.tune import default_out_dir, run_tune
 
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    spec.datasets = _subset(spec.datasets, args.datasets, "datasets")
-    spec.models = _subset(spec.models, args.models, "models")
-    spec.with_forced(_parse_set(args.set))
-    if problem := _check_rerun_args(args):
-        print(f"error: {problem}", file=sys.stderr)
+    spec = _selected_spec(args)
+    if spec is None:
         return 2
     out = args.out or default_out_dir(spec)
     try:
