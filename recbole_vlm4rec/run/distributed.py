@@ -87,6 +87,7 @@ def run_processes(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequ
         return run(model, dataset, config_files, overrides, write_results=write_results)
     check_model_and_devices(model, dataset, config_files, overrides, processes)
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     settings = {"nproc": processes.nproc, "world_size": processes.world, "ip": processes.ip,
                 "port": processes.port or free_port(), "offset": processes.group_offset,
@@ -97,7 +98,7 @@ def run_processes(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequ
         mp.spawn(_process, nprocs=processes.nproc, join=True,
                  args=(model, dataset, list(config_files), {**overrides, **settings}, threads,
                        write_results, queue))
-    except mp.ProcessException as error:  # spawn has already terminated the other processes
+    except ProcessException as error:  # spawn has already terminated the other processes
         raise ProcessFailed(f"process {error.error_index} of this machine failed, the others "
                             f"were stopped: {str(error).strip()}") from None
     return None if queue.empty() else queue.get()

@@ -1,0 +1,168 @@
+"""``vlm4rec run --nproc 2`` on CPU: RecBole's distributed path with gloo (run/distributed.py and
+compat_distributed.py). One 2-process BPR run (module fixture, ~30-40 s of the file's time: two
+processes start, import torch and RecBole and build the run) is checked against one process:
+the same weights evaluate to the same metrics, and training reaches one process's metric within
+seed noise."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+from conftest import write_inter
+from recbole.utils import get_trainer
+
+from recbole_vlm4rec import compat
+from recbole_vlm4rec.compat_distributed import DistributedError, init_device
+from recbole_vlm4rec.run.distributed import Processes, ProcessFailed, run_processes
+from recbole_vlm4rec.run.per_user import record_per_user
+from recbole_vlm4rec.run.protocol import prepare_run
+from recbole_vlm4rec.run.runner import build_run, run
+
+# 201 users: an odd count, so RecBole's own split evaluation would pad the user list (user 0
+# evaluated twice) and weight the two halves by their batch counts: its metrics would differ.
+N_USERS, N_ITEMS, PER_USER = 201, 100, 16
+# A random ranking of the ~84 candidates a user has reaches recall@10 ~0.12; BPR below ~0.29.
+TRAINING = {"epochs": 12, "learning_rate": 0.01, "train_batch_size": 256, "stopping_step": 100,
+            "embedding_size": 16}
+ONE_PROCESS_SEEDS = (1, 2, 3)
+# Seed noise of one process, measured on this dataset with TRAINING (15 seeds, 1..15): test
+# recall@10 0.255..0.33, mean 0.292, sd 0.023. The test compares one 2-process run (seed 1)
+# with the mean of three 1-process runs: that difference has sd 0.023 * sqrt(1 + 1/3) = 0.027,
+# so 0.1 is ~3.7 sd (a correct run fails it about once in 5000), while a run that does not
+# learn (random ranking ~0.12, untrained weights) or learns much less is more than 0.1 away.
+TOLERANCE = 0.1
+
+
+def groups_dataset(root: Path) -> str:
+    """Two taste groups of 50 items; user u takes PER_USER items of group u % 2."""
+    rng = np.random.default_rng(0)
+    rows = []
+    half = N_ITEMS // 2
+    for u in range(N_USERS):
+        group = np.arange(half) + half * (u % 2)
+        rows += [(f"u{u}", f"i{i}", 5.0, 1000 * u + t)
+                 for t, i in enumerate(rng.choice(group, size=PER_USER, replace=False))]
+    write_inter(root / "groups", "groups", rows)
+    return "groups"
+
+
+@pytest.fixture(scope="module")
+def groups(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("distributed")
+    name = groups_dataset(tmp / "datasets")
+    overrides: dict[str, Any] = {
+        "data_path": str(tmp / "datasets"), "checkpoint_dir": str(tmp / "saved"),
+        "results_dir": str(tmp / "results"), "show_progress": False, "state": "WARNING",
+        "gpu_id": "", **TRAINING}
+    here = os.getcwd()
+    os.chdir(tmp)  # RecBole's ./log lands here
+    try:
+        yield tmp, name, overrides
+    finally:
+        os.chdir(here)
+
+
+@pytest.fixture(scope="module")
+def two_processes(groups):
+    tmp, name, overrides = groups
+    started = time.perf_counter()
+    result = run_processes("BPR", name, overrides={**overrides, "seed": 1, "state": "INFO"},
+                           processes=Processes(nproc=2, timeout_s=300))
+    return result, time.perf_counter() - started
+
+
+def evaluate_checkpoint(name: str, overrides: dict[str, Any], checkpoint: str):
+    """Valid and test metrics, and test per-user values, of ``checkpoint`` in this one process."""
+    prepared = prepare_run("BPR", name, overrides=overrides)
+    built = build_run(prepared.config, prepared.model_class)
+    config = built.config
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, built.model)
+    compat.trust_checkpoint_dir(Path(checkpoint).parent)
+    valid = trainer.evaluate(built.valid_data, model_file=checkpoint)
+    with record_per_user(trainer, config["USER_ID_FIELD"], config["topk"]) as per_user:
+        test = trainer.evaluate(built.test_data, model_file=checkpoint)
+    tokens = built.dataset.field2id_token[config["USER_ID_FIELD"]]
+    return dict(valid), dict(test), per_user.to_json(tokens)
+
+
+def test_the_same_weights_evaluate_the_same_in_two_processes_as_in_one(groups, two_processes):
+    _, name, overrides = groups
+    result, _ = two_processes
+    valid, test, per_user = evaluate_checkpoint(name, {**overrides, "seed": 1}, result.checkpoint)
+    assert result.test_result == test  # RecBole's 4 decimals
+    assert result.best_valid_result == valid
+    # every test user once, in one process's order, each with one process's values (6 decimals)
+    assert len(result.per_user_test["users"]) == N_USERS
+    assert result.per_user_test["users"] == per_user["users"]
+    assert result.per_user_test["metrics"] == per_user["metrics"]
+
+
+def test_two_processes_train_to_one_process_metric_within_seed_noise(groups, two_processes):
+    tmp, name, overrides = groups
+    result, _ = two_processes
+    one = [run("BPR", name, overrides={**overrides, "seed": seed}, write_results=False)
+           for seed in ONE_PROCESS_SEEDS]
+    mean = statistics.mean(r.test_result["recall@10"] for r in one)
+    two = result.test_result["recall@10"]
+    assert abs(two - mean) <= TOLERANCE, (two, [r.test_result["recall@10"] for r in one])
+    assert result.config["nproc"] == 2 and result.config["world_size"] == 2
+    assert result.training["epochs_run"] == TRAINING["epochs"]
+    # written once (rank 0), and one log holds the run: the other process logs errors only
+    assert len(list((tmp / "results").rglob("*.json"))) == 1
+    logs = [p.read_text() for p in (tmp / "log" / "BPR").glob("*.log")]
+    assert sum("epoch 0 training" in text for text in logs) == 1
+
+
+@pytest.mark.parametrize("model", ["Pop", "ItemKNN"])  # VLM4Rec(Hybrid), EASE: the same type
+def test_one_pass_models_are_refused_by_name(groups, model):
+    _, name, overrides = groups
+    settings = {k: v for k, v in overrides.items() if k not in TRAINING}
+    with pytest.raises(DistributedError, match=f"{model} is a one-pass model"):
+        run_processes(model, name, overrides=settings, processes=Processes(nproc=2))
+
+
+@pytest.mark.parametrize("processes, message", [
+    (Processes(nproc=0), "at least 1 process"),
+    (Processes(nproc=2, world_size=1), "less than --nproc"),
+    (Processes(nproc=2, world_size=4, group_offset=3, port=5678), "--group_offset 3"),
+    (Processes(nproc=2, world_size=4, group_offset=2), "needs --ip"),
+])
+def test_impossible_process_settings_are_one_clear_error(processes, message):
+    with pytest.raises(DistributedError, match=message):
+        run_processes("BPR", processes=processes)
+
+
+def _rank_1_never_arrives(local_rank: int, port: int) -> None:
+    init_device({"gpu_id": "", "local_rank": local_rank, "nproc": 2, "world_size": 2,
+                 "ip": "localhost", "port": port, "offset": 0, "dist_timeout": 3})
+    if local_rank == 1:
+        time.sleep(120)  # alive but stuck: rank 0 must not wait for it forever
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def test_a_stuck_process_times_out_and_the_others_are_stopped():
+    from recbole_vlm4rec.run.distributed import free_port
+
+    started = time.perf_counter()
+    with pytest.raises(mp.ProcessRaisedException):
+        mp.spawn(_rank_1_never_arrives, args=(free_port(),), nprocs=2, join=True)
+    assert time.perf_counter() - started < 60  # 3 s of timeout plus two processes' start
+
+
+def test_a_failing_process_is_one_error_naming_it(groups):
+    _, name, overrides = groups
+    with pytest.raises(ProcessFailed, match="process 0 of this machine failed"):
+        # results_dir is a file: rank 0 fails writing the results after the run
+        Path(overrides["results_dir"] + "-file").write_text("")
+        run_processes("BPR", name, overrides={**overrides, "epochs": 1, "seed": 1,
+                                              "results_dir": overrides["results_dir"] + "-file"},
+                      processes=Processes(nproc=2, timeout_s=60))
