@@ -87,21 +87,28 @@ def run_processes(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequ
         return run(model, dataset, config_files, overrides, write_results=write_results)
     check_model_and_devices(model, dataset, config_files, overrides, processes)
     import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import ProcessException
 
     settings = {"nproc": processes.nproc, "world_size": processes.world, "ip": processes.ip,
                 "port": processes.port or free_port(), "offset": processes.group_offset,
                 "dist_timeout": processes.timeout_s}
     threads = max(1, (os.cpu_count() or 1) // processes.nproc)  # no oversubscribed CPUs
     queue = mp.get_context("spawn").SimpleQueue()
+    spawn(_process, processes.nproc, model, dataset, list(config_files),
+          {**overrides, **settings}, threads, write_results, queue)
+    return None if queue.empty() else queue.get()
+
+
+def spawn(function: Any, nproc: int, *args: Any) -> None:
+    """``function(local_rank, *args)`` in ``nproc`` spawned processes; ProcessFailed when one
+    fails (torch's spawn then terminates the others, so nobody waits on the dead one)."""
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
+
     try:
-        mp.spawn(_process, nprocs=processes.nproc, join=True,
-                 args=(model, dataset, list(config_files), {**overrides, **settings}, threads,
-                       write_results, queue))
-    except ProcessException as error:  # spawn has already terminated the other processes
+        mp.spawn(function, args=args, nprocs=nproc, join=True)
+    except ProcessException as error:
         raise ProcessFailed(f"process {error.error_index} of this machine failed, the others "
                             f"were stopped: {str(error).strip()}") from None
-    return None if queue.empty() else queue.get()
 
 
 def check_model_and_devices(model: str, dataset: str, config_files: Sequence[str],
