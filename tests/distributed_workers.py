@@ -17,3 +17,9 @@ def rank_1_never_arrives(local_rank: int, port: int, timeout_s: int) -> None:
     if local_rank == 1:
         time.sleep(600)
     dist.barrier()
+
+
+def rank_0_returns_a_large_result(local_rank: int, queue: object) -> None:
+    """Rank 0 puts 1 MB on the queue (a pipe holds 64 KB): it exits only once the parent reads."""
+    if local_rank == 0:
+        queue.put(b"x" * 2**20)  # type: ignore[attr-defined]

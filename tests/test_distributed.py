@@ -148,3 +148,15 @@ def test_a_stuck_process_times_out_and_the_others_are_stopped():
         spawn(rank_1_never_arrives, 2, free_port(), 3)  # dist_timeout 3 s
     assert "Timed out" in str(failed.value)  # gloo's timeout, from init_device's dist_timeout
     assert time.perf_counter() - started < 60  # 3 s of timeout plus two processes' start
+
+
+def test_a_result_larger_than_a_pipe_comes_back():
+    """The launcher reads rank 0's RunResult while the processes run (on ml-100k a result with its
+    per-user metrics is ~200 KB: written to a pipe nobody reads, rank 0 never exited)."""
+    import torch.multiprocessing as mp
+    from distributed_workers import rank_0_returns_a_large_result
+
+    from recbole_vlm4rec.run.distributed import spawn
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    assert spawn(rank_0_returns_a_large_result, 2, queue, queue=queue) == [b"x" * 2**20]

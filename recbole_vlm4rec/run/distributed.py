@@ -93,22 +93,34 @@ def run_processes(model: str, dataset: str = DEFAULT_DATASET, config_files: Sequ
                 "dist_timeout": processes.timeout_s}
     threads = max(1, (os.cpu_count() or 1) // processes.nproc)  # no oversubscribed CPUs
     queue = mp.get_context("spawn").SimpleQueue()
-    spawn(_process, processes.nproc, model, dataset, list(config_files),
-          {**overrides, **settings}, threads, write_results, queue)
-    return None if queue.empty() else queue.get()
+    results = spawn(_process, processes.nproc, model, dataset, list(config_files),
+                    {**overrides, **settings}, threads, write_results, queue, queue=queue)
+    return results[0] if results else None
 
 
-def spawn(function: Any, nproc: int, *args: Any) -> None:
-    """``function(local_rank, *args)`` in ``nproc`` spawned processes; ProcessFailed when one
-    fails (torch's spawn then terminates the others, so nobody waits on the dead one)."""
+def spawn(function: Any, nproc: int, *args: Any, queue: Any = None) -> list[Any]:
+    """``function(local_rank, *args)`` in ``nproc`` spawned processes; what they put on
+    ``queue``. ProcessFailed when one fails (torch's spawn then terminates the others, so nobody
+    waits on the dead one). The queue is read while they run: a process writing a result larger
+    than a pipe's buffer (a RunResult with per-user metrics) would otherwise never exit."""
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
 
+    received: list[Any] = []
     try:
-        mp.spawn(function, args=args, nprocs=nproc, join=True)
+        context = mp.start_processes(function, args=args, nprocs=nproc, join=False,
+                                     start_method="spawn")
+        done = False
+        while not done:
+            while queue is not None and not queue.empty():
+                received.append(queue.get())
+            done = context.join(timeout=0.2)
     except ProcessException as error:
         raise ProcessFailed(f"process {error.error_index} of this machine failed, the others "
                             f"were stopped: {str(error).strip()}") from None
+    while queue is not None and not queue.empty():
+        received.append(queue.get())
+    return received
 
 
 def check_model_and_devices(model: str, dataset: str, config_files: Sequence[str],
