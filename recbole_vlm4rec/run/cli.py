@@ -64,19 +64,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra yaml files, space separated, applied after the built-in layers")
     group = parser.add_argument_group(
         "processes", "distributed data-parallel training (RecBole's torch.distributed path)")
-    group.add_argument("--nproc", type=int, default=1,
+    group.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="processes on this machine (default 1: no torch.distributed). On a "
                        "GPU machine one GPU per process: also pass --gpu_id=0,1,...")
-    group.add_argument("--world_size", type=int, default=-1,
+    group.add_argument("--world_size", type=int, default=-1, metavar="N",
                        help="processes over all machines (default: --nproc, one machine)")
-    group.add_argument("--ip", default="localhost",
+    group.add_argument("--ip", default="localhost", metavar="ADDRESS",
                        help="address of the machine holding rank 0 (default: %(default)s)")
-    group.add_argument("--port", type=int, default=None,
+    group.add_argument("--port", type=int, default=None, metavar="PORT",
                        help="port rank 0 listens on (default: a free port; several machines "
                        "must name one)")
-    group.add_argument("--group_offset", type=int, default=0,
+    group.add_argument("--group_offset", type=int, default=0, metavar="RANK",
                        help="global rank of this machine's first process (default 0)")
     group.add_argument("--dist_timeout", type=int, default=DEFAULT_TIMEOUT_S,
+                       metavar="SECONDS",
                        help="seconds a process waits on the others (a crashed or stuck peer) "
                        "before failing (default: %(default)s)")
 
