@@ -262,6 +262,8 @@ def config_from_dict(values: dict[str, Any]) -> Any:
     config = cls.__new__(cls)
     config._init_parameters_category()  # the categories RecBole prints the config by
     config.final_config_dict = dict(values)
+    if not values.get("single_spec", True):  # a process of a distributed run wrote it
+        config.final_config_dict.update(single_spec=True, local_rank=0)  # rebuilt in one
     return config
 
 

@@ -119,6 +119,15 @@ def test_two_processes_train_to_one_process_metric_within_seed_noise(groups, two
     assert sum("epoch 0 training" in text for text in logs) == 1
 
 
+def test_a_distributed_runs_checkpoint_exports_in_one_process(two_processes, tmp_path):
+    from recbole_vlm4rec.serving.export import export_checkpoint_bundle
+
+    result, _ = two_processes
+    compat.trust_checkpoint_dir(Path(result.checkpoint).parent)
+    export_checkpoint_bundle(result.checkpoint, tmp_path / "bundle")
+    assert any((tmp_path / "bundle").iterdir())
+
+
 @pytest.mark.parametrize("model", ["Pop", "ItemKNN"])  # VLM4Rec(Hybrid), EASE: the same type
 def test_one_pass_models_are_refused_by_name(groups, model):
     _, name, overrides = groups
@@ -136,6 +145,30 @@ def test_one_pass_models_are_refused_by_name(groups, model):
 def test_impossible_process_settings_are_one_clear_error(processes, message):
     with pytest.raises(DistributedError, match=message):
         run_processes("BPR", processes=processes)
+
+
+def gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """This machine seen as one with ``count`` GPUs (nothing here touches CUDA itself)."""
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_more_processes_than_gpus_is_refused_before_any_starts(groups, monkeypatch):
+    _, name, overrides = groups
+    gpus(monkeypatch, 1)
+    with pytest.raises(DistributedError, match="needs one GPU per process.*--gpu_id=0,1"):
+        run_processes("BPR", name, overrides={**overrides, "gpu_id": "0"},
+                      processes=Processes(nproc=2))
+
+
+def test_a_process_seeing_too_few_gpus_says_which_gpu_ids_to_pass(monkeypatch):
+    gpus(monkeypatch, 1)
+    with pytest.raises(DistributedError, match="needs 2 GPUs.*--gpu_id=0,1"):
+        init_device({"gpu_id": "0", "local_rank": 0, "nproc": 2, "world_size": 2,
+                     "ip": "localhost", "port": 1, "offset": 0})
 
 
 def test_a_stuck_process_times_out_and_the_others_are_stopped():
