@@ -13,7 +13,8 @@ and why each patch exists:
   which torch refuses for a CPU module; on CPU ``device_ids`` must be None. Parameters that get no
   gradient in a step are RecBole's own concern: each step adds ``0 * sum(parameters)`` to the
   loss (``sync_grad_loss``), so every parameter gets a gradient and DDP needs no
-  ``find_unused_parameters``. A model without a trainable parameter is refused by name.
+  ``find_unused_parameters``. A model without a trainable parameter is refused by name. Sparse
+  buffers (graphs) are left out of DDP's broadcast, which cannot send them.
 * The evaluation loaders get a ``DistributedSampler`` that pads the user list (the first users
   repeated until it divides by the number of processes) and ``Trainer._map_reduce`` averages the
   processes' means weighted by ``len(batch)``, which is 4 (the batch tuple) for every full-ranking
@@ -107,6 +108,12 @@ def _ddp_on_cpu_too() -> None:
         cuda = config["device"].type == "cuda"
         if cuda:  # SyncBatchNorm runs on GPUs only
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # DDP broadcasts rank 0's parameters and buffers, which it cannot do for a sparse tensor
+        # (FREEDOM's graph buffers): each process builds those from the same data itself.
+        sparse = [name for name, tensor in [*self.model.named_parameters(),
+                                            *self.model.named_buffers()]
+                  if tensor.layout != torch.strided]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, sparse)
         self.distributed_model = DistributedDataParallel(
             self.model, device_ids=[config["local_rank"]] if cuda else None)
 

@@ -183,13 +183,16 @@ def test_a_stuck_process_times_out_and_the_others_are_stopped():
     assert time.perf_counter() - started < 60  # 3 s of timeout plus two processes' start
 
 
-def test_a_result_larger_than_a_pipe_comes_back():
-    """The launcher reads rank 0's RunResult while the processes run (on ml-100k a result with its
-    per-user metrics is ~200 KB: written to a pipe nobody reads, rank 0 never exited)."""
+def test_graph_models_wrap_and_a_result_larger_than_a_pipe_comes_back():
+    """A sparse buffer (FREEDOM's graphs) is kept out of DDP's broadcast, which cannot send it;
+    and the launcher reads rank 0's RunResult while the processes run (on ml-100k a result with
+    its per-user metrics is ~200 KB: written to a pipe nobody read, rank 0 never exited)."""
     import torch.multiprocessing as mp
-    from distributed_workers import rank_0_returns_a_large_result
+    from distributed_workers import wrap_a_graph_model_then_return_a_large_result
 
-    from recbole_vlm4rec.run.distributed import spawn
+    from recbole_vlm4rec.run.distributed import free_port, spawn
 
     queue = mp.get_context("spawn").SimpleQueue()
-    assert spawn(rank_0_returns_a_large_result, 2, queue, queue=queue) == [b"x" * 2**20]
+    received = spawn(wrap_a_graph_model_then_return_a_large_result, 2, free_port(), queue,
+                     queue=queue)
+    assert received == [b"x" * 2**20]
