@@ -27,16 +27,18 @@ from recbole_vlm4rec.run.runner import build_run, run
 # 201 users: an odd count, so RecBole's own split evaluation would pad the user list (user 0
 # evaluated twice) and weight the two halves by their batch counts: its metrics would differ.
 N_USERS, N_ITEMS, PER_USER = 201, 100, 16
-# A random ranking of the ~84 candidates a user has reaches recall@10 ~0.12; BPR below ~0.29.
+# A random ranking of the ~84 candidates a user has reaches recall@10 ~0.12; BPR with
+# TRAINING ~0.29.
 TRAINING = {"epochs": 12, "learning_rate": 0.01, "train_batch_size": 256, "stopping_step": 100,
             "embedding_size": 16}
 ONE_PROCESS_SEEDS = (1, 2, 3)
-# Seed noise of one process, measured on this dataset with TRAINING (15 seeds, 1..15): test
-# recall@10 0.255..0.33, mean 0.292, sd 0.023. The test compares one 2-process run (seed 1)
-# with the mean of three 1-process runs: that difference has sd 0.023 * sqrt(1 + 1/3) = 0.027,
-# so 0.1 is ~3.7 sd (a correct run fails it about once in 5000), while a run that does not
-# learn (random ranking ~0.12, untrained weights) or learns much less is more than 0.1 away.
-TOLERANCE = 0.1
+# Seed noise of one process, measured on this dataset with TRAINING (seeds 1..15): test
+# recall@10 0.224..0.348, mean 0.294, sd 0.033. The test compares one 2-process run (seed 1; it
+# scored 0.2985 here) with the mean of three 1-process runs (0.3018): that difference has sd
+# 0.033 * sqrt(1 + 1/3) = 0.038, so 0.12 is ~3.2 sd (a correct run fails about once in 700 seeds;
+# the seeds are fixed, so the outcome is too), while a run that does not learn (random ranking
+# ~0.12, about 0.17 below) or learns much less fails it.
+TOLERANCE = 0.12
 
 
 def groups_dataset(root: Path) -> str:
@@ -111,6 +113,10 @@ def test_two_processes_train_to_one_process_metric_within_seed_noise(groups, two
     mean = statistics.mean(r.test_result["recall@10"] for r in one)
     two = result.test_result["recall@10"]
     assert abs(two - mean) <= TOLERANCE, (two, [r.test_result["recall@10"] for r in one])
+    # the tolerance can fail: a model that barely moved from its initial weights is outside it
+    still = run("BPR", name, overrides={**overrides, "seed": 1, "epochs": 1,
+                                        "learning_rate": 1e-6}, write_results=False)
+    assert abs(still.test_result["recall@10"] - mean) > TOLERANCE, still.test_result
     assert result.config["nproc"] == 2 and result.config["world_size"] == 2
     assert result.training["epochs_run"] == TRAINING["epochs"]
     # written once (rank 0), and one log holds the run: the other process logs errors only
