@@ -142,6 +142,18 @@ def test_one_pass_models_are_refused_by_name(groups, model):
         run_processes(model, name, overrides=settings, processes=Processes(nproc=2))
 
 
+def test_the_command_line_takes_the_process_flags(groups, capsys):
+    """run_recbole.py / vlm4rec run: --nproc reaches the launcher; its refusals exit 2."""
+    from recbole_vlm4rec.run.cli import main
+
+    _, name, overrides = groups
+    flags = [f"--{key}={overrides[key]}" for key in ("data_path", "checkpoint_dir", "gpu_id")]
+    assert main(["--model=Pop", f"--dataset={name}", "--nproc", "2", *flags]) == 2
+    assert "Pop is a one-pass model" in capsys.readouterr().err
+    assert main(["--model=BPR", f"--dataset={name}", "--nproc=2", "--world_size=4", *flags]) == 2
+    assert "needs --ip" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("processes, message", [
     (Processes(nproc=0), "at least 1 process"),
     (Processes(nproc=2, world_size=1), "less than --nproc"),
