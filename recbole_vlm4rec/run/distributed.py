@@ -1,4 +1,4 @@
-"""``vlm4rec run --nproc N``: one run as N processes of RecBole's distributed data-parallel training.
+"""``vlm4rec run --nproc N``: one run as N processes of RecBole's data-parallel training.
 
 As RecBole's own ``run_recbole(nproc=...)``, without importing ``recbole.quick_start``: the
 launcher spawns ``nproc`` processes on this machine (``torch.multiprocessing.spawn``), process
