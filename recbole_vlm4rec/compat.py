@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from recbole_vlm4rec import compat_distributed
+
 _installed = False
 _trusted_checkpoint_dirs: set[Path] = set()
 
@@ -46,8 +48,6 @@ def install() -> None:
     _evaluate_traditional_models_every_epoch()
     _itemknn_scores_in_csr()
     _tie_safe_collector()
-    from recbole_vlm4rec import compat_distributed
-
     compat_distributed.install()  # RecBole's torch.distributed path: its own module, same rule
     _installed = True
 
@@ -227,10 +227,8 @@ def config_class() -> type:
                 return {}
 
             def _init_device(self) -> None:
-                if "local_rank" in self.final_config_dict:  # a process of a distributed run
-                    from recbole_vlm4rec.compat_distributed import init_device
-
-                    init_device(self.final_config_dict)  # gloo on CPU; RecBole knows nccl only
+                if "local_rank" in self.final_config_dict:  # a process of a distributed run:
+                    compat_distributed.init_device(self.final_config_dict)  # gloo on CPU too
                 else:
                     super()._init_device()
                 self.final_config_dict["use_gpu"] = self.final_config_dict["device"].type == "cuda"
