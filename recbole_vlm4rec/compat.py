@@ -5,8 +5,9 @@ torch 2.6 (``weights_only`` loading). Where the breakage is one call site we shi
 idempotent, targeted), so the project installs beside current numpy / scipy / torch; pandas 3 breaks
 RecBole's Dataset in too many places, so it is pinned below 3 instead (see below). Each breakage has
 its own test in ``tests/test_compat.py``. The result-preserving speed-ups (their code is in
-``speedups.py``) and the tie-safe ranking of the evaluator's collector are installed here too:
-nothing outside this module patches RecBole.
+``speedups.py``) and the tie-safe ranking of the evaluator's collector are installed here too,
+and so are the patches of RecBole's torch.distributed path (their code is in
+``compat_distributed.py``): nothing outside these two modules patches RecBole.
 
 Scope: importing the package, or building a config (:func:`config_class` is a RecBole ``Config``
 subclass that carries its own fixes), changes nothing global. :func:`install` is called where a
@@ -27,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from recbole_vlm4rec import compat_distributed
+
 _installed = False
 _trusted_checkpoint_dirs: set[Path] = set()
 
@@ -45,6 +48,7 @@ def install() -> None:
     _evaluate_traditional_models_every_epoch()
     _itemknn_scores_in_csr()
     _tie_safe_collector()
+    compat_distributed.install()  # RecBole's torch.distributed path: its own module, same rule
     _installed = True
 
 
@@ -223,7 +227,10 @@ def config_class() -> type:
                 return {}
 
             def _init_device(self) -> None:
-                super()._init_device()
+                if "local_rank" in self.final_config_dict:  # a process of a distributed run:
+                    compat_distributed.init_device(self.final_config_dict)  # gloo on CPU too
+                else:
+                    super()._init_device()
                 self.final_config_dict["use_gpu"] = self.final_config_dict["device"].type == "cuda"
 
             def __reduce__(self) -> tuple:
@@ -253,6 +260,8 @@ def config_from_dict(values: dict[str, Any]) -> Any:
     config = cls.__new__(cls)
     config._init_parameters_category()  # the categories RecBole prints the config by
     config.final_config_dict = dict(values)
+    if not values.get("single_spec", True):  # a process of a distributed run wrote it
+        config.final_config_dict.update(single_spec=True, local_rank=0)  # rebuilt in one
     return config
 
 

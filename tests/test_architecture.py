@@ -22,6 +22,7 @@ PACKAGE = Path(recbole_vlm4rec.__file__).resolve().parent
 STAGE_RANK = {
     "formats": 0, "speedups": 0,
     "compat": 0.5,  # installs the speed-ups and formats' tie-safe top-k into RecBole
+    "compat_distributed": 0.4,  # compat installs its patches of RecBole's torch.distributed path
     "data": 1, "grounding": 2, "encoding": 3, "models": 4, "run": 5,
     "benchmark": 6, "serving": 6,
 }

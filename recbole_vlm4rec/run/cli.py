@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from recbole_vlm4rec.compat_distributed import DEFAULT_TIMEOUT_S
 from recbole_vlm4rec.models import DEFAULT_MODEL
 
 DESCRIPTION = """\
@@ -20,6 +21,7 @@ examples:
   vlm4rec run --model=VLM4Rec --item_feature=text --profile_aggregation=max
   vlm4rec run --model=BPR --config_files="my.yaml other.yaml" --learning_rate=0.01
   python run_recbole.py --model=VLM4Rec             # the same, RecBole-style entry
+  vlm4rec run --model=LightGCN --nproc 2            # 2 processes (gloo on CPU, nccl on GPUs)
 
 Any other --key=value is a RecBole/model config override (highest priority). Config layers, later
 wins: RecBole defaults < configs/overall.yaml < configs/model/<Model>.yaml <
@@ -32,6 +34,15 @@ naming what the key takes; all before anything loads (docs/configuration.md).
 Prints a metrics table (best-valid and test) and writes the run as JSON to
 results/<dataset>/<Model>-<time>.json (set --results_dir=... to change). RecBole's own logs go to
 ./log/ and checkpoints to ./saved/.
+
+Processes (RecBole's distributed data-parallel training; docs/performance.md): --nproc N runs N
+processes on this machine, each holding the whole dataset and model (graphs included) and taking
+1/N of every training batch: train_batch_size stays the batch of one optimiser step over all
+processes, and an epoch is still one pass over the training interactions. Evaluation is not
+split: every process ranks every user, so metrics equal a one-process evaluation of the same
+weights. One-pass models (VLM4Rec, Pop, EASE, ItemKNN...) are refused with --nproc > 1. Several
+machines: the same --world_size, --ip (rank 0's machine) and --port everywhere, and each
+machine's --nproc and --group_offset (the rank of its first process).
 """
 
 
@@ -51,6 +62,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "`vlm4rec datasets` lists them")
     parser.add_argument("--config_files", default="",
                         help="extra yaml files, space separated, applied after the built-in layers")
+    group = parser.add_argument_group(
+        "processes", "distributed data-parallel training (RecBole's torch.distributed path)")
+    group.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="processes on this machine (default 1: no torch.distributed). On a "
+                       "GPU machine one GPU per process: also pass --gpu_id=0,1,...")
+    group.add_argument("--world_size", type=int, default=-1, metavar="N",
+                       help="processes over all machines (default: --nproc, one machine)")
+    group.add_argument("--ip", default="localhost", metavar="ADDRESS",
+                       help="address of the machine holding rank 0 (default: %(default)s)")
+    group.add_argument("--port", type=int, default=None, metavar="PORT",
+                       help="port rank 0 listens on (default: a free port; several machines "
+                       "must name one)")
+    group.add_argument("--group_offset", type=int, default=0, metavar="RANK",
+                       help="global rank of this machine's first process (default 0)")
+    group.add_argument("--dist_timeout", type=int, default=DEFAULT_TIMEOUT_S,
+                       metavar="SECONDS",
+                       help="seconds a process waits on the others (a crashed or stuck peer) "
+                       "before failing (default: %(default)s)")
 
 
 def split_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[str, str]:
@@ -72,18 +101,31 @@ def run_command(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from recbole_vlm4rec.models import UnknownModelError
     from recbole_vlm4rec.run.accounting import ConfigError
     from recbole_vlm4rec.run.cold_start import ColdStartConfigError
-    from recbole_vlm4rec.run.runner import TopKError, format_metrics_table, run
+    from recbole_vlm4rec.compat_distributed import DistributedError
+    from recbole_vlm4rec.run.distributed import Processes, ProcessFailed, run_processes
+    from recbole_vlm4rec.run.runner import TopKError, format_metrics_table
 
+    processes = Processes(nproc=args.nproc, world_size=args.world_size, ip=args.ip,
+                          port=args.port, group_offset=args.group_offset,
+                          timeout_s=args.dist_timeout)
     try:
-        result = run(model=args.model, dataset=args.dataset or DEFAULT_DATASET,
-                     config_files=args.config_files.split(), overrides=overrides)
+        result = run_processes(args.model, args.dataset or DEFAULT_DATASET,
+                               args.config_files.split(), overrides, processes)
     except (UnknownModelError, UnknownDatasetError, FeatureFileError, MissingFeatureError,
-            FileNotFoundError, ColdStartConfigError, TopKError, ConfigError) as error:
+            FileNotFoundError, ColdStartConfigError, TopKError, ConfigError,
+            DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ProcessFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if result is None:
+        print(f"ranks {args.group_offset}..{args.group_offset + args.nproc - 1} finished; the "
+              "results are written on the machine of rank 0")
+        return 0
     print()
     for key, where in result.config_accounting.get("not_read", {}).items():
         print(f"note: config key '{key}' ({where} layer) is not read by {result.model}")

@@ -160,7 +160,8 @@ def run(
     config = prepared.config
     init_logger(config)
     recbole_logger = logging.getLogger()
-    log_file = log_to_file_only(recbole_logger, str(config))  # ~150 lines: the log file keeps them
+    # ~150 lines: the log file keeps them (one process's file: the others log errors only)
+    log_file = log_to_file_only(recbole_logger, str(config)) if config["local_rank"] == 0 else None
     for line in prepared.differences():
         recbole_logger.info(f"differs from the protocol: {line}")
     if log_file:

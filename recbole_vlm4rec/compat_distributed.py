@@ -1,0 +1,188 @@
+"""The RecBole 1.2.1 patches for its torch.distributed path (part of compat.py's "one place").
+
+``compat.install()`` calls :func:`install`; ``compat.ProtocolConfig._init_device`` calls
+:func:`init_device` for a config that names a ``local_rank`` (a process that run/distributed.py
+spawned). Nothing else in the package patches RecBole's distributed code. What RecBole 1.2.1 does
+and why each patch exists:
+
+* ``Config._init_device`` hard-codes ``backend="nccl"``, ``torch.cuda.set_device`` and an assert
+  on ``gpu_id``: no run on CPU. :func:`init_device` picks gloo on CPU and nccl on GPUs, says
+  clearly when there are fewer GPUs than processes, and gives every collective a timeout
+  (``dist_timeout`` seconds), so a process waiting on a dead peer fails instead of hanging.
+* ``AbstractTrainer.__init__`` wraps the model as ``DistributedDataParallel(device_ids=[rank])``,
+  which torch refuses for a CPU module; on CPU ``device_ids`` must be None. Parameters that get no
+  gradient in a step are RecBole's own concern: each step adds ``0 * sum(parameters)`` to the
+  loss (``sync_grad_loss``), so every parameter gets a gradient and DDP needs no
+  ``find_unused_parameters``. A model without a trainable parameter is refused by name. Sparse
+  buffers (graphs) are left out of DDP's broadcast, which cannot send them.
+* The evaluation loaders get a ``DistributedSampler`` that pads the user list (the first users
+  repeated until it divides by the number of processes) and ``Trainer._map_reduce`` averages the
+  processes' means weighted by ``len(batch)``, which is 4 (the batch tuple) for every full-ranking
+  batch, then rounds: users counted twice and wrong weights, so metrics differ from one process.
+  Here evaluation is not split: every process ranks every user exactly once (the same model,
+  since DDP keeps the weights equal), so the metrics, per-user records and tie counts are one
+  process's, and early stopping agrees across processes.
+* Each trainer names its checkpoint after its own clock: two processes can disagree by a second
+  and load different files. Rank 0's name is used by all, and the processes wait for rank 0's
+  last checkpoint to be written before any evaluates it (a barrier at the end of ``fit``).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+DEFAULT_TIMEOUT_S = 1800
+
+
+class DistributedError(RuntimeError):
+    """A distributed run this machine or this model cannot do; the message says what to change."""
+
+
+def distributed(config: Any) -> bool:
+    return not config["single_spec"]
+
+
+def init_device(config_dict: dict[str, Any]) -> None:
+    """RecBole's ``_init_device`` for a spawned process: gloo on CPU, nccl on GPUs."""
+    import torch
+    import torch.distributed as dist
+
+    gpu_id = config_dict["gpu_id"]
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    config_dict["gpu_id"] = gpu_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    local_rank, nproc = int(config_dict["local_rank"]), int(config_dict["nproc"])
+    cuda = bool(gpu_id) and torch.cuda.is_available()
+    if cuda:
+        if nproc > torch.cuda.device_count():
+            raise DistributedError(
+                f"--nproc {nproc} needs {nproc} GPUs, one per process, but gpu_id={gpu_id!r} "
+                f"makes {torch.cuda.device_count()} visible: pass --gpu_id=" +
+                ",".join(map(str, range(nproc))) + " or a smaller --nproc")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        timeout = int(config_dict["dist_timeout"] if "dist_timeout" in config_dict
+                      else DEFAULT_TIMEOUT_S)  # written so run/accounting.py knows the key
+        dist.init_process_group(
+            backend="nccl" if cuda else "gloo",
+            rank=local_rank + int(config_dict["offset"] or 0),
+            world_size=int(config_dict["world_size"]),
+            init_method=f"tcp://{config_dict['ip']}:{config_dict['port']}",
+            timeout=timedelta(seconds=timeout))
+    config_dict["device"] = device
+    config_dict["single_spec"] = False
+    if local_rank != 0:  # as RecBole: one process per machine logs and writes checkpoints
+        config_dict["state"] = "error"
+        config_dict["show_progress"] = False
+        config_dict["verbose"] = False
+
+
+def install() -> None:
+    _ddp_on_cpu_too()
+    _evaluate_every_user_in_every_process()
+    _one_checkpoint_name()
+
+
+def _ddp_on_cpu_too() -> None:
+    from recbole.trainer.trainer import AbstractTrainer
+
+    if getattr(AbstractTrainer.__init__, "_vlm4rec_shim", False):
+        return
+    original_init = AbstractTrainer.__init__
+
+    def __init__(self: Any, config: Any, model: Any) -> None:
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.config, self.model = config, model
+        if not distributed(config):
+            return
+        if not any(p.requires_grad for p in model.parameters()):
+            raise DistributedError(f"{config['model']} has no trainable parameter: there are no "
+                                   "gradients to share between processes; run it without --nproc")
+        cuda = config["device"].type == "cuda"
+        if cuda:  # SyncBatchNorm runs on GPUs only
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # DDP broadcasts rank 0's parameters and buffers, which it cannot do for a sparse tensor
+        # (FREEDOM's graph buffers): each process builds those from the same data itself.
+        sparse = [name for name, tensor in [*self.model.named_parameters(),
+                                            *self.model.named_buffers()]
+                  if tensor.layout != torch.strided]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, sparse)
+        self.distributed_model = DistributedDataParallel(
+            self.model, device_ids=[config["local_rank"]] if cuda else None)
+
+    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
+    __init__._original = original_init  # type: ignore[attr-defined]
+    AbstractTrainer.__init__ = __init__
+
+
+def _evaluate_every_user_in_every_process() -> None:
+    from recbole.data.dataloader.general_dataloader import (FullSortEvalDataLoader,
+                                                           NegSampleEvalDataLoader)
+    from recbole.trainer.trainer import Trainer
+
+    for loader in (FullSortEvalDataLoader, NegSampleEvalDataLoader):
+        original_init = loader.__init__
+        if getattr(original_init, "_vlm4rec_shim", False):
+            continue
+        loader.__init__ = _unsplit(original_init)
+    if not getattr(Trainer._map_reduce, "_vlm4rec_shim", False):
+        original_map_reduce = Trainer._map_reduce
+
+        def _map_reduce(self: Any, result: Any, num_sample: int) -> Any:
+            return result  # every process evaluated every user: its result is the result
+
+        _map_reduce._vlm4rec_shim = True  # type: ignore[attr-defined]
+        _map_reduce._original = original_map_reduce  # type: ignore[attr-defined]
+        Trainer._map_reduce = _map_reduce
+
+
+def _unsplit(original_init: Any) -> Any:
+    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        if not distributed(config):
+            return original_init(self, config, *args, **kwargs)
+        config["single_spec"] = True  # RecBole's loader then builds no DistributedSampler
+        try:
+            original_init(self, config, *args, **kwargs)
+        finally:
+            config["single_spec"] = False
+
+    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
+    __init__._original = original_init  # type: ignore[attr-defined]
+    return __init__
+
+
+def _one_checkpoint_name() -> None:
+    from recbole.trainer.trainer import Trainer
+
+    if getattr(Trainer.__init__, "_vlm4rec_shim", False):
+        return
+    original_init, original_fit = Trainer.__init__, Trainer.fit
+
+    def __init__(self: Any, config: Any, model: Any) -> None:
+        original_init(self, config, model)
+        if distributed(config):
+            import torch.distributed as dist
+
+            name = [self.saved_model_file]
+            dist.broadcast_object_list(name, src=0)
+            self.saved_model_file = name[0]
+
+    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original_fit(self, *args, **kwargs)
+        if distributed(self.config):
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0's last checkpoint is on disk before anyone loads it
+        return result
+
+    for method, original in ((__init__, original_init), (fit, original_fit)):
+        method._vlm4rec_shim = True  # type: ignore[attr-defined]
+        method._original = original  # type: ignore[attr-defined]
+    Trainer.__init__, Trainer.fit = __init__, fit
