@@ -276,7 +276,9 @@ _LOG2_E = 1.4426950408889634  # exp(x) = 2^(x log2 e): torch's exp2 is ~3x faste
 
 
 class _LogSumExpOfProducts(torch.autograd.Function):
-    """``log sum_j exp(q_i . k_j)`` per query, in blocks of keys, recomputed in backward.
+    """``log sum_j exp(q_i . k_j)`` per query, in blocks of keys, recomputed in backward
+    (keeping the exponentials for backward was measured slower: hundreds of MB written and read
+    back, page-faulted every step).
 
     The direct formula materialises (and autograd keeps) a queries x keys matrix, its exp and their
     gradients: several passes over hundreds of MB per step when the keys are a whole catalogue.
@@ -304,29 +306,36 @@ class _LogSumExpOfProducts(torch.autograd.Function):
             if shift is not None:
                 products.sub_(shift)
             total += products.exp2_().sum(dim=1)
-        log2_sums = total.log2_() if shift is None else total.log2_().add_(shift.squeeze(1))
-        ctx.save_for_backward(scaled, keys, log2_sums)
+        # the shifted sums and the shift: backward's softmax is exp2(p_ij - shift_i) / total_i
+        ctx.save_for_backward(scaled, keys, total, shift if shift is not None else total[:0])
         ctx.block = block
+        log2_sums = total.log2() if shift is None else total.log2().add_(shift.squeeze(1))
         return log2_sums / _LOG2_E
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        scaled, keys, log2_sums = ctx.saved_tensors
+        scaled, keys, total, shift = ctx.saved_tensors
         want_queries, want_keys, _ = ctx.needs_input_grad
+        # d result_i / d products_ij = softmax_ij = w_ij / total_i with w_ij = exp2(scaled
+        # product - shift_i); times the incoming gradient: s_i w_ij with s_i = grad_i / total_i.
+        # dq_i = s_i sum_j w_ij k_j and dk_j = sum_i w_ij (s_i q_i): the row scale goes on the
+        # few-column operands, not on a pass over the weights.
+        row_scale = (grad / total).unsqueeze(1)
         grad_queries_t = scaled.new_zeros(scaled.shape[1], len(scaled)) if want_queries else None
         grad_keys = torch.empty_like(keys) if want_keys else None
-        queries_t = scaled.T / _LOG2_E
-        offset, scale = log2_sums.unsqueeze(1), grad.unsqueeze(1)
+        scaled_queries_t = (scaled * (row_scale / _LOG2_E)).T
         for start in range(0, len(keys), ctx.block):
             block_keys = keys[start:start + ctx.block]
-            # d result_i / d products_ij = softmax_ij, times the incoming gradient of row i
-            weights = (scaled @ block_keys.T).sub_(offset).exp2_().mul_(scale)
+            weights = scaled @ block_keys.T
+            if shift.numel():
+                weights.sub_(shift)
+            weights.exp2_()
             if grad_queries_t is not None:
                 grad_queries_t.addmm_(block_keys.T, weights.T)
             if grad_keys is not None:
-                grad_keys[start:start + ctx.block] = (queries_t @ weights).T
-        grad_queries = grad_queries_t.T if grad_queries_t is not None else None
+                grad_keys[start:start + ctx.block] = (scaled_queries_t @ weights).T
+        grad_queries = grad_queries_t.T * row_scale if grad_queries_t is not None else None
         return grad_queries, grad_keys, None
 
 
