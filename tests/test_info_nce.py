@@ -189,3 +189,16 @@ def test_lgmrec_scores_equal_the_reference(two_features, build_pipeline):  # noq
         mine = model.forward()
     torch.testing.assert_close(mine[0], users, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(mine[1], items, rtol=1e-10, atol=1e-12)
+
+
+def test_fixed_feature_product_gradient_equals_autograds():
+    from recbole_vlm4rec.models._graph import fixed_feature_product
+
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(11, 7, generator=generator, dtype=torch.float64)
+    weights = torch.randn(7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(11, 3, generator=generator, dtype=torch.float64)
+    mine = torch.autograd.grad((fixed_feature_product(features, weights) * upstream).sum(), weights)
+    plain = torch.autograd.grad(((features @ weights) * upstream).sum(), weights)
+    torch.testing.assert_close(mine, plain, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda w: fixed_feature_product(features, w), (weights,))

@@ -57,9 +57,10 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean,
-                                           log_sum_exp_of_products, register_feature_buffers,
-                                           sparse_matmul, to_torch_sparse, user_item_adjacency)
+from recbole_vlm4rec.models._graph import (CachedDotProductScores, fixed_feature_product,
+                                           lightgcn_mean, log_sum_exp_of_products,
+                                           register_feature_buffers, sparse_matmul,
+                                           to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
@@ -160,7 +161,7 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
             feature = getattr(self, f"feature_{index}")
             # One pass over the (large) feature matrix for both linear maps.
             item_values, item_logits = torch.split(
-                feature @ torch.cat([projection, hyperedges], dim=1),
+                fixed_feature_product(feature, torch.cat([projection, hyperedges], dim=1)),
                 [self.embedding_size, self.hyper_num], dim=1)
             user_values = sparse_matmul(self.user_item_mean, item_values, self.user_item_mean_t)
             modality = torch.cat([user_values, item_values])
