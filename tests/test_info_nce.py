@@ -202,3 +202,22 @@ def test_fixed_feature_product_gradient_equals_autograds():
     plain = torch.autograd.grad(((features @ weights) * upstream).sum(), weights)
     torch.testing.assert_close(mine, plain, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda w: fixed_feature_product(features, w), (weights,))
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.01])  # plain exp / shifted (bound over 60)
+def test_repeated_rows_info_nce_equals_the_in_batch_info_nce_of_the_batch(monkeypatch,
+                                                                          temperature):
+    from recbole_vlm4rec.models._graph import in_batch_info_nce, repeated_rows_info_nce
+
+    monkeypatch.setattr(_graph, "_PRODUCT_BLOCK_ELEMENTS", 7)
+    generator = torch.Generator().manual_seed(4)
+    view = torch.randn(9, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    other = torch.randn(9, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    batch = torch.tensor([4, 1, 4, 8, 0, 4, 8, 2, 2, 2, 7])  # repeats, as in a training batch
+    direct = in_batch_info_nce(view[batch], other[batch], temperature)
+    once, counts = torch.unique(batch, return_counts=True)
+    mine = repeated_rows_info_nce(view[once], other[once], counts, temperature)
+    torch.testing.assert_close(mine, direct, rtol=1e-10, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(mine, (view, other)),
+                    torch.autograd.grad(direct, (view, other))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -59,9 +59,9 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_max_union,
-                                           in_batch_info_nce, knn_item_graph, lightgcn_mean,
-                                           register_feature_buffers, sigmoid_gate,
-                                           sparse_matmul, to_torch_sparse,
+                                           knn_item_graph, lightgcn_mean,
+                                           register_feature_buffers, repeated_rows_info_nce,
+                                           sigmoid_gate, sparse_matmul, to_torch_sparse,
                                            user_item_adjacency)
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models import _memory
@@ -218,8 +218,12 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
         loss = -F.logsigmoid(pos_scores - neg_scores).mean()
         squares = batch_users.square().sum() + batch_pos.square().sum() + batch_neg.square().sum()
         loss = loss + self.reg_weight * 0.5 * squares / len(user)
-        contrast = (in_batch_info_nce(side[pos_rows], behaviour[pos_rows], self.temperature)
-                    + in_batch_info_nce(side[user_rows], behaviour[user_rows], self.temperature))
+        # MMRec's in-batch InfoNCE over the batch's rows as they come, from each distinct one once
+        contrast = 0.0
+        for batch_rows in (pos_rows, user_rows):
+            once, counts = torch.unique(batch_rows, return_counts=True)
+            contrast = contrast + repeated_rows_info_nce(side[once], behaviour[once], counts,
+                                                         self.temperature)
         return loss + self.cl_weight * contrast
 
 
