@@ -319,3 +319,18 @@ def test_smore_loss_gradients_and_scores_equal_the_reference(two_features, build
         mine = model.forward()
     torch.testing.assert_close(mine[0], users, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(mine[1], items, rtol=1e-10, atol=1e-12)
+
+
+def test_models_that_ask_get_a_fused_adam_from_recboles_trainer(two_features, build_pipeline):
+    from recbole.utils import get_trainer
+
+    name, overrides = two_features
+    for model_name, fused in (("SMORE", True), ("LGMRec", True), ("BPR", False)):
+        config, _, train, *_, model = build_pipeline(model_name, name,
+                                                     read_by(model_name, overrides))
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        optimizer = trainer.optimizer
+        assert bool(optimizer.defaults.get("fused")) is fused, model_name
+        assert optimizer.defaults["lr"] == config["learning_rate"]
+        assert ({id(p) for g in optimizer.param_groups for p in g["params"]}
+                == {id(p) for p in model.parameters()})

@@ -82,6 +82,7 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
     r"""Local graph + global hypergraph multimodal recommender (Guo et al., AAAI'24)."""
 
     input_type = InputType.PAIRWISE
+    fused_adam = True  # one pass per parameter per step (compat.py); same update
     contract = ModelContract(
         memory_estimate=_memory.lgmrec,
         settings=(

@@ -74,6 +74,7 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
     r"""Spectrum-based modality fusion graph network (Ong & Khong, WSDM'25)."""
 
     input_type = InputType.PAIRWISE
+    fused_adam = True  # one pass per parameter per step (compat.py); same update
     contract = ModelContract(
         memory_estimate=_memory.smore,
         settings=(
