@@ -315,9 +315,10 @@ class FeatureTables(torch.nn.Module):
         return self.table(index)[items]
 
 
-# Keys per block of log_sum_exp_of_products: a batch of 2048 queries x 256 keys is 2 MB of
-# float32, small enough to stay in cache between the product, the exp and the sum.
-_PRODUCT_BLOCK_ELEMENTS = 2048 * 256
+# Keys per block of log_sum_exp_of_products: a batch of 2048 queries x 64 keys is 512 KB of
+# float32, a core's L2 cache on the AMD EPYC development machine, so the block stays there between
+# the product, the exp and the sum (measured ~10% faster than 2 MB blocks, which only fit L3).
+_PRODUCT_BLOCK_ELEMENTS = 2048 * 64
 _LOG2_E = 1.4426950408889634  # exp(x) = 2^(x log2 e): torch's exp2 is ~3x faster than its exp
 
 
