@@ -7,9 +7,9 @@ Amazon-Baby scale, optionally with a torch.profiler table: the quick loop for tr
 
 Same data and settings as ``bench_models.py`` (real Baby interactions, random 4096-d visual and
 384-d text features, embedding 64, batch 2048, RecBole's trainer and optimizer). All models run in
-this process on the same batches; each step's seconds after ``--warmup`` steps are reported as
-median and mean, with the ratio of medians to LightGCN's. ``--data-root`` keeps the written
-dataset between runs (default: a temporary folder).
+this process, taking their steps in turn (so a change in a shared machine's load hits them
+alike); after ``--warmup`` steps, the median wall and CPU seconds of a step and their ratios to
+LightGCN's. ``--data-root`` keeps the written dataset between runs (default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -62,26 +62,33 @@ def step(model, optimizer, batch) -> float:
     return loss.item()
 
 
-def time_model(model_name: str, data_root: str, steps: int, warmup: int,
-               profile: int) -> list[float]:
-    model, trainer, train = build(model_name, data_root)
-    model.train()
-    batches = iter(train)
-    seconds = []
+def time_models(names: list[str], data_root: str, steps: int, warmup: int,
+                profile: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds of each step; the models take their steps in turn (step k of every
+    model, then step k + 1), so a change in the machine's load hits them alike."""
+    built = {name: build(name, data_root) for name in names}
+    batches = {name: iter(train) for name, (_, _, train) in built.items()}
+    seconds = {name: {"wall": [], "cpu": []} for name in names}
     for index in range(warmup + steps):
-        batch = next(batches)
-        started = time.perf_counter()
-        step(model, trainer.optimizer, batch)
-        if index >= warmup:
-            seconds.append(time.perf_counter() - started)
+        for name in (names if index % 2 else names[::-1]):
+            model, trainer, _ = built[name]
+            model.train()
+            batch = next(batches[name])
+            wall, cpu = time.perf_counter(), time.process_time()
+            step(model, trainer.optimizer, batch)
+            if index >= warmup:
+                seconds[name]["wall"].append(time.perf_counter() - wall)
+                seconds[name]["cpu"].append(time.process_time() - cpu)
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile
 
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            step(model, trainer.optimizer, next(batches))
-        print(f"--- {model_name}: one step, by self CPU time", flush=True)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile),
-              flush=True)
+        for name in names:
+            model, trainer, _ = built[name]
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                step(model, trainer.optimizer, next(batches[name]))
+            print(f"--- {name}: one step, by self CPU time", flush=True)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile),
+                  flush=True)
     return seconds
 
 
@@ -104,16 +111,17 @@ def main() -> int:
         if not (root / "babyscale").is_dir():
             root.mkdir(parents=True, exist_ok=True)
             write_dataset(root, "babyscale", args.inter)
-        results = {name: time_model(name, str(root), args.steps, args.warmup, args.profile)
-                   for name in args.models}
-    base = statistics.median(results["LightGCN"]) if "LightGCN" in results else None
+        results = time_models(args.models, str(root), args.steps, args.warmup, args.profile)
+    medians = {name: {kind: statistics.median(values) for kind, values in seconds.items()}
+               for name, seconds in results.items()}
+    base = medians.get("LightGCN")
     print(f"torch threads {torch.get_num_threads()}, {args.steps} timed steps after "
-          f"{args.warmup} warm-up, batch 2048")
-    print(f"{'model':<12}{'median s':>10}{'mean s':>10}{'/LightGCN':>11}")
-    for name, seconds in results.items():
-        median = statistics.median(seconds)
-        ratio = f"{median / base:.2f}" if base else "-"
-        print(f"{name:<12}{median:>10.3f}{statistics.mean(seconds):>10.3f}{ratio:>11}")
+          f"{args.warmup} warm-up, batch 2048, models in turn; medians")
+    print(f"{'model':<12}{'wall s':>9}{'/LightGCN':>11}{'CPU s':>9}{'/LightGCN':>11}")
+    for name, median in medians.items():
+        wall = f"{median['wall'] / base['wall']:.2f}" if base else "-"
+        cpu = f"{median['cpu'] / base['cpu']:.2f}" if base else "-"
+        print(f"{name:<12}{median['wall']:>9.3f}{wall:>11}{median['cpu']:>9.3f}{cpu:>11}")
     return 0
 
 
