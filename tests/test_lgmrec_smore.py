@@ -238,3 +238,99 @@ def test_smore_feature_table_blocks_compute_what_one_table_computes(two_features
     for key, grad in grads_one.items():
         if not key.startswith("feature_tables"):
             torch.testing.assert_close(grads_many[key], grad, rtol=1e-5, atol=1e-7)
+
+
+def smore_reference(model, batch):
+    """SMORE written out from the model's parameters and data alone, as the paper and MMRec
+    compute it: every node's side and final embeddings, dense graphs, the in-batch InfoNCE over
+    the batch's rows as they come (repeats included). Returns the final (users, items) and the
+    loss's terms: BPR, L2, contrast (weighted)."""
+    import torch.nn.functional as F
+
+    user, pos, neg = batch["user_id"], batch["item_id"], batch["neg_item_id"]
+    n_users, size = model.n_users, model.embedding_size
+    tables = ([torch.cat(list(blocks)) for blocks in model.feature_tables] if model.train_features
+              else [getattr(model, f"feature_{i}") for i in range(len(model.projections))])
+    projected = [F.linear(table, p.weight, p.bias) for table, p in zip(tables, model.projections)]
+    spectra = [torch.fft.rfft(x, dim=1, norm="ortho") for x in projected]
+    fused = spectra[0]
+    for spectrum in spectra[1:]:
+        fused = fused * spectrum
+    signals = [torch.fft.irfft(spectrum * torch.view_as_complex(kernel), n=size, dim=1,
+                               norm="ortho")
+               for spectrum, kernel in zip([*spectra, fused], model.spectral_filters)]
+    adjacency = model.adjacency.to_dense()
+    layers = [torch.cat([model.user_embedding.weight, model.item_embedding.weight])]
+    for _ in range(model.n_ui_layers):
+        layers.append(adjacency @ layers[-1])
+    behaviour = torch.stack(layers).mean(dim=0)
+    gate = lambda module, x: torch.sigmoid(F.linear(x, module[0].weight, module[0].bias))  # noqa
+    views = []
+    for index, signal in enumerate(signals):
+        items = model.item_embedding.weight * gate(model.item_gates[index], signal)
+        for _ in range(model.n_layers):
+            items = getattr(model, f"item_graph_{index}").to_dense() @ items
+        views.append(torch.cat([model.user_item.to_dense() @ items, items]))
+    fusion, parts = views[-1], []
+    for view, query, preference in zip(views, model.queries, model.preference_gates):
+        attention = torch.softmax(query[2](torch.tanh(query[0](fusion))), dim=-1)
+        parts.append(gate(preference, behaviour) * attention * view)
+    parts.append(gate(model.preference_gates[-1], behaviour) * fusion)
+    side = sum(parts) / len(parts)
+    final = behaviour + side
+
+    def info_nce(view, other):
+        logits = F.normalize(view) @ F.normalize(other).T / model.temperature
+        return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+    u, p, n = final[user], final[pos + n_users], final[neg + n_users]
+    bpr = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
+    l2 = model.reg_weight * 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(u)
+    contrast = (info_nce(side[pos + n_users], behaviour[pos + n_users])
+                + info_nce(side[user], behaviour[user]))
+    users, items = torch.split(final, [n_users, model.n_items])
+    return users, items, (bpr, l2, model.cl_weight * contrast)
+
+
+@pytest.mark.parametrize("train_features", [True, False])
+def test_smore_loss_gradients_and_scores_equal_the_reference(two_features, build_pipeline,
+                                                             train_features):
+    name, overrides = two_features
+    overrides = {**read_by("SMORE", overrides), "train_features": train_features,
+                 "reg_weight": 0.01, "cl_weight": 0.5, "n_layers": 2}
+    _, _, train, *_, model = build_pipeline("SMORE", name, overrides)
+    model.double().train()  # float64: the two sides differ by rounding only
+    assert model.preference_dropout.p == 0  # the reference has no dropout to draw
+    batch = next(iter(train))
+    assert len(torch.unique(batch["user_id"])) < len(batch["user_id"])  # repeats are exercised
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    *_, terms = smore_reference(model, batch)
+    reference = sum(terms)
+    reference_grads = torch.autograd.grad(reference, parameters)
+    loss = model.calculate_loss(batch)
+    grads = torch.autograd.grad(loss, parameters)
+    assert min(float(term.detach()) for term in terms) > 1e-4  # leaving one out cannot pass
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+    for mine, expected in zip(grads, reference_grads):
+        torch.testing.assert_close(mine, expected, rtol=1e-9, atol=1e-12)
+    model.eval()
+    with torch.no_grad():
+        users, items, _ = smore_reference(model, batch)
+        mine = model.forward()
+    torch.testing.assert_close(mine[0], users, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(mine[1], items, rtol=1e-10, atol=1e-12)
+
+
+def test_models_that_ask_get_a_fused_adam_from_recboles_trainer(two_features, build_pipeline):
+    from recbole.utils import get_trainer
+
+    name, overrides = two_features
+    for model_name, fused in (("SMORE", True), ("LGMRec", True), ("BPR", False)):
+        config, _, train, *_, model = build_pipeline(model_name, name,
+                                                     read_by(model_name, overrides))
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        optimizer = trainer.optimizer
+        assert bool(optimizer.defaults.get("fused")) is fused, model_name
+        assert optimizer.defaults["lr"] == config["learning_rate"]
+        assert ({id(p) for g in optimizer.param_groups for p in g["params"]}
+                == {id(p) for p in model.parameters()})

@@ -34,6 +34,11 @@ feature works with ``cl_weight: 0``). Deviations from MMRec's implementation, an
   since its ``full_sort_predict`` reruns the forward pass); scores stay stochastic as in MMRec.
 * Each feature is read once per step by one matmul with [W_m, V_m] (MMRec: two), and the
   users' feature mean is one sparse product with D_u^-1 R: the same values, less work.
+* The same values, computed in less work (tests/test_info_nce.py checks loss, gradients and
+  scores against the formulas written out): a training step builds the final embeddings of its
+  batch's rows only (everything after the propagations is row-wise); hypergraph layers after
+  the first multiply Lambda by H_i^T H_i (hyper_num x hyper_num); the contrast works on the
+  factors H and Lambda (candidates' norms from Lambda Lambda^T), never on n_users x dim rows.
 * ``cf_model: mf`` is ``n_ui_layers: 0``; the temperature (MMRec: a constant 0.2) is a key.
 
 Items without a vector for a feature enter that modality with f_i^m = 0 (counted in the log).
@@ -52,9 +57,10 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean,
-                                           log_sum_exp_of_products, register_feature_buffers,
-                                           sparse_matmul, to_torch_sparse, user_item_adjacency)
+from recbole_vlm4rec.models._graph import (CachedDotProductScores, fixed_feature_product,
+                                           lightgcn_mean, log_sum_exp_of_products,
+                                           register_feature_buffers, sparse_matmul,
+                                           to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
@@ -76,6 +82,7 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
     r"""Local graph + global hypergraph multimodal recommender (Guo et al., AAAI'24)."""
 
     input_type = InputType.PAIRWISE
+    fused_adam = True  # one pass per parameter per step (compat.py); same update
     contract = ModelContract(
         memory_estimate=_memory.lgmrec,
         settings=(
@@ -144,51 +151,73 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
             for f in features)
         self.hyper_dropout = nn.Dropout(p=1.0 - float(config["keep_rate"]))
 
-    def _propagate(self) -> tuple[torch.Tensor, torch.Tensor, list[_Hypergraph],
-                                  list[_Hypergraph]]:
-        """(users, items, per-modality hypergraph user embeddings, ... item embeddings)."""
+    def _propagate(self) -> tuple[torch.Tensor, list[_Modality]]:
+        """The collaborative embeddings of every node and, per modality, its propagated local
+        embeddings and hypergraph factors: what every row of the final embeddings is made of."""
         ids = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         collaborative = lightgcn_mean(self.adjacency, ids, self.n_ui_layers)
         collaborative_items = collaborative[self.n_users:]
-        local, global_sum = collaborative, 0.0
-        hyper_users, hyper_items = [], []
+        modalities = []
         for index, (projection, hyperedges) in enumerate(zip(self.projections, self.hyperedges)):
             feature = getattr(self, f"feature_{index}")
             # One pass over the (large) feature matrix for both linear maps.
             item_values, item_logits = torch.split(
-                feature @ torch.cat([projection, hyperedges], dim=1),
+                fixed_feature_product(feature, torch.cat([projection, hyperedges], dim=1)),
                 [self.embedding_size, self.hyper_num], dim=1)
             user_values = sparse_matmul(self.user_item_mean, item_values, self.user_item_mean_t)
             modality = torch.cat([user_values, item_values])
             for _ in range(self.n_mm_layers):
                 modality = sparse_matmul(self.adjacency, modality)
-            local = local + F.normalize(modality)
 
             user_logits = sparse_matmul(self.user_items, item_logits, self.item_users)
             item_hyper = F.gumbel_softmax(item_logits, self.temperature, dim=1) * self.real_items
             user_hyper = F.gumbel_softmax(user_logits, self.temperature, dim=1)
             item_hyper, user_hyper = self.hyper_dropout(item_hyper), self.hyper_dropout(user_hyper)
-            items = collaborative_items
-            for _ in range(self.n_hyper_layer):
-                hyperedge_values = item_hyper.T @ items
-                items = item_hyper @ hyperedge_values
-                users = user_hyper @ hyperedge_values
-            hyper_users.append(_Hypergraph(users, user_hyper, hyperedge_values))
-            hyper_items.append(_Hypergraph(items, item_hyper, hyperedge_values))
-            global_sum = global_sum + torch.cat([users, items])
-        final = local + self.alpha * F.normalize(global_sum)
-        users, items = torch.split(final, [self.n_users, self.n_items])
-        return users, items, hyper_users, hyper_items
+            # Layer l: Lambda_l = H_i^T E_i with E_i = H_i Lambda_{l-1}, i.e. (H_i^T H_i)
+            # Lambda_{l-1}: the hyper_num x hyper_num Gram matrix instead of n_items rows.
+            hyperedge_values = item_hyper.T @ collaborative_items
+            if self.n_hyper_layer > 1:
+                gram = item_hyper.T @ item_hyper
+                for _ in range(self.n_hyper_layer - 1):
+                    hyperedge_values = gram @ hyperedge_values
+            modalities.append(_Modality(modality, user_hyper, item_hyper, hyperedge_values))
+        return collaborative, modalities
+
+    def _embed(self, collaborative: torch.Tensor, modalities: list[_Modality], users: Any,
+               items: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final embeddings of ``users`` and ``items`` (index tensors, or ``slice(None)``).
+
+        Every step after the propagations is row-wise (sums, L2 normalisations, the hypergraph
+        rows H Lambda), so a training step builds only its batch's rows.
+        """
+        n_users = self.n_users
+        user_rows = self._final_rows(
+            collaborative[:n_users][users], [m.local[:n_users][users] for m in modalities],
+            [m.user_hyper[users] @ m.hyperedges for m in modalities])
+        item_rows = self._final_rows(
+            collaborative[n_users:][items], [m.local[n_users:][items] for m in modalities],
+            [m.item_hyper[items] @ m.hyperedges for m in modalities])
+        return user_rows, item_rows
+
+    def _final_rows(self, collaborative: torch.Tensor, local: list[torch.Tensor],
+                    hypergraph: list[torch.Tensor]) -> torch.Tensor:
+        """E^c + sum_m normalize(E^m) + alpha * normalize(sum_m E^{g,m}) on the given rows."""
+        rows = collaborative
+        for part in local:
+            rows = rows + F.normalize(part)
+        return rows + self.alpha * F.normalize(sum(hypergraph[1:], hypergraph[0]))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        users, items, _, _ = self._propagate()
-        return users, items
+        collaborative, modalities = self._propagate()
+        return self._embed(collaborative, modalities, slice(None), slice(None))
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         user, pos, neg = (interaction[self.USER_ID], interaction[self.ITEM_ID],
                           interaction[self.NEG_ITEM_ID])
-        users, items, hyper_users, hyper_items = self._propagate()
-        batch_users, batch_pos, batch_neg = users[user], items[pos], items[neg]
+        collaborative, modalities = self._propagate()
+        batch_users, batch_items = self._embed(collaborative, modalities, user,
+                                               torch.cat([pos, neg]))
+        batch_pos, batch_neg = torch.split(batch_items, [len(pos), len(neg)])
         pos_scores = (batch_users * batch_pos).sum(dim=1)
         neg_scores = (batch_users * batch_neg).sum(dim=1)
         loss = -F.logsigmoid(pos_scores - neg_scores).mean()
@@ -199,42 +228,52 @@ class LGMRec(CachedDotProductScores, GeneralRecommender):
             users_once, user_counts = torch.unique(user, return_counts=True)
             items_once, item_counts = torch.unique(pos, return_counts=True)
             contrast = 0.0
-            for a, b in combinations(range(len(hyper_users)), 2):
+            for a, b in combinations(modalities, 2):
                 contrast = contrast + _info_nce_sum(
-                    hyper_users[a].rows[users_once], hyper_users[b].rows[users_once],
-                    hyper_users[b], user_counts, self.temperature)
+                    a.user_hyper[users_once] @ a.hyperedges,
+                    b.user_hyper[users_once] @ b.hyperedges,
+                    b.user_hyper, b.hyperedges, user_counts, self.temperature)
                 contrast = contrast + _info_nce_sum(
-                    hyper_items[a].rows[items_once], hyper_items[b].rows[items_once],
-                    hyper_items[b], item_counts, self.temperature)
+                    a.item_hyper[items_once] @ a.hyperedges,
+                    b.item_hyper[items_once] @ b.hyperedges,
+                    b.item_hyper, b.hyperedges, item_counts, self.temperature)
             loss = loss + self.cl_weight * contrast
         return loss
 
 
-class _Hypergraph(NamedTuple):
-    """One modality's hypergraph embeddings: ``rows = dependencies @ hyperedges`` (rank <=
-    hyper_num), the factors kept for the contrastive loss."""
+class _Modality(NamedTuple):
+    """One modality's embeddings: ``local`` (every node, propagated, not yet normalised) and the
+    hypergraph ones as factors, ``user_hyper @ hyperedges`` and ``item_hyper @ hyperedges``
+    (rank <= hyper_num; the contrastive loss works on the factors)."""
 
-    rows: torch.Tensor
-    dependencies: torch.Tensor
+    local: torch.Tensor
+    user_hyper: torch.Tensor
+    item_hyper: torch.Tensor
     hyperedges: torch.Tensor
 
 
-def _info_nce_sum(anchors: torch.Tensor, positives: torch.Tensor, candidates: _Hypergraph,
-                  counts: torch.Tensor, temperature: float) -> torch.Tensor:
+def _info_nce_sum(anchors: torch.Tensor, positives: torch.Tensor, dependencies: torch.Tensor,
+                  hyperedges: torch.Tensor, counts: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
     """Sum over anchors (each ``counts`` times) of -log softmax of the positive's cosine among
-    the cosines to every candidate row but row 0 (padding: MMRec's denominators have none).
+    the cosines to every candidate row ``dependencies @ hyperedges`` but row 0 (padding: MMRec's
+    denominators have none).
 
-    cos(a, c_j) / t = (a / (|a| t)) . (h_j V) / |h_j V| = ((a / (|a| t)) V^T) . (h_j / |h_j V|):
-    with V's rows fewer than its columns the products over all candidates have hyper_num terms
-    instead of embedding_size; the same values up to float rounding.
+    cos(a, c_j) / t = (a / (|a| t)) . (h_j V) / |h_j V| = ((a / (|a| t)) V^T) . (h_j / |h_j V|),
+    with |h_j V|^2 = h_j (V V^T) h_j^T: with V's rows fewer than its columns neither the
+    products over all candidates nor the candidates' norms need their embedding_size-wide rows;
+    the same values up to float rounding.
     """
     anchors, positives = F.normalize(anchors) / temperature, F.normalize(positives)
     positive = (anchors * positives).sum(dim=1)
-    rows, dependencies = candidates.rows[1:], candidates.dependencies[1:]
-    norms = rows.norm(dim=1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
-    if candidates.hyperedges.shape[0] < candidates.hyperedges.shape[1]:
-        queries, keys = anchors @ candidates.hyperedges.T, dependencies / norms
+    dependencies = dependencies[1:]
+    if hyperedges.shape[0] < hyperedges.shape[1]:
+        squares = ((dependencies @ (hyperedges @ hyperedges.T)) * dependencies).sum(
+            dim=1, keepdim=True)
+        norms = squares.clamp_min(1e-24).sqrt()  # F.normalize's eps, 1e-12, on the norm
+        queries, keys = anchors @ hyperedges.T, dependencies / norms
     else:
-        queries, keys = anchors, rows / norms
+        rows = dependencies @ hyperedges
+        queries, keys = anchors, rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
     log_sums = log_sum_exp_of_products(queries, keys, max_abs_product=1.0 / temperature)
     return (counts.to(log_sums.dtype) * (log_sums - positive)).sum()

@@ -37,6 +37,11 @@ implementation, and why:
 * The L2 term divides by the batch's length (MMRec: by ``train_batch_size``, which overweights
   it in the last, shorter batch of an epoch).
 * ``knn_k`` is one value for every feature or one per feature (MMRec: image_knn_k, text_knn_k).
+* A training step computes the side embeddings (queries, gates, attention: all row-wise) for
+  its batch's users and items only, each node once: the same values and gradients as MMRec's
+  all-node computation (tests/test_lgmrec_smore.py checks them against the formulas written out),
+  in less work. With ``dropout`` > 0 the masks are drawn for those rows only (one per node, as
+  before), so a seed draws different masks than before.
 
 Items without a vector for a feature have no neighbours in its graph and start from a zero
 feature (x_i^m = b_m while features are fixed; counted in the log).
@@ -54,9 +59,9 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, elementwise_max_union,
-                                           in_batch_info_nce, knn_item_graph, lightgcn_mean,
-                                           register_feature_buffers, sigmoid_gate,
-                                           sparse_matmul, to_torch_sparse,
+                                           knn_item_graph, lightgcn_mean,
+                                           register_feature_buffers, repeated_rows_info_nce,
+                                           sigmoid_gate, sparse_matmul, to_torch_sparse,
                                            user_item_adjacency)
 from recbole_vlm4rec.models import register_model
 from recbole_vlm4rec.models import _memory
@@ -69,6 +74,7 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
     r"""Spectrum-based modality fusion graph network (Ong & Khong, WSDM'25)."""
 
     input_type = InputType.PAIRWISE
+    fused_adam = True  # one pass per parameter per step (compat.py); same update
     contract = ModelContract(
         memory_estimate=_memory.smore,
         settings=(
@@ -148,8 +154,8 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
             for _ in features)
         self.preference_dropout = nn.Dropout(p=float(config["dropout"]))
 
-    def _propagate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(final embeddings, side embeddings, behavioural embeddings), users then items."""
+    def _propagate(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(behavioural embeddings, the views H^m... and H^f), every node, users then items."""
         size = self.embedding_size
         if self.train_features:
             projected = [torch.cat([projection(block) for block in blocks])
@@ -176,34 +182,49 @@ class SMORE(CachedDotProductScores, GeneralRecommender):
             for _ in range(self.n_layers):
                 items = sparse_matmul(graph, items, transpose)
             views.append(torch.cat([sparse_matmul(self.user_item, items, self.item_user), items]))
+        return behaviour, views
 
+    def _side(self, behaviour: torch.Tensor, views: list[torch.Tensor]) -> torch.Tensor:
+        """Side embeddings S of the rows given (of the behavioural embeddings and of each view):
+        every step here is row-wise, so a training step computes its batch's rows only."""
         fusion = views[-1]
         parts = []
         for view, query, preference in zip(views, self.queries, self.preference_gates):
             attended = torch.softmax(query(fusion), dim=-1) * view
             parts.append(self.preference_dropout(preference(behaviour)) * attended)
         parts.append(self.preference_dropout(self.preference_gates[-1](behaviour)) * fusion)
-        side = torch.stack(parts).mean(dim=0)
-        return behaviour + side, side, behaviour
+        return torch.stack(parts).mean(dim=0)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        final, _, _ = self._propagate()
+        behaviour, views = self._propagate()
+        final = behaviour + self._side(behaviour, views)
         users, items = torch.split(final, [self.n_users, self.n_items])
         return users, items
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         user, pos, neg = (interaction[self.USER_ID], interaction[self.ITEM_ID],
                           interaction[self.NEG_ITEM_ID])
-        final, side, behaviour = self._propagate()
-        pos_nodes, neg_nodes = pos + self.n_users, neg + self.n_users
-        batch_users, batch_pos, batch_neg = final[user], final[pos_nodes], final[neg_nodes]
+        behaviour, views = self._propagate()
+        # Each node of the batch once (a repeated node keeps one dropout mask, as a row of the
+        # whole matrix would), then the batch's rows of it.
+        nodes, rows = torch.unique(torch.cat([user, pos + self.n_users, neg + self.n_users]),
+                                   return_inverse=True)
+        behaviour = behaviour[nodes]
+        side = self._side(behaviour, [view[nodes] for view in views])
+        final = behaviour + side
+        user_rows, pos_rows, neg_rows = torch.split(rows, [len(user), len(pos), len(neg)])
+        batch_users, batch_pos, batch_neg = final[user_rows], final[pos_rows], final[neg_rows]
         pos_scores = (batch_users * batch_pos).sum(dim=1)
         neg_scores = (batch_users * batch_neg).sum(dim=1)
         loss = -F.logsigmoid(pos_scores - neg_scores).mean()
         squares = batch_users.square().sum() + batch_pos.square().sum() + batch_neg.square().sum()
         loss = loss + self.reg_weight * 0.5 * squares / len(user)
-        contrast = (in_batch_info_nce(side[pos_nodes], behaviour[pos_nodes], self.temperature)
-                    + in_batch_info_nce(side[user], behaviour[user], self.temperature))
+        # MMRec's in-batch InfoNCE over the batch's rows as they come, from each distinct one once
+        contrast = 0.0
+        for batch_rows in (pos_rows, user_rows):
+            once, counts = torch.unique(batch_rows, return_counts=True)
+            contrast = contrast + repeated_rows_info_nce(side[once], behaviour[once], counts,
+                                                         self.temperature)
         return loss + self.cl_weight * contrast
 
 

@@ -1,0 +1,129 @@
+"""Seconds per training step (forward + loss + backward + optimizer step) of a few models at
+Amazon-Baby scale, optionally with a torch.profiler table: the quick loop for training-speed work
+(``bench_models.py`` times whole epochs, ~10 min for LightGCN + LGMRec + SMORE on one thread).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --models LightGCN LGMRec SMORE
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --models LGMRec --profile 25
+
+Same data and settings as ``bench_models.py`` (real Baby interactions, random 4096-d visual and
+384-d text features, embedding 64, batch 2048, RecBole's trainer and optimizer). All models run in
+this process, taking their steps in turn (so a change in a shared machine's load hits them
+alike); after ``--warmup`` steps, the median wall and CPU seconds of a step and their ratios to
+LightGCN's. ``--data-root`` keeps the written dataset between runs (default: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import BABY, REPO, write_dataset  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+
+def build(model_name: str, data_root: str):
+    from recbole.data import data_preparation
+    from recbole.utils import get_trainer, init_seed
+
+    from recbole_vlm4rec import compat
+    from recbole_vlm4rec.models import get_model_class
+    from recbole_vlm4rec.run.protocol import build_config
+    from recbole_vlm4rec.run.runner import create_dataset
+
+    compat.install()
+    config = build_config(model_name, "babyscale", overrides={
+        "data_path": data_root, "benchmark_filename": ["train", "valid", "test"],
+        "load_col": {"inter": ["user_id", "item_id"]},
+        "item_features": {"visual": None, "text": None}, "default_item_feature": "text",
+        "content_features": ["visual", "text"], "item_graph_weights": [0.1, 0.9],
+        "show_progress": False, "state": "WARNING", "gpu_id": "",
+        "checkpoint_dir": f"{data_root}/saved", "embedding_size": 64, "train_batch_size": 2048,
+    })
+    init_seed(config["seed"], config["reproducibility"])
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model_class(model_name)(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return model, trainer, train
+
+
+def step(model, optimizer, batch) -> float:
+    optimizer.zero_grad()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def time_models(names: list[str], data_root: str, steps: int, warmup: int,
+                profile: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds of each step; the models take their steps in turn (step k of every
+    model, then step k + 1), so a change in the machine's load hits them alike."""
+    built = {name: build(name, data_root) for name in names}
+    batches = {name: iter(train) for name, (_, _, train) in built.items()}
+    seconds = {name: {"wall": [], "cpu": []} for name in names}
+    for index in range(warmup + steps):
+        for name in (names if index % 2 else names[::-1]):
+            model, trainer, _ = built[name]
+            model.train()
+            batch = next(batches[name])
+            wall, cpu = time.perf_counter(), time.process_time()
+            step(model, trainer.optimizer, batch)
+            if index >= warmup:
+                seconds[name]["wall"].append(time.perf_counter() - wall)
+                seconds[name]["cpu"].append(time.process_time() - cpu)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        for name in names:
+            model, trainer, _ = built[name]
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                step(model, trainer.optimizer, next(batches[name]))
+            print(f"--- {name}: one step, by self CPU time", flush=True)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile),
+                  flush=True)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["LightGCN", "LGMRec", "SMORE"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="also profile one step and print this many rows")
+    parser.add_argument("--inter", type=Path, default=BABY)
+    parser.add_argument("--data-root", type=Path,
+                        help="folder for the written dataset (reused when present)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data_root or Path(tmp)
+        if not (root / "babyscale").is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            write_dataset(root, "babyscale", args.inter)
+        results = time_models(args.models, str(root), args.steps, args.warmup, args.profile)
+    medians = {name: {kind: statistics.median(values) for kind, values in seconds.items()}
+               for name, seconds in results.items()}
+    base = medians.get("LightGCN")
+    print(f"torch threads {torch.get_num_threads()}, {args.steps} timed steps after "
+          f"{args.warmup} warm-up, batch 2048, models in turn; medians")
+    print(f"{'model':<12}{'wall s':>9}{'/LightGCN':>11}{'CPU s':>9}{'/LightGCN':>11}")
+    for name, median in medians.items():
+        wall = f"{median['wall'] / base['wall']:.2f}" if base else "-"
+        cpu = f"{median['cpu'] / base['cpu']:.2f}" if base else "-"
+        print(f"{name:<12}{median['wall']:>9.3f}{wall:>11}{median['cpu']:>9.3f}{cpu:>11}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
