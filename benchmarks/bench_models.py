@@ -63,19 +63,14 @@ def write_dataset(root: Path, name: str, inter_path: Path = BABY) -> None:
         save_feature(folder / "features", feature, vectors, items)
 
 
-def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3,
-            epochs: int = 1) -> dict:
-    """Build, train ``epochs`` epochs (0: none), evaluate; returns seconds and peak RSS (runs in
-    a subprocess)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    sys.path.insert(0, str(REPO))
+def babyscale_data(model_name: str, data_root: str):
+    """The config and the train / test loaders of ``model_name`` on the dataset ``write_dataset``
+    made under ``data_root``, with the settings every model is timed at (bench_train_step.py too).
+    """
     from recbole.data import data_preparation
-    from recbole.utils import get_trainer, init_seed
+    from recbole.utils import init_seed
 
     from recbole_vlm4rec import compat
-    from recbole_vlm4rec.models import get_model_class
     from recbole_vlm4rec.run.protocol import build_config
     from recbole_vlm4rec.run.runner import create_dataset
 
@@ -90,6 +85,22 @@ def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3,
     })
     init_seed(config["seed"], config["reproducibility"])
     train, _, test = data_preparation(config, create_dataset(config))
+    return config, train, test
+
+
+def run_one(model_name: str, data_root: str, threads: int, repeats: int = 3,
+            epochs: int = 1) -> dict:
+    """Build, train ``epochs`` epochs (0: none), evaluate; returns seconds and peak RSS (runs in
+    a subprocess)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(REPO))
+    from recbole.utils import get_trainer
+
+    from recbole_vlm4rec.models import get_model_class
+
+    config, train, test = babyscale_data(model_name, data_root)
     start = time.perf_counter()
     model = get_model_class(model_name)(config, train._dataset)
     built = time.perf_counter()

@@ -24,31 +24,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import BABY, REPO, write_dataset  # noqa: E402
+from bench_models import BABY, REPO, babyscale_data, write_dataset  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
 
 def build(model_name: str, data_root: str):
-    from recbole.data import data_preparation
-    from recbole.utils import get_trainer, init_seed
+    from recbole.utils import get_trainer
 
-    from recbole_vlm4rec import compat
     from recbole_vlm4rec.models import get_model_class
-    from recbole_vlm4rec.run.protocol import build_config
-    from recbole_vlm4rec.run.runner import create_dataset
 
-    compat.install()
-    config = build_config(model_name, "babyscale", overrides={
-        "data_path": data_root, "benchmark_filename": ["train", "valid", "test"],
-        "load_col": {"inter": ["user_id", "item_id"]},
-        "item_features": {"visual": None, "text": None}, "default_item_feature": "text",
-        "content_features": ["visual", "text"], "item_graph_weights": [0.1, 0.9],
-        "show_progress": False, "state": "WARNING", "gpu_id": "",
-        "checkpoint_dir": f"{data_root}/saved", "embedding_size": 64, "train_batch_size": 2048,
-    })
-    init_seed(config["seed"], config["reproducibility"])
-    train, _, _ = data_preparation(config, create_dataset(config))
+    config, train, _ = babyscale_data(model_name, data_root)
     model = get_model_class(model_name)(config, train._dataset)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return model, trainer, train
