@@ -232,7 +232,18 @@ def test_slmrec_chain_spaces(data, features, sizes):
     assert [layer.out_features for layer in model.view_maps] == sizes
 
 
-@pytest.mark.parametrize("model_name", ["SLMRec", "SelfCF"])
+def test_selfcf_batches_carry_no_sampled_negative(data):
+    # SelfCF.yaml turns RecBole's negative sampling off (MMRec's SELFCFED_LGN samples none)
+    built = build("SelfCF", data)
+    model = built.model
+    batch = next(iter(built.train_data))
+    assert model.NEG_ITEM_ID not in batch.interaction
+    assert model.USER_ID in batch.interaction and model.ITEM_ID in batch.interaction
+    model.train()
+    assert torch.isfinite(model.calculate_loss(batch))
+
+
+@pytest.mark.parametrize("model_name", ["SLMRec"])
 def test_models_without_negatives_ignore_the_sampled_negative(data, model_name):
     settings = {"content_features": ["a", "b"]} if model_name == "SLMRec" else {}
     built = build(model_name, data, **settings)

@@ -44,7 +44,11 @@ Deviations from MMRec's ``models/dualgnn.py``, and why:
   here one forward pass after training (with the last epoch's user-graph weights).
 * **Co-occurrence graph.** Computed from the training split when the model is built (MMRec reads
   a ``user_graph_dict.npy`` made beforehand by its preprocessing script from the same split);
-  MMRec keeps the top 200 per user and uses its first ``k``: the same list.
+  MMRec keeps the top 200 per user (``torch.topk``) and uses its first ``k``. Same rule and the
+  same co-occurrence counts (so the same softmax weights) for every user, but users tied at the
+  k-th count make the cut in ``torch.topk``'s unspecified order there and by lower id here: on
+  ``posters`` (943 users, k = 40) all 943 users get the same counts and 713 a different choice
+  among the tied users.
 
 Items without a vector for a modality enter it as the projection of a zero vector (counted in the
 log).

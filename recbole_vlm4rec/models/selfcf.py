@@ -20,8 +20,10 @@ with a LightGCN encoder. With A the symmetric-normalised user-item graph and lea
 
 Defaults are the first value of each MMRec grid (``SELFCFED_LGN.yaml``: 1 layer, dropout 0.1,
 reg_weight 0.1). Deviations from MMRec's ``models/selfcfed_lgn.py``: none in the maths. The
-batches are RecBole's pairwise ones (user, positive, sampled negative), whose negative is ignored:
-the same (user, positive) pairs per batch as MMRec's (which samples no negative).
+batches are (user, positive item) pairs with no sampled negative, as MMRec's
+(``train_neg_sample_args: ~`` in ``SelfCF.yaml``; sampling negatives that nothing reads took about
+a third of each training epoch on posters). Each batch's drop rate comes from torch's generator
+(MMRec: numpy's), so the same seed does not draw the same graphs on both sides.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ from recbole_vlm4rec.models.contract import ModelContract, Setting
 class SelfCF(CachedDotProductScores, GeneralRecommender):
     r"""Self-supervised CF with embedding-dropout targets and a LightGCN encoder (Zhou et al., TORS'23)."""
 
-    input_type = InputType.PAIRWISE  # pairs (user, positive item); the sampled negative is unused
+    # (user, positive item) pairs: SelfCF.yaml turns RecBole's negative sampling off
+    # (train_neg_sample_args: ~), as MMRec's SELFCFED_LGN.yaml does (use_neg_sampling: False)
+    input_type = InputType.PAIRWISE
     contract = ModelContract(
         settings=(
             Setting("embedding_size", int, "user / item embedding size", minimum=1),
@@ -81,11 +85,12 @@ class SelfCF(CachedDotProductScores, GeneralRecommender):
         rate = float(torch.rand(()))
         kept = torch.rand(len(self.edge_values), device=self.edge_values.device) >= rate
         size = (self.n_users + self.n_items,) * 2
-        with warnings.catch_warnings():  # "CSR support is in beta"
+        # kept as COO: converting each batch's graph to CSR cost more than the product saves
+        with warnings.catch_warnings():  # "Sparse invariant checks are implicitly disabled"
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_coo_tensor(self.edge_index[:, kept],
                                            self.edge_values[kept] / (1.0 - rate), size,
-                                           is_coalesced=True).to_sparse_csr()
+                                           is_coalesced=True)
 
     def _encode(self, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nodes = torch.cat([self.user_embedding, self.item_embedding])
