@@ -25,6 +25,9 @@ and why each patch exists:
 * Each trainer names its checkpoint after its own clock: two processes can disagree by a second
   and load different files. Rank 0's name is used by all, and the processes wait for rank 0's
   last checkpoint to be written before any evaluates it (a barrier at the end of ``fit``).
+* ``ensure_dir`` (the log folders, the checkpoint folder) checks, then creates: processes started
+  together race between the two and one dies on FileExistsError (seen in a full test run); here
+  it is ``os.makedirs(..., exist_ok=True)``.
 """
 
 from __future__ import annotations
@@ -83,9 +86,27 @@ def init_device(config_dict: dict[str, Any]) -> None:
 
 
 def install() -> None:
+    _folders_made_once_by_any_process()
     _ddp_on_cpu_too()
     _evaluate_every_user_in_every_process()
     _one_checkpoint_name()
+
+
+def _folders_made_once_by_any_process() -> None:
+    """RecBole's ``ensure_dir`` checks then creates (``log/``, ``log/<model>``, the checkpoint
+    folder): processes started together race between the two and one dies on FileExistsError."""
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    def ensure_dir(dir_path: str) -> None:
+        os.makedirs(dir_path, exist_ok=True)
+
+    for module in (recbole.utils.utils, recbole.utils, recbole.utils.logger,
+                   recbole.trainer.trainer):
+        if hasattr(module, "ensure_dir"):
+            module.ensure_dir = ensure_dir
 
 
 def _ddp_on_cpu_too() -> None:
