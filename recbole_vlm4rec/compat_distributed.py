@@ -22,8 +22,11 @@ and why each patch exists:
   Here evaluation is not split: every process ranks every user exactly once (the same model,
   since DDP keeps the weights equal), so the metrics, per-user records and tie counts are one
   process's, and early stopping agrees across processes.
-* Each trainer names its checkpoint after its own clock: two processes can disagree by a second
-  and load different files. Rank 0's name is used by all, and the processes wait for rank 0's
+* Each trainer names its checkpoint after its own clock, to the second: two runs started in the
+  same second in one folder (two seeds launched together) overwrite each other's best model and
+  each reports the other's test metrics; two processes of one run can disagree by a second and
+  load different files. The name here adds microseconds and the process id, and rank 0's name is
+  used by all the run's processes, and the processes wait for rank 0's
   last checkpoint to be written before any evaluates it (a barrier at the end of ``fit``).
 * ``ensure_dir`` (the log folders, the checkpoint folder) checks, then creates: processes started
   together race between the two and one dies on FileExistsError (seen in a full test run); here
@@ -33,7 +36,7 @@ and why each patch exists:
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 DEFAULT_TIMEOUT_S = 1800
@@ -188,6 +191,11 @@ def _one_checkpoint_name() -> None:
 
     def __init__(self: Any, config: Any, model: Any) -> None:
         original_init(self, config, model)
+        # RecBole names the file by the second: two runs started in the same second in one
+        # folder overwrite each other's best model and each tests the other's weights.
+        stamp = datetime.now().strftime("%b-%d-%Y_%H-%M-%S-%f")
+        self.saved_model_file = os.path.join(
+            self.checkpoint_dir, f"{config['model']}-{stamp}-{os.getpid()}.pth")
         if distributed(config):
             import torch.distributed as dist
 

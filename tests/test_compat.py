@@ -266,3 +266,20 @@ def test_checkpoints_pickle_no_class_of_ours_and_still_export(tiny_dataset, tmp_
                      "--top-n", "5"]) == 0, capsys.readouterr().err
     assert "topn bundle of BPR written to" in capsys.readouterr().out
     assert (out / "bundle.json").is_file()
+
+
+def test_two_runs_started_together_keep_their_own_checkpoints(tiny_dataset, build_pipeline):
+    # RecBole names a checkpoint by the second: two seeds launched at once in one folder wrote
+    # the same file, and each run tested the other's best weights (seen on the posters export).
+    from pathlib import Path
+
+    from recbole.utils import get_trainer
+
+    _, name, overrides = tiny_dataset
+    files = []
+    for seed in (1, 2):
+        config, *_, model = build_pipeline("BPR", name, {**overrides, "seed": seed})
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        files.append(trainer.saved_model_file)
+    assert files[0] != files[1]
+    assert all(Path(f).parent == Path(overrides["checkpoint_dir"]) for f in files)
