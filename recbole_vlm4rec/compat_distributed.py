@@ -1,4 +1,5 @@
-"""The RecBole 1.2.1 patches for its torch.distributed path (part of compat.py's "one place").
+"""The RecBole 1.2.1 patches for its torch.distributed path, and the trainer's checkpoint name
+they share with one-process runs (part of compat.py's "one place").
 
 ``compat.install()`` calls :func:`install`; ``compat.ProtocolConfig._init_device`` calls
 :func:`init_device` for a config that names a ``local_rank`` (a process that run/distributed.py
@@ -25,9 +26,9 @@ and why each patch exists:
 * Each trainer names its checkpoint after its own clock, to the second: two runs started in the
   same second in one folder (two seeds launched together) overwrite each other's best model and
   each reports the other's test metrics; two processes of one run can disagree by a second and
-  load different files. The name here adds microseconds and the process id, and rank 0's name is
-  used by all the run's processes, and the processes wait for rank 0's
-  last checkpoint to be written before any evaluates it (a barrier at the end of ``fit``).
+  load different files. The name here adds microseconds and the process id (every run); all of a
+  run's processes use rank 0's name and wait for its last checkpoint to be written before any
+  evaluates it (a barrier at the end of ``fit``).
 * ``ensure_dir`` (the log folders, the checkpoint folder) checks, then creates: processes started
   together race between the two and one dies on FileExistsError (seen in a full test run); here
   it is ``os.makedirs(..., exist_ok=True)``.
@@ -50,6 +51,19 @@ def distributed(config: Any) -> bool:
     return not config["single_spec"]
 
 
+def require_gpu_per_process(nproc: int, gpu_id: Any) -> None:
+    """DistributedError naming the ``--gpu_id`` to pass when fewer GPUs are visible than
+    processes (checked by the launcher before spawning and by each process)."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if nproc > visible:
+        raise DistributedError(
+            f"--nproc {nproc} needs one GPU per process and gpu_id={gpu_id!r} makes {visible} "
+            f"visible (it needs {nproc} GPUs): pass --gpu_id=" +
+            ",".join(map(str, range(nproc))) + " or a smaller --nproc")
+
+
 def init_device(config_dict: dict[str, Any]) -> None:
     """RecBole's ``_init_device`` for a spawned process: gloo on CPU, nccl on GPUs."""
     import torch
@@ -62,11 +76,7 @@ def init_device(config_dict: dict[str, Any]) -> None:
     local_rank, nproc = int(config_dict["local_rank"]), int(config_dict["nproc"])
     cuda = bool(gpu_id) and torch.cuda.is_available()
     if cuda:
-        if nproc > torch.cuda.device_count():
-            raise DistributedError(
-                f"--nproc {nproc} needs {nproc} GPUs, one per process, but gpu_id={gpu_id!r} "
-                f"makes {torch.cuda.device_count()} visible: pass --gpu_id=" +
-                ",".join(map(str, range(nproc))) + " or a smaller --nproc")
+        require_gpu_per_process(nproc, gpu_id)
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:

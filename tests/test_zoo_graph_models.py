@@ -245,8 +245,7 @@ def test_selfcf_batches_carry_no_sampled_negative(data):
 
 @pytest.mark.parametrize("model_name", ["SLMRec"])
 def test_models_without_negatives_ignore_the_sampled_negative(data, model_name):
-    settings = {"content_features": ["a", "b"]} if model_name == "SLMRec" else {}
-    built = build(model_name, data, **settings)
+    built = build(model_name, data, content_features=["a", "b"])
     model = built.model
     batch = next(iter(built.train_data))
     shuffled = Interaction({key: batch[key].clone() for key in batch.interaction})

@@ -23,7 +23,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from recbole_vlm4rec.compat_distributed import DEFAULT_TIMEOUT_S, DistributedError
+from recbole_vlm4rec.compat_distributed import (DEFAULT_TIMEOUT_S, DistributedError,
+                                                require_gpu_per_process)
 from recbole_vlm4rec.data.registry import DEFAULT_DATASET
 
 
@@ -128,7 +129,6 @@ def check_model_and_devices(model: str, dataset: str, config_files: Sequence[str
     """The config checks of one run (errors as one process gives them), declared features built
     once here rather than by every process, then DistributedError for a one-pass model or too few
     GPUs."""
-    import torch
     from recbole.utils import ModelType
 
     from recbole_vlm4rec.run.protocol import prepare_run
@@ -139,11 +139,8 @@ def check_model_and_devices(model: str, dataset: str, config_files: Sequence[str
             f"{model} is a one-pass model (RecBole's TraditionalTrainer: one epoch, no gradient "
             "step): there is nothing to share between processes, and a pass split over them "
             f"would see part of the data; run {model} without --nproc")
-    if config["device"].type == "cuda" and processes.nproc > torch.cuda.device_count():
-        raise DistributedError(
-            f"--nproc {processes.nproc} needs one GPU per process; gpu_id={config['gpu_id']!r} "
-            f"makes {torch.cuda.device_count()} visible: pass --gpu_id=" +
-            ",".join(map(str, range(processes.nproc))) + " or a smaller --nproc")
+    if config["device"].type == "cuda":
+        require_gpu_per_process(processes.nproc, config["gpu_id"])
 
 
 def _process(local_rank: int, model: str, dataset: str, config_files: list[str],
