@@ -33,25 +33,27 @@ def topk_ease(history: sp.csr_matrix, reg_weight: float, k: int,
     rows F of the semantic prior alpha F F^T (alpha = ``semantic_weight``)."""
     n_items = history.shape[1]
     k = max(min(k, n_items - 1), 1)
-    semantic = content if semantic_weight and content is not None else None
+    semantic = (content.double() if semantic_weight and content is not None else None)
     binary = history.astype(np.float64)
-    by_item, columns = binary.T.tocsr(), binary.tocsc()
+    item_rows, user_columns = binary.T.tocsr(), binary.tocsc()
     neighbours = np.empty((n_items, k), dtype=np.int64)
     gram_rows, gram_cols, gram_vals = [], [], []
     diagonal = np.asarray(binary.multiply(binary).sum(axis=0)).ravel()
     if semantic is not None:
-        diagonal = diagonal + semantic_weight * (semantic.double() ** 2).sum(dim=1).numpy()
+        diagonal = diagonal + semantic_weight * (semantic ** 2).sum(dim=1).numpy()
     for start in range(0, n_items, GRAM_BLOCK):
         block = np.arange(start, min(start + GRAM_BLOCK, n_items))
-        gram = (by_item @ columns[:, block]).toarray()  # (n_items, block)
+        # (block, n_items), each row contiguous: the selection below runs along rows
+        gram = (item_rows[block] @ user_columns).toarray()
         if semantic is not None:
-            gram += semantic_weight * (semantic.double() @ semantic[block].double().T).numpy()
-        gram[block, np.arange(len(block))] = -np.inf  # j is not its own neighbour
-        top = np.argpartition(-gram, k - 1, axis=0)[:k].T  # (block, k)
+            gram += semantic_weight * (semantic[block] @ semantic.T).numpy()
+        gram[np.arange(len(block)), block] = -np.inf  # j is not its own neighbour
+        # sorted ids: the lookups below then search in increasing order (~3x faster)
+        top = np.sort(np.argpartition(-gram, k - 1, axis=1)[:, :k], axis=1)  # (block, k)
         neighbours[block] = top
         gram_rows.append(np.repeat(block, k))
         gram_cols.append(top.ravel())
-        gram_vals.append(np.take_along_axis(gram.T, top, axis=1).ravel())
+        gram_vals.append(np.take_along_axis(gram, top, axis=1).ravel())
     # the symmetric top-k Gram as sorted (row * n + col) keys for vectorised lookups
     keys = np.concatenate([np.concatenate(gram_rows) * n_items + np.concatenate(gram_cols),
                            np.concatenate(gram_cols) * n_items + np.concatenate(gram_rows)])
@@ -68,7 +70,7 @@ def topk_ease(history: sp.csr_matrix, reg_weight: float, k: int,
         pairs = near[:, :, None] * n_items + near[:, None, :]  # (b, k, k)
         systems, found = _lookup(keys, values, pairs)
         if semantic is not None:  # a pair absent from the top-k Gram still has its exact content part
-            rows = semantic[torch.from_numpy(near)].double()
+            rows = semantic[torch.from_numpy(near)]
             exact = semantic_weight * torch.bmm(rows, rows.transpose(1, 2)).numpy()
             systems = np.where(found, systems, exact)
         index = np.arange(k)
