@@ -47,6 +47,7 @@ def install() -> None:
     _load_own_checkpoints_with_pickle()
     _evaluate_traditional_models_every_epoch()
     _itemknn_scores_in_csr()
+    _training_batches_by_tensor_index()
     _fused_adam_for_models_that_ask()
     _tie_safe_collector()
     compat_distributed.install()  # RecBole's torch.distributed path: its own module, same rule
@@ -367,6 +368,24 @@ def _itemknn_scores_in_csr() -> None:
     __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
     __init__._original = original_init  # type: ignore[attr-defined]
     ItemKNN.__init__ = __init__
+
+
+def _training_batches_by_tensor_index() -> None:
+    from recbole.data.interaction import Interaction
+
+    from recbole_vlm4rec.speedups import interaction_rows
+
+    original = Interaction.__getitem__
+    if getattr(original, "_vlm4rec_shim", False):
+        return
+
+    def __getitem__(self: Any, index: Any) -> Any:
+        rows = None if isinstance(index, str) else interaction_rows(self, index)
+        return original(self, index) if rows is None else rows
+
+    __getitem__._vlm4rec_shim = True  # type: ignore[attr-defined]
+    __getitem__._original = original  # type: ignore[attr-defined]
+    Interaction.__getitem__ = __getitem__
 
 
 # --- Tie-safe ranking in RecBole's evaluator ------------------------------------------------------

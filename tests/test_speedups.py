@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
@@ -65,3 +66,32 @@ def test_itemknn_scores_are_csr_and_full_ranking_matches_predict(tiny_dataset, b
     pairs = model.predict(Interaction({"user_id": users.repeat_interleave(data.item_num),
                                        "item_id": items.repeat(len(users))}))
     torch.testing.assert_close(pairs.reshape(len(users), -1).float(), full.float())
+
+
+@pytest.mark.parametrize("index", [
+    np.array([4, 0, 4, 9, 2]), np.array([4, 0, 9], dtype=np.int32), np.array([-1, 3]),
+    np.arange(10) % 3 == 0, torch.tensor([7, 7, 1]), torch.arange(10) > 6, np.array([], dtype=int),
+])
+def test_training_batch_rows_equal_recboles_list_indexing(index):
+    """Interaction[array] (every training batch) gives the rows RecBole's list indexing gives."""
+    from recbole.data.interaction import Interaction
+
+    interaction = Interaction({"user_id": torch.arange(10) * 3, "rating": torch.rand(10),
+                               "item_seq": torch.arange(30).reshape(10, 3)})
+    fast = interaction[index]
+    assert Interaction.__getitem__._vlm4rec_shim
+    slow = Interaction.__getitem__._original(interaction, index)
+    assert set(fast.interaction) == set(slow.interaction)
+    for key in slow.interaction:
+        assert fast[key].dtype == slow[key].dtype
+        assert torch.equal(fast[key], slow[key]), key
+
+
+def test_other_interaction_indexes_keep_recboles_behaviour():
+    from recbole.data.interaction import Interaction
+
+    interaction = Interaction({"user_id": torch.arange(10), "rating": torch.rand(10)})
+    assert torch.equal(interaction["user_id"], torch.arange(10))
+    assert torch.equal(interaction[2:5]["user_id"], torch.arange(2, 5))
+    assert torch.equal(interaction[[1, 3]]["user_id"], torch.tensor([1, 3]))
+    assert int(interaction[np.int64(4)]["user_id"]) == 4
