@@ -4,6 +4,7 @@ Amazon-Baby scale, optionally with a torch.profiler table: the quick loop for tr
 
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --models LightGCN LGMRec SMORE
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --models LGMRec --profile 25
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --products   # + the feature products
 
 Same data and settings as ``bench_models.py`` (real Baby interactions, random 4096-d visual and
 384-d text features, embedding 64, batch 2048, RecBole's trainer and optimizer). All models run in
@@ -48,20 +49,57 @@ def step(model, optimizer, batch) -> float:
     return loss.item()
 
 
+def feature_product_steps(n_items: int, hyper_num: int = 4) -> dict[str, Any]:
+    """Steps made of what every training step of MMRec's LGMRec and SMORE computes over the
+    whole catalogue's 4096-d visual and 384-d text features, and nothing else: a lower bound on
+    their step, whatever the rest costs.
+
+    ``products:LGMRec``: each feature times its [projection, hyperedge] map, and that map's
+    gradient. ``products:SMORE``: the trainable feature tables (in 256-row blocks, as SMORE
+    keeps them) through their projections, the gradients of tables and projections, and fused
+    Adam's update of both.
+    """
+    features = [torch.randn(n_items, 4096), torch.randn(n_items, 384)]
+    lgmrec_maps = [torch.zeros(f.shape[1], 64 + hyper_num, requires_grad=True) for f in features]
+    tables = [[torch.nn.Parameter(block.clone()) for block in f.split(256)] for f in features]
+    projections = [torch.nn.Linear(f.shape[1], 64) for f in features]
+    optimizer = torch.optim.Adam([p for blocks in tables for p in blocks]
+                                 + [p for layer in projections for p in layer.parameters()],
+                                 lr=1e-3, fused=True)
+
+    def lgmrec() -> None:
+        sum((f @ w).sum() for f, w in zip(features, lgmrec_maps)).backward()
+        for w in lgmrec_maps:
+            w.grad = None
+
+    def smore() -> None:
+        optimizer.zero_grad()
+        sum(torch.cat([layer(block) for block in blocks]).sum()
+            for blocks, layer in zip(tables, projections)).backward()
+        optimizer.step()
+
+    return {"products:LGMRec": lgmrec, "products:SMORE": smore}
+
+
 def time_models(names: list[str], data_root: str, steps: int, warmup: int,
-                profile: int) -> dict[str, dict[str, list[float]]]:
+                profile: int, products: bool = False) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds of each step; the models take their steps in turn (step k of every
     model, then step k + 1), so a change in the machine's load hits them alike."""
     built = {name: build(name, data_root) for name in names}
     batches = {name: iter(train) for name, (_, _, train) in built.items()}
-    seconds = {name: {"wall": [], "cpu": []} for name in names}
+    runs = {name: (lambda batch, model=model, trainer=trainer:
+                   step(model.train(), trainer.optimizer, batch))
+            for name, (model, trainer, _) in built.items()}
+    if products:
+        for name, run in feature_product_steps(built[names[0]][0].n_items).items():
+            runs[name] = lambda batch, run=run: run()
+    seconds = {name: {"wall": [], "cpu": []} for name in runs}
+    order = list(runs)
     for index in range(warmup + steps):
-        for name in (names if index % 2 else names[::-1]):
-            model, trainer, _ = built[name]
-            model.train()
-            batch = next(batches[name])
+        for name in (order if index % 2 else order[::-1]):
+            batch = next(batches[name]) if name in batches else None  # drawn outside the timing
             wall, cpu = time.perf_counter(), time.process_time()
-            step(model, trainer.optimizer, batch)
+            runs[name](batch)
             if index >= warmup:
                 seconds[name]["wall"].append(time.perf_counter() - wall)
                 seconds[name]["cpu"].append(time.process_time() - cpu)
@@ -87,6 +125,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--profile", type=int, default=0,
                         help="also profile one step and print this many rows")
+    parser.add_argument("--products", action="store_true",
+                        help="also time products:LGMRec / products:SMORE, the feature products "
+                             "every step of those models computes (a lower bound on their step)")
     parser.add_argument("--inter", type=Path, default=BABY)
     parser.add_argument("--data-root", type=Path,
                         help="folder for the written dataset (reused when present)")
@@ -97,17 +138,18 @@ def main() -> int:
         if not (root / "babyscale").is_dir():
             root.mkdir(parents=True, exist_ok=True)
             write_dataset(root, "babyscale", args.inter)
-        results = time_models(args.models, str(root), args.steps, args.warmup, args.profile)
+        results = time_models(args.models, str(root), args.steps, args.warmup, args.profile,
+                              args.products)
     medians = {name: {kind: statistics.median(values) for kind, values in seconds.items()}
                for name, seconds in results.items()}
     base = medians.get("LightGCN")
     print(f"torch threads {torch.get_num_threads()}, {args.steps} timed steps after "
           f"{args.warmup} warm-up, batch 2048, models in turn; medians")
-    print(f"{'model':<12}{'wall s':>9}{'/LightGCN':>11}{'CPU s':>9}{'/LightGCN':>11}")
+    print(f"{'model':<17}{'wall s':>9}{'/LightGCN':>11}{'CPU s':>9}{'/LightGCN':>11}")
     for name, median in medians.items():
         wall = f"{median['wall'] / base['wall']:.2f}" if base else "-"
         cpu = f"{median['cpu'] / base['cpu']:.2f}" if base else "-"
-        print(f"{name:<12}{median['wall']:>9.3f}{wall:>11}{median['cpu']:>9.3f}{cpu:>11}")
+        print(f"{name:<17}{median['wall']:>9.3f}{wall:>11}{median['cpu']:>9.3f}{cpu:>11}")
     return 0
 
 
