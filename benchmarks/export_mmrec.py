@@ -15,7 +15,9 @@ dataset name, ``posters`` above):
     with ``--seed``: per user shuffled, fewer than 10 interactions -> 1 valid + 1 test, else n//10
     valid and (n+5)//10 test).
 ``image_feat.npy`` / ``text_feat.npy``
-    float32, row i = itemID i (only the features asked for).
+    float32, row i = itemID i (only the features asked for); ``--image-scale`` multiplies the
+    image feature by a constant (unit-norm features at a larger magnitude: a regime where a
+    model with an unsquared-norm penalty, VBPR at reg_weight 2.0, trains instead of collapsing).
 ``i_id_mapping.csv`` / ``u_id_mapping.csv``
     tab separated ``asin itemID`` / ``user_id userID``: the original tokens, so
     ``vlm4rec prepare mmrec OUT --name X`` restores them (and the features import by token).
@@ -90,7 +92,7 @@ def dense_ids(tokens: pd.Series) -> dict[str, int]:
 
 
 def export(dataset_dir: Path, out_dir: Path, features: dict[str, str], seed: int,
-           missing: str = "error") -> dict:
+           missing: str = "error", image_scale: float = 1.0) -> dict:
     """Write MMRec's layout for ``dataset_dir`` into ``out_dir``; returns the provenance record.
 
     ``features`` maps MMRec's modality ("image", "text") to a feature name of the dataset.
@@ -98,6 +100,8 @@ def export(dataset_dir: Path, out_dir: Path, features: dict[str, str], seed: int
     from recbole_vlm4rec.data.prepare.card import sha256_of
     from recbole_vlm4rec.data.prepare.splits import mmrec_split
 
+    if not np.isfinite(image_scale) or image_scale <= 0:
+        raise ValueError(f"image_scale must be a positive number, got {image_scale!r}")
     if missing not in ("error", "drop-items"):
         raise ValueError(f"missing must be 'error' or 'drop-items', got {missing!r}")
     inter = read_interactions(dataset_dir)
@@ -127,6 +131,8 @@ def export(dataset_dir: Path, out_dir: Path, features: dict[str, str], seed: int
     item_order = sorted(item_ids, key=item_ids.get)
     for modality, found in vectors.items():
         matrix = np.stack([found[token] for token in item_order]).astype(np.float32)
+        if modality == "image" and image_scale != 1.0:
+            matrix = matrix * np.float32(image_scale)
         np.save(out_dir / MMREC_FEATURE_FILES[modality], matrix)
     pd.DataFrame({"asin": item_order, "itemID": range(len(item_order))}).to_csv(
         out_dir / "i_id_mapping.csv", sep="\t", index=False)
@@ -138,6 +144,7 @@ def export(dataset_dir: Path, out_dir: Path, features: dict[str, str], seed: int
     record = {
         "source": str(dataset_dir), "sha256": {str(p): sha256_of(p) for p in sources},
         "features": {MMREC_FEATURE_FILES[m]: f for m, f in features.items()},
+        "image_scale": image_scale,
         "split": f"MMRec's per-user rule, numpy default_rng({seed})", "seed": seed,
         "users": len(user_ids), "items": len(item_ids), "interactions": len(table),
         "per_split": {part: int((table["x_label"] == label).sum())
@@ -161,11 +168,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=999, help="seed of the split (default 999)")
     parser.add_argument("--missing", choices=["error", "drop-items"], default="error",
                         help="items without a vector for an exported feature (default error)")
+    parser.add_argument("--image-scale", type=float, default=1.0,
+                        help="multiply image_feat.npy by this constant (default 1)")
     args = parser.parse_args()
     features = {m: f for m, f in (("image", args.image_feature), ("text", args.text_feature)) if f}
     try:
         record = export(args.dataset_dir.resolve(), args.out_dir.resolve(), features, args.seed,
-                        args.missing)
+                        args.missing, args.image_scale)
     except (ExportError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

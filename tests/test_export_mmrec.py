@@ -75,3 +75,20 @@ def test_items_without_a_vector(tiny_dataset, exporter, tmp_path):
     assert record["items"] == 34 and record["items_dropped_without_vector"] == 6
     assert np.load(tmp_path / "b" / "x" / "text_feat.npy").shape == (34, 3)
     assert np.load(tmp_path / "b" / "x" / "image_feat.npy").shape == (34, 8)
+
+
+def test_image_scale_multiplies_the_image_feature_only(tiny_dataset, exporter, tmp_path):
+    root, name, _ = tiny_dataset
+    plain = exporter.export(root / name, tmp_path / "a" / "x", {"image": "emb"}, seed=7)
+    scaled = exporter.export(root / name, tmp_path / "b" / "x", {"image": "emb"}, seed=7,
+                             image_scale=30.0)
+    assert (plain["image_scale"], scaled["image_scale"]) == (1.0, 30.0)
+    before = np.load(tmp_path / "a" / "x" / "image_feat.npy")
+    after = np.load(tmp_path / "b" / "x" / "image_feat.npy")
+    assert after.dtype == np.float32
+    np.testing.assert_array_equal(after, before * np.float32(30.0))
+    assert (pd.read_csv(tmp_path / "a" / "x" / "x.inter", sep="\t")
+            .equals(pd.read_csv(tmp_path / "b" / "x" / "x.inter", sep="\t")))
+    with pytest.raises(ValueError, match="image_scale"):
+        exporter.export(root / name, tmp_path / "c" / "x", {"image": "emb"}, seed=7,
+                        image_scale=0.0)
