@@ -1,4 +1,5 @@
-"""Speed-ups of RecBole's full-ranking evaluation that leave every result identical.
+"""Speed-ups of RecBole's full-ranking evaluation and training batches that leave every result
+identical.
 
 Not compatibility fixes: each replaces a slow step of RecBole 1.2.1 with one that computes the
 same values, checked by an equivalence test in tests/test_speedups.py. This module only computes;
@@ -73,3 +74,13 @@ def interaction_rows(interaction: Any, index: Any) -> Any:
         return None
     return Interaction({key: values[index.to(values.device)]
                         for key, values in interaction.interaction.items()})
+
+
+# RecBole's data loaders hand torch's DataLoader ``list(range(n))`` as the dataset, so every batch
+# is the sampler's index list copied element by element (``[dataset[i] for i in batch]``, ~4 ms
+# a batch of 2,048 on one core). Positions return the batch's list itself: the same values.
+class RowPositions(list):
+    """``list(range(n))`` that returns a batch of positions at once (torch's ``__getitems__``)."""
+
+    def __getitems__(self, positions: list) -> list:
+        return positions

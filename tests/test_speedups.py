@@ -95,3 +95,22 @@ def test_other_interaction_indexes_keep_recboles_behaviour():
     assert torch.equal(interaction[2:5]["user_id"], torch.arange(2, 5))
     assert torch.equal(interaction[[1, 3]]["user_id"], torch.tensor([1, 3]))
     assert int(interaction[np.int64(4)]["user_id"]) == 4
+
+
+def test_training_loader_batches_are_the_samplers_positions(tiny_dataset, build_pipeline):
+    """RecBole's loaders fetch a batch of positions at once: the same batches, in the same order,
+    as the element-by-element fetch of a plain list."""
+    from recbole_vlm4rec.speedups import RowPositions
+
+    _, name, overrides = tiny_dataset
+    _, _, train, *_ = build_pipeline("BPR", name, {**overrides, "train_batch_size": 32})
+    assert type(train.__dict__["dataset"]) is RowPositions
+    batches = {}
+    for kind in (list, RowPositions):
+        train.__dict__["dataset"] = kind(train.__dict__["dataset"])
+        train.generator.manual_seed(0)
+        batches[kind] = [(batch["user_id"].clone(), batch["item_id"].clone()) for batch in train]
+    plain, fast = batches[list], batches[RowPositions]
+    assert len(plain) == len(fast) > 1
+    for (users, items), (fast_users, fast_items) in zip(plain, fast):
+        assert torch.equal(users, fast_users) and torch.equal(items, fast_items)
