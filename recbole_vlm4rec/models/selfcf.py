@@ -88,9 +88,10 @@ class SelfCF(CachedDotProductScores, GeneralRecommender):
         # kept as COO: converting each batch's graph to CSR cost more than the product saves
         with warnings.catch_warnings():  # "Sparse invariant checks are implicitly disabled"
             warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_coo_tensor(self.edge_index[:, kept],
-                                           self.edge_values[kept] / (1.0 - rate), size,
-                                           is_coalesced=True)
+            kept = kept.nonzero().squeeze(1)  # once, for both gathers
+            return torch.sparse_coo_tensor(self.edge_index.index_select(1, kept),
+                                           self.edge_values.index_select(0, kept) / (1.0 - rate),
+                                           size, is_coalesced=True)
 
     def _encode(self, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nodes = torch.cat([self.user_embedding, self.item_embedding])
