@@ -33,7 +33,7 @@ def topk_ease(history: sp.csr_matrix, reg_weight: float, k: int,
     rows F of the semantic prior alpha F F^T (alpha = ``semantic_weight``)."""
     n_items = history.shape[1]
     k = max(min(k, n_items - 1), 1)
-    semantic = (content.double() if semantic_weight and content is not None else None)
+    semantic = content.double() if semantic_weight and content is not None else None
     binary = history.astype(np.float64)
     item_rows, user_columns = binary.T.tocsr(), binary.tocsc()
     neighbours = np.empty((n_items, k), dtype=np.int64)
