@@ -97,6 +97,11 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _costs(record: dict[str, Any]) -> list[float | None]:
+    """(fit seconds, evaluation seconds, peak RSS GB) of a finished cell."""
+    return [fit_seconds(record)[0], phase_seconds(record, "eval")[0], record["peak_rss_gb"]]
+
+
 def exponents(records: list[dict[str, Any]]) -> str:
     """Least-squares slopes of log(cost) on log(|I|) over the diagonal scales (users and
     interactions grow with the catalogue there, so the slope is also the one in interactions)."""
@@ -104,20 +109,46 @@ def exponents(records: list[dict[str, Any]]) -> str:
              "|---|---:|---:|---:|---|"]
     models = [m for m in dict.fromkeys(r["model"] for r in records) if m != "(prepare)"]
     for model in models:
-        rows = [r for r in records if r["model"] == model and "@" not in r["scale"]
-                and r["outcome"] == "ok"]
+        rows = sorted((r for r in records if r["model"] == model and "@" not in r["scale"]
+                       and r["outcome"] == "ok"), key=scale_items)
         if len({r["scale"] for r in rows}) < 2:
             continue
         items = [scale_items(r) for r in rows]
-        slopes = []
-        for values in ([fit_seconds(r)[0] for r in rows],
-                       [phase_seconds(r, "eval")[0] for r in rows],
-                       [r["peak_rss_gb"] for r in rows]):
-            pairs = [(x, y) for x, y in zip(items, values) if y]
-            slopes.append(_slope(pairs))
+        slopes = [_slope([(x, y) for x, y in zip(items, values) if y])
+                  for values in zip(*(_costs(r) for r in rows))]
         lines.append(f"| {model} | {slopes[0]} | {slopes[1]} | {slopes[2]} | "
                      f"{', '.join(r['scale'] for r in rows)} |")
     return "\n".join(lines)
+
+
+def interaction_exponents(records: list[dict[str, Any]], base: str = "10k",
+                          denser: str = "10k@3M") -> str:
+    """Slopes in the interactions at a fixed catalogue (``base`` against ``denser``: same items,
+    more users and interactions), and what is left for the catalogue at fixed interactions:
+    with cost ~ |I|^x N^y and N growing with |I| on the diagonal, x = diagonal slope - y."""
+    def finished(model: str, scale: str) -> dict[str, Any] | None:
+        return next((r for r in records if (r["model"], r["scale"]) == (model, scale)
+                     and r["outcome"] == "ok"), None)
+
+    lines = [f"| model | fit time ~ N^y | eval time ~ N^y | peak RSS ~ N^y | fit time ~ \\|I\\|^x at "
+             f"fixed N | eval time ~ \\|I\\|^x at fixed N |", "|---|---:|---:|---:|---:|---:|"]
+    models = [m for m in dict.fromkeys(r["model"] for r in records) if m != "(prepare)"]
+    for model in models:
+        low, high = finished(model, base), finished(model, denser)
+        if not (low and high):
+            continue
+        sizes = [r.get("dataset", {}).get("interactions") or 0 for r in (low, high)]
+        in_interactions = [_slope([(n, c) for n, c in zip(sizes, pair) if c])
+                           for pair in zip(_costs(low), _costs(high))]
+        diagonal = [r for r in records if r["model"] == model and "@" not in r["scale"]
+                    and r["outcome"] == "ok"]
+        left = []
+        for index in (0, 1):
+            pairs = [(scale_items(r), _costs(r)[index]) for r in diagonal if _costs(r)[index]]
+            total, part = _slope(pairs), in_interactions[index]
+            left.append("-" if "-" in (total, part) else f"{float(total) - float(part):.2f}")
+        lines.append(f"| {model} | {' | '.join(in_interactions)} | {left[0]} | {left[1]} |")
+    return "\n".join(lines) if len(lines) > 2 else f"(no model has both {base} and {denser} cells)"
 
 
 def _slope(pairs: list[tuple[float, float]]) -> str:
@@ -173,7 +204,9 @@ def write_report(records: list[dict[str, Any]], doc: Path, image: Path) -> None:
             f"docs/results/scale.json: edit neither by hand -->\n\nMeasured on:\n\n{provenance}\n"
             f"{table(records)}\n\nCost exponents (least-squares slope of log cost on log |I| over "
             f"the scales where the cell finished; `~` projected figures included):\n\n"
-            f"{exponents(records)}\n\n![scaling plot](images/{image.name})\n{END}")
+            f"{exponents(records)}\n\nIn the interactions N at a fixed catalogue (10k items: the "
+            f"10k row against 10k@3M), and the catalogue's share at fixed N (the diagonal slope "
+            f"above minus the one in N):\n\n{interaction_exponents(records)}\n\n![scaling plot](images/{image.name})\n{END}")
     start, stop = text.index(BEGIN), text.index(END) + len(END)
     doc.write_text(text[:start] + body + text[stop:], encoding="utf-8")
     plot(records, image)
