@@ -205,8 +205,9 @@ def write_report(records: list[dict[str, Any]], doc: Path, image: Path) -> None:
             f"{table(records)}\n\nCost exponents (least-squares slope of log cost on log |I| over "
             f"the scales where the cell finished; `~` projected figures included):\n\n"
             f"{exponents(records)}\n\nIn the interactions N at a fixed catalogue (10k items: the "
-            f"10k row against 10k@3M), and the catalogue's share at fixed N (the diagonal slope "
-            f"above minus the one in N):\n\n{interaction_exponents(records)}\n\n![scaling plot](images/{image.name})\n{END}")
+            f"10k row against 10k@3M; users grow with N, 50 interactions each, so evaluation "
+            f"ranks 3x the users), and the catalogue's share at fixed N (the diagonal slope above "
+            f"minus the one in N):\n\n{interaction_exponents(records)}\n\n![scaling plot](images/{image.name})\n{END}")
     start, stop = text.index(BEGIN), text.index(END) + len(END)
     doc.write_text(text[:start] + body + text[stop:], encoding="utf-8")
     plot(records, image)
