@@ -191,3 +191,18 @@ def write_predefined_split(root: Path, name: str, splits: dict[str, list[tuple[s
     for part, pairs in splits.items():
         lines = ["user_id:token\titem_id:token"] + [f"{u}\t{i}" for u, i in pairs]
         (folder / f"{name}.{part}.inter").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Import a script of benchmarks/ by name (the folder is not a package)."""
+    import importlib.util
+
+    def load(name: str) -> Any:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

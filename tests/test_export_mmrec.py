@@ -3,9 +3,6 @@ same interactions, split and features back; items without a vector are an error 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,15 +10,10 @@ import pytest
 from recbole_vlm4rec.formats.features import load_feature, save_feature
 from recbole_vlm4rec.data.prepare.mmrec import prepare_mmrec_folder
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_mmrec.py"
-
 
 @pytest.fixture(scope="module")
-def exporter():
-    spec = importlib.util.spec_from_file_location("export_mmrec", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def exporter(benchmark_script):
+    return benchmark_script("export_mmrec")
 
 
 def test_round_trip_through_prepare_mmrec(tiny_dataset, exporter, tmp_path):

@@ -3,20 +3,12 @@ cells (log-log slopes), in the catalogue along the diagonal and in the interacti
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_report.py"
 
 
 @pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("scale_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def report(benchmark_script):
+    return benchmark_script("scale_report")
 
 
 def cell(scale: str, items: int, interactions: int, fit: float, evaluation: float, rss: float,
