@@ -107,18 +107,31 @@ def exponents(records: list[dict[str, Any]]) -> str:
     interactions grow with the catalogue there, so the slope is also the one in interactions)."""
     lines = ["| model | fit time ~ \\|I\\|^a | eval time ~ \\|I\\|^b | peak RSS ~ \\|I\\|^c | scales |",
              "|---|---:|---:|---:|---|"]
-    models = [m for m in dict.fromkeys(r["model"] for r in records) if m != "(prepare)"]
-    for model in models:
-        rows = sorted((r for r in records if r["model"] == model and "@" not in r["scale"]
-                       and r["outcome"] == "ok"), key=scale_items)
+    for model in _models(records):
+        rows = _diagonal(records, model)
         if len({r["scale"] for r in rows}) < 2:
             continue
-        items = [scale_items(r) for r in rows]
-        slopes = [_slope([(x, y) for x, y in zip(items, values) if y])
-                  for values in zip(*(_costs(r) for r in rows))]
+        slopes = _diagonal_slopes(rows)
         lines.append(f"| {model} | {slopes[0]} | {slopes[1]} | {slopes[2]} | "
                      f"{', '.join(r['scale'] for r in rows)} |")
     return "\n".join(lines)
+
+
+def _models(records: list[dict[str, Any]]) -> list[str]:
+    return [m for m in dict.fromkeys(r["model"] for r in records) if m != "(prepare)"]
+
+
+def _diagonal(records: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """The model's finished cells on the diagonal scales (not ``@``), smallest catalogue first."""
+    return sorted((r for r in records if r["model"] == model and "@" not in r["scale"]
+                   and r["outcome"] == "ok"), key=scale_items)
+
+
+def _diagonal_slopes(rows: list[dict[str, Any]]) -> list[str]:
+    """Slopes of each of :func:`_costs` on log |I| over ``rows``."""
+    items = [scale_items(r) for r in rows]
+    return [_slope([(x, y) for x, y in zip(items, values) if y])
+            for values in zip(*(_costs(r) for r in rows))]
 
 
 def interaction_exponents(records: list[dict[str, Any]], base: str = "10k",
@@ -132,21 +145,16 @@ def interaction_exponents(records: list[dict[str, Any]], base: str = "10k",
 
     lines = [f"| model | fit time ~ N^y | eval time ~ N^y | peak RSS ~ N^y | fit time ~ \\|I\\|^x at "
              f"fixed N | eval time ~ \\|I\\|^x at fixed N |", "|---|---:|---:|---:|---:|---:|"]
-    models = [m for m in dict.fromkeys(r["model"] for r in records) if m != "(prepare)"]
-    for model in models:
+    for model in _models(records):
         low, high = finished(model, base), finished(model, denser)
         if not (low and high):
             continue
         sizes = [r.get("dataset", {}).get("interactions") or 0 for r in (low, high)]
         in_interactions = [_slope([(n, c) for n, c in zip(sizes, pair) if c])
                            for pair in zip(_costs(low), _costs(high))]
-        diagonal = [r for r in records if r["model"] == model and "@" not in r["scale"]
-                    and r["outcome"] == "ok"]
-        left = []
-        for index in (0, 1):
-            pairs = [(scale_items(r), _costs(r)[index]) for r in diagonal if _costs(r)[index]]
-            total, part = _slope(pairs), in_interactions[index]
-            left.append("-" if "-" in (total, part) else f"{float(total) - float(part):.2f}")
+        diagonal = _diagonal_slopes(_diagonal(records, model))
+        left = ["-" if "-" in (total, part) else f"{float(total) - float(part):.2f}"
+                for total, part in zip(diagonal[:2], in_interactions[:2])]
         lines.append(f"| {model} | {' | '.join(in_interactions)} | {left[0]} | {left[1]} |")
     return "\n".join(lines) if len(lines) > 2 else f"(no model has both {base} and {denser} cells)"
 
