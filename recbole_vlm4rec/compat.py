@@ -47,7 +47,8 @@ def install() -> None:
     _load_own_checkpoints_with_pickle()
     _evaluate_traditional_models_every_epoch()
     _itemknn_scores_in_csr()
-    _faster_training_batches()
+    _batch_positions_fetched_at_once()
+    _batch_rows_by_tensor_index()
     _fused_adam_for_models_that_ask()
     _tie_safe_collector()
     compat_distributed.install()  # RecBole's torch.distributed path: its own module, same rule
@@ -370,25 +371,32 @@ def _itemknn_scores_in_csr() -> None:
     ItemKNN.__init__ = __init__
 
 
-def _faster_training_batches() -> None:
+def _batch_positions_fetched_at_once() -> None:
     from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
-    from recbole.data.interaction import Interaction
 
-    from recbole_vlm4rec.speedups import RowPositions, interaction_rows
+    from recbole_vlm4rec.speedups import RowPositions
 
     original_init = AbstractDataLoader.__init__
-    if not getattr(original_init, "_vlm4rec_shim", False):
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            original_init(self, *args, **kwargs)
-            # torch's dataset attribute (RecBole's loaders answer `.dataset` with their Dataset,
-            # and torch forbids setting it after __init__: hence the instance dict)
-            positions = self.__dict__.get("dataset")
-            if type(positions) is list:
-                self.__dict__["dataset"] = RowPositions(positions)
+    if getattr(original_init, "_vlm4rec_shim", False):
+        return
 
-        __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
-        __init__._original = original_init  # type: ignore[attr-defined]
-        AbstractDataLoader.__init__ = __init__
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        # torch's dataset attribute (RecBole's loaders answer `.dataset` with their Dataset, and
+        # torch forbids setting it after __init__: hence the instance dict)
+        positions = self.__dict__.get("dataset")
+        if type(positions) is list:
+            self.__dict__["dataset"] = RowPositions(positions)
+
+    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
+    __init__._original = original_init  # type: ignore[attr-defined]
+    AbstractDataLoader.__init__ = __init__
+
+
+def _batch_rows_by_tensor_index() -> None:
+    from recbole.data.interaction import Interaction
+
+    from recbole_vlm4rec.speedups import interaction_rows
 
     original = Interaction.__getitem__
     if getattr(original, "_vlm4rec_shim", False):
