@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from recbole_vlm4rec import compat_distributed
+from recbole_vlm4rec.method_patch import replaces
 
 _installed = False
 _trusted_checkpoint_dirs: set[Path] = set()
@@ -309,17 +310,10 @@ def data_preparation(config: Any, dataset: Any,
 def _evaluate_traditional_models_every_epoch() -> None:
     from recbole.trainer import TraditionalTrainer
 
-    if getattr(TraditionalTrainer.__init__, "_vlm4rec_shim", False):
-        return
-    original_init = TraditionalTrainer.__init__
-
-    def __init__(self: Any, config: Any, model: Any) -> None:
-        original_init(self, config, model)
+    @replaces(TraditionalTrainer, "__init__")
+    def __init__(original: Callable, self: Any, config: Any, model: Any) -> None:
+        original(self, config, model)
         self.eval_step = 1
-
-    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
-    __init__._original = original_init  # type: ignore[attr-defined]
-    TraditionalTrainer.__init__ = __init__
 
 
 # --- Fused Adam for models that ask --------------------------------------------------------------
@@ -331,11 +325,8 @@ def _fused_adam_for_models_that_ask() -> None:
     import torch
     from recbole.trainer import Trainer
 
-    original = Trainer._build_optimizer
-    if getattr(original, "_vlm4rec_shim", False):
-        return
-
-    def _build_optimizer(self: Any, **kwargs: Any) -> Any:
+    @replaces(Trainer, "_build_optimizer")
+    def _build_optimizer(original: Callable, self: Any, **kwargs: Any) -> Any:
         optimizer = original(self, **kwargs)
         if type(optimizer) is not torch.optim.Adam or not getattr(self.model, "fused_adam", False):
             return optimizer
@@ -347,10 +338,6 @@ def _fused_adam_for_models_that_ask() -> None:
         except (RuntimeError, TypeError, ValueError):
             return optimizer
 
-    _build_optimizer._vlm4rec_shim = True  # type: ignore[attr-defined]
-    _build_optimizer._original = original  # type: ignore[attr-defined]
-    Trainer._build_optimizer = _build_optimizer
-
 
 # --- Speed-ups (speedups.py) ----------------------------------------------------------------------
 def _itemknn_scores_in_csr() -> None:
@@ -358,17 +345,10 @@ def _itemknn_scores_in_csr() -> None:
 
     from recbole_vlm4rec.speedups import itemknn_scores_in_csr
 
-    original_init = ItemKNN.__init__
-    if getattr(original_init, "_vlm4rec_shim", False):
-        return
-
-    def __init__(self: Any, config: Any, dataset: Any) -> None:
-        original_init(self, config, dataset)
+    @replaces(ItemKNN, "__init__")
+    def __init__(original: Callable, self: Any, config: Any, dataset: Any) -> None:
+        original(self, config, dataset)
         itemknn_scores_in_csr(self)
-
-    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
-    __init__._original = original_init  # type: ignore[attr-defined]
-    ItemKNN.__init__ = __init__
 
 
 def _batch_positions_fetched_at_once() -> None:
@@ -376,21 +356,14 @@ def _batch_positions_fetched_at_once() -> None:
 
     from recbole_vlm4rec.speedups import RowPositions
 
-    original_init = AbstractDataLoader.__init__
-    if getattr(original_init, "_vlm4rec_shim", False):
-        return
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
+    @replaces(AbstractDataLoader, "__init__")
+    def __init__(original: Callable, self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
         # torch's dataset attribute (RecBole's loaders answer `.dataset` with their Dataset, and
         # torch forbids setting it after __init__: hence the instance dict)
         positions = self.__dict__.get("dataset")
         if type(positions) is list:
             self.__dict__["dataset"] = RowPositions(positions)
-
-    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
-    __init__._original = original_init  # type: ignore[attr-defined]
-    AbstractDataLoader.__init__ = __init__
 
 
 def _batch_rows_by_tensor_index() -> None:
@@ -398,17 +371,10 @@ def _batch_rows_by_tensor_index() -> None:
 
     from recbole_vlm4rec.speedups import interaction_rows
 
-    original = Interaction.__getitem__
-    if getattr(original, "_vlm4rec_shim", False):
-        return
-
-    def __getitem__(self: Any, index: Any) -> Any:
+    @replaces(Interaction, "__getitem__")
+    def __getitem__(original: Callable, self: Any, index: Any) -> Any:
         rows = None if isinstance(index, str) else interaction_rows(self, index)
         return original(self, index) if rows is None else rows
-
-    __getitem__._vlm4rec_shim = True  # type: ignore[attr-defined]
-    __getitem__._original = original  # type: ignore[attr-defined]
-    Interaction.__getitem__ = __getitem__
 
 
 # --- Tie-safe ranking in RecBole's evaluator ------------------------------------------------------
@@ -450,11 +416,8 @@ def _tie_safe_collector() -> None:
     from recbole_vlm4rec.formats.ranking import tie_safe_topk
     from recbole_vlm4rec.speedups import topk_hits
 
-    original = Collector.eval_batch_collect
-    if getattr(original, "_vlm4rec_shim", False):
-        return
-
-    def eval_batch_collect(self: Any, scores_tensor: Any, interaction: Any,
+    @replaces(Collector, "eval_batch_collect")
+    def eval_batch_collect(original: Callable, self: Any, scores_tensor: Any, interaction: Any,
                            positive_u: Any, positive_i: Any) -> None:
         needed = [key for key in RANKED_KEYS if self.register.need(key)]
         if not needed:
@@ -480,10 +443,6 @@ def _tie_safe_collector() -> None:
             original(self, scores_tensor, interaction, positive_u, positive_i)
         finally:
             self.register = register
-
-    eval_batch_collect._vlm4rec_shim = True  # type: ignore[attr-defined]
-    eval_batch_collect._original = original  # type: ignore[attr-defined]
-    Collector.eval_batch_collect = eval_batch_collect
 
 
 # --- recbole.quick_start and ray -----------------------------------------------------------------

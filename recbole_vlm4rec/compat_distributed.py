@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
+
+from recbole_vlm4rec.method_patch import replaces
 
 DEFAULT_TIMEOUT_S = 1800
 
@@ -125,11 +127,8 @@ def _folders_made_once_by_any_process() -> None:
 def _ddp_on_cpu_too() -> None:
     from recbole.trainer.trainer import AbstractTrainer
 
-    if getattr(AbstractTrainer.__init__, "_vlm4rec_shim", False):
-        return
-    original_init = AbstractTrainer.__init__
-
-    def __init__(self: Any, config: Any, model: Any) -> None:
+    @replaces(AbstractTrainer, "__init__")  # RecBole's own is not called: it builds the DDP
+    def __init__(original: Callable, self: Any, config: Any, model: Any) -> None:
         import torch
         from torch.nn.parallel import DistributedDataParallel
 
@@ -151,10 +150,6 @@ def _ddp_on_cpu_too() -> None:
         self.distributed_model = DistributedDataParallel(
             self.model, device_ids=[config["local_rank"]] if cuda else None)
 
-    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
-    __init__._original = original_init  # type: ignore[attr-defined]
-    AbstractTrainer.__init__ = __init__
-
 
 def _evaluate_every_user_in_every_process() -> None:
     from recbole.data.dataloader.general_dataloader import (FullSortEvalDataLoader,
@@ -162,45 +157,29 @@ def _evaluate_every_user_in_every_process() -> None:
     from recbole.trainer.trainer import Trainer
 
     for loader in (FullSortEvalDataLoader, NegSampleEvalDataLoader):
-        original_init = loader.__init__
-        if getattr(original_init, "_vlm4rec_shim", False):
-            continue
-        loader.__init__ = _unsplit(original_init)
-    if not getattr(Trainer._map_reduce, "_vlm4rec_shim", False):
-        original_map_reduce = Trainer._map_reduce
+        replaces(loader, "__init__")(_unsplit_init)
 
-        def _map_reduce(self: Any, result: Any, num_sample: int) -> Any:
-            return result  # every process evaluated every user: its result is the result
-
-        _map_reduce._vlm4rec_shim = True  # type: ignore[attr-defined]
-        _map_reduce._original = original_map_reduce  # type: ignore[attr-defined]
-        Trainer._map_reduce = _map_reduce
+    @replaces(Trainer, "_map_reduce")
+    def _map_reduce(original: Callable, self: Any, result: Any, num_sample: int) -> Any:
+        return result  # every process evaluated every user: its result is the result
 
 
-def _unsplit(original_init: Any) -> Any:
-    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
-        if not distributed(config):
-            return original_init(self, config, *args, **kwargs)
-        config["single_spec"] = True  # RecBole's loader then builds no DistributedSampler
-        try:
-            original_init(self, config, *args, **kwargs)
-        finally:
-            config["single_spec"] = False
-
-    __init__._vlm4rec_shim = True  # type: ignore[attr-defined]
-    __init__._original = original_init  # type: ignore[attr-defined]
-    return __init__
+def _unsplit_init(original: Callable, self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+    if not distributed(config):
+        return original(self, config, *args, **kwargs)
+    config["single_spec"] = True  # RecBole's loader then builds no DistributedSampler
+    try:
+        original(self, config, *args, **kwargs)
+    finally:
+        config["single_spec"] = False
 
 
 def _one_checkpoint_name() -> None:
     from recbole.trainer.trainer import Trainer
 
-    if getattr(Trainer.__init__, "_vlm4rec_shim", False):
-        return
-    original_init, original_fit = Trainer.__init__, Trainer.fit
-
-    def __init__(self: Any, config: Any, model: Any) -> None:
-        original_init(self, config, model)
+    @replaces(Trainer, "__init__")
+    def __init__(original: Callable, self: Any, config: Any, model: Any) -> None:
+        original(self, config, model)
         # RecBole names the file by the second: two runs started in the same second in one
         # folder overwrite each other's best model and each tests the other's weights.
         stamp = datetime.now().strftime("%b-%d-%Y_%H-%M-%S-%f")
@@ -213,15 +192,11 @@ def _one_checkpoint_name() -> None:
             dist.broadcast_object_list(name, src=0)
             self.saved_model_file = name[0]
 
-    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original_fit(self, *args, **kwargs)
+    @replaces(Trainer, "fit")
+    def fit(original: Callable, self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
         if distributed(self.config):
             import torch.distributed as dist
 
             dist.barrier()  # rank 0's last checkpoint is on disk before anyone loads it
         return result
-
-    for method, original in ((__init__, original_init), (fit, original_fit)):
-        method._vlm4rec_shim = True  # type: ignore[attr-defined]
-        method._original = original  # type: ignore[attr-defined]
-    Trainer.__init__, Trainer.fit = __init__, fit
