@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 from pathlib import Path
 
 import torch
@@ -81,6 +82,48 @@ def feature_product_steps(n_items: int, hyper_num: int = 4) -> dict[str, Any]:
     return {"products:LGMRec": lgmrec, "products:SMORE": smore}
 
 
+def lgmrec_floor_step(model: Any) -> Callable[[Any], None]:
+    """``floor:LGMRec``: what every step of the LGMRec ``model`` computes at its size through the
+    fastest building blocks here, whatever the rest costs: its feature products (as
+    ``products:LGMRec``), the users' feature means and its three propagations over the user-item
+    graph (the collaborative LightGCN mean and each modality's layers), and the contrast's
+    log-sum-exps of the batch's distinct users over all users and of its distinct positive items
+    over all items (one modality pair), each forward and backward. Left out: Gumbel softmax,
+    hypergraph, BPR, normalisations and the optimizer step."""
+    from recbole_vlm4rec.models._graph import (fixed_feature_product, lightgcn_mean,
+                                               log_sum_exp_of_products, sparse_matmul)
+
+    size, hyper_num = model.embedding_size, model.hyper_num
+    features = [getattr(model, f"feature_{index}") for index in range(len(model.feature_names))]
+    maps = [torch.zeros(f.shape[1], size + hyper_num, requires_grad=True) for f in features]
+    ids = torch.randn(model.n_users + model.n_items, size, requires_grad=True)
+    user_keys = torch.rand(model.n_users - 1, hyper_num, requires_grad=True)
+    item_keys = torch.rand(model.n_items - 1, hyper_num, requires_grad=True)
+    inverse_temperature = 1.0 / model.temperature
+
+    def contrast(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        unit_keys = torch.nn.functional.normalize(keys)
+        queries = unit_keys[(rows - 1).clamp_min(0)] * inverse_temperature
+        return log_sum_exp_of_products(queries, unit_keys, inverse_temperature).sum()
+
+    def run(batch: Any) -> None:
+        loss = lightgcn_mean(model.adjacency, ids, model.n_ui_layers).sum()
+        for feature, weights in zip(features, maps):
+            items = fixed_feature_product(feature, weights)[:, :size]
+            users = sparse_matmul(model.user_item_mean, items, model.user_item_mean_t)
+            modality = torch.cat([users, items])
+            for _ in range(model.n_mm_layers):
+                modality = sparse_matmul(model.adjacency, modality)
+            loss = loss + modality.sum()
+        loss = loss + contrast(batch[model.USER_ID].unique(), user_keys)
+        loss = loss + contrast(batch[model.ITEM_ID].unique(), item_keys)
+        loss.backward()
+        for tensor in (ids, user_keys, item_keys, *maps):
+            tensor.grad = None
+
+    return run
+
+
 def time_models(names: list[str], data_root: str, steps: int, warmup: int,
                 profile: int, products: bool = False) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds of each step; the models take their steps in turn (step k of every
@@ -93,6 +136,9 @@ def time_models(names: list[str], data_root: str, steps: int, warmup: int,
     if products:
         for name, run in feature_product_steps(built[names[0]][0].n_items).items():
             runs[name] = lambda batch, run=run: run()
+        if "LGMRec" in built:
+            runs["floor:LGMRec"] = lgmrec_floor_step(built["LGMRec"][0])
+            batches["floor:LGMRec"] = iter(built["LGMRec"][2])
     seconds = {name: {"wall": [], "cpu": []} for name in runs}
     order = list(runs)
     for index in range(warmup + steps):
@@ -127,7 +173,9 @@ def main() -> int:
                         help="also profile one step and print this many rows")
     parser.add_argument("--products", action="store_true",
                         help="also time products:LGMRec / products:SMORE, the feature products "
-                             "every step of those models computes (a lower bound on their step)")
+                             "every step of those models computes (a lower bound on their step), "
+                             "and with LGMRec floor:LGMRec (its products, propagations and "
+                             "contrast sums: what is left of its step without the glue)")
     parser.add_argument("--inter", type=Path, default=BABY)
     parser.add_argument("--data-root", type=Path,
                         help="folder for the written dataset (reused when present)")
