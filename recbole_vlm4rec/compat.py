@@ -7,7 +7,8 @@ RecBole's Dataset in too many places, so it is pinned below 3 instead (see below
 its own test in ``tests/test_compat.py``. The result-preserving speed-ups (their code is in
 ``speedups.py``) and the tie-safe ranking of the evaluator's collector are installed here too,
 and so are the patches of RecBole's torch.distributed path (their code is in
-``compat_distributed.py``): nothing outside these two modules patches RecBole.
+``compat_distributed.py``): nothing outside these two modules patches RecBole (both replace a
+method through one decorator, ``method_patch.replaces``).
 
 Scope: importing the package, or building a config (:func:`config_class` is a RecBole ``Config``
 subclass that carries its own fixes), changes nothing global. :func:`install` is called where a

@@ -23,6 +23,7 @@ STAGE_RANK = {
     "formats": 0, "speedups": 0,
     "compat": 0.5,  # installs the speed-ups and formats' tie-safe top-k into RecBole
     "compat_distributed": 0.4,  # compat installs its patches of RecBole's torch.distributed path
+    "method_patch": 0.3,  # how compat and compat_distributed put a method in RecBole's place
     "data": 1, "grounding": 2, "encoding": 3, "models": 4, "run": 5,
     "benchmark": 6, "serving": 6,
 }
