@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from recbole_vlm4rec.models._graph import user_item_adjacency
-from recbole_vlm4rec.models.dragon import co_occurring_users
+from recbole_vlm4rec.models._user_graph import top_co_occurring_users
 
 
 def test_co_occurring_users_by_hand():
@@ -20,7 +20,7 @@ def test_co_occurring_users_by_hand():
                                            [0, 1, 1, 0, 0],
                                            [0, 0, 0, 1, 0],
                                            [1, 0, 0, 0, 0]], dtype=np.float32))
-    neighbours, counts, sizes = co_occurring_users(interactions, k=2)
+    neighbours, counts, sizes = top_co_occurring_users(interactions, k=2)
     assert sizes.tolist() == [2, 2, 2, 0, 2]
     # user 0 shares 2 items with users 1 and 2 (tie: lower id first), 1 with user 4
     assert neighbours[0].tolist() == [1, 2] and counts[0].tolist() == [2.0, 2.0]

@@ -163,3 +163,27 @@ def test_a_small_budget_lowers_the_protocols_eval_batch_size_and_says_so(tiny_da
     given = prepare_run("Pop", name, build_features=False,
                         overrides={**overrides, "memory_budget": 64, "eval_batch_size": 82})
     assert given.config["eval_batch_size"] == 82  # the user's value is kept
+
+
+def test_every_model_of_this_package_states_its_memory():
+    """The generic graph-model estimate knows nothing of features, kNN or user-user graphs: each
+    of this package's models declares its own."""
+    from recbole_vlm4rec.models import project_models
+
+    missing = [name for name, model in project_models().items()
+               if model.contract.memory_estimate is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("model", ["BM3", "LATTICE", "MGCN", "PGL", "SMORE"])
+def test_fine_tuned_feature_tables_are_counted_and_the_setting_that_drops_them_named(model):
+    from recbole_vlm4rec.models import get_model_class
+    from recbole_vlm4rec.models._sizes import DataSize
+
+    estimate = get_model_class(model).contract.memory_estimate
+    size = DataSize(200_000, CATALOGUE, 10_000_000, {"visual": 4096, "text": 384})
+    tuned, fixed = estimate(size, {"train_features": True}), estimate(size, {"train_features": False})
+    # a copy of every feature, its gradient and Adam's two moments, float32
+    assert tuned.total - fixed.total == pytest.approx(CATALOGUE * (4096 + 384) * 4 * 4)
+    assert f"--train_features=False (about {fixed.total / 2**30:.1f} GB for {model})" == tuned.fix
+    assert fixed.fix == ""

@@ -16,7 +16,8 @@ from recbole.data.interaction import Interaction
 
 from recbole_vlm4rec.formats.features import save_feature
 from recbole_vlm4rec.models._message_passing import UserItemEdges
-from recbole_vlm4rec.models.dualgnn import co_occurring_users
+from recbole_vlm4rec.models import _user_graph
+from recbole_vlm4rec.models._user_graph import top_co_occurring_users
 from recbole_vlm4rec.run.protocol import prepare_run
 from recbole_vlm4rec.run.runner import build_run
 
@@ -145,11 +146,17 @@ def test_grcn_routing_moves_the_preferences(data):
 
 # -- DualGNN -------------------------------------------------------------------------------------
 
-def test_co_occurring_users_are_the_top_k_by_shared_items():
+@pytest.mark.parametrize("pair_budget", [1, 40, 2**24])  # one user a block ... one block
+@pytest.mark.parametrize("one_sort_key", [True, False])  # False: too many for one int64 key
+def test_co_occurring_users_are_the_top_k_by_shared_items(pair_budget, one_sort_key,
+                                                          monkeypatch):
+    if not one_sort_key:
+        monkeypatch.setattr(_user_graph, "_SORT_KEY_LIMIT", 0)
     rng = np.random.default_rng(0)
     binary = (rng.random((25, 30)) < 0.15).astype(np.float32)
     binary[3] = 0  # a user with no item shares with nobody
-    neighbours, counts = co_occurring_users(sp.csr_matrix(binary), k=4)
+    neighbours, counts, sizes = top_co_occurring_users(sp.csr_matrix(binary), k=4,
+                                                       pair_budget=pair_budget)
     shared = binary @ binary.T
     np.fill_diagonal(shared, 0)
     for user in range(25):
@@ -157,8 +164,27 @@ def test_co_occurring_users_are_the_top_k_by_shared_items():
         expected = [other for _, other in ranked[:4]]
         assert list(neighbours[user, :len(expected)]) == expected
         assert list(counts[user, :len(expected)]) == [shared[user, o] for o in expected]
-        assert not counts[user, len(expected):].any()
-    assert not counts[3].any()
+        assert not counts[user, len(expected):].any() and sizes[user] == len(expected)
+    assert sizes[3] == 0 and not counts[3].any()
+
+
+def test_co_occurring_users_hold_at_most_the_pair_budget_per_block(monkeypatch):
+    rng = np.random.default_rng(1)
+    binary = sp.csr_matrix((rng.random((60, 20)) < 0.3).astype(np.float32))
+    bounds = _user_graph.pair_bounds(binary)
+    blocks = []
+    keep_top = _user_graph._keep_top
+
+    def recording(shared, first_user, *args):
+        blocks.append((first_user, shared.shape[0], shared.nnz))
+        return keep_top(shared, first_user, *args)
+
+    monkeypatch.setattr(_user_graph, "_keep_top", recording)
+    budget = int(bounds.max()) * 3
+    top_co_occurring_users(binary, k=5, pair_budget=budget)
+    assert sum(rows for _, rows, _ in blocks) == 60 and len(blocks) > 3
+    for first, rows, pairs in blocks:
+        assert pairs <= bounds[first:first + rows].sum() <= budget
 
 
 def polya_urn_copies(n_real: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from recbole_vlm4rec.models._sizes import DataSize, MemoryEstimate
+from recbole_vlm4rec.models._user_graph import BYTES_PER_PAIR, PAIR_BUDGET
 
 FLOAT32, FLOAT64, CSR_ENTRY = 4, 8, 12
 ADAM = 4  # a trained parameter: its value, its gradient and Adam's two moments
@@ -165,22 +166,159 @@ def smore(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
     dim = _setting(settings, "embedding_size", 64)
     n_ui, n_layers = _setting(settings, "n_ui_layers", 2), _setting(settings, "n_layers", 1)
     views = len(size.feature_dims) + 1
-    trainable = settings.get("train_features", True) is not False
-    features = size.n_items * feature_dim(size) * FLOAT32
-    parts = {
+    return with_trainable_tables({
         "kNN item graphs and their transposes": 2 * knn_graphs(
             size, _setting(settings, "knn_k", 10), views),
         "user-item graphs": user_item_graph(size, copies=2) + 2 * size.n_interactions
         * CSR_ENTRY * 2,
         "ID embeddings (Adam)": id_embeddings(size, dim),
         "activations of one step": propagation(size, dim, 2 * (n_ui + 2) + views * (n_layers + 8)),
-    }
-    fix = ""
-    if trainable:
-        parts["trainable feature tables (Adam)"] = features * ADAM
-        lighter = sum(v for k, v in parts.items() if not k.startswith("trainable"))
-        fix = f"--train_features=False (about {gib(lighter)} for SMORE)"
-    return MemoryEstimate(parts, per_scored_cell=8.0, fix=fix)
+    }, size, settings, "SMORE")
+
+
+def with_trainable_tables(parts: dict[str, float], size: DataSize, settings: Mapping[str, Any],
+                          model: str) -> MemoryEstimate:
+    """``parts`` plus, when ``train_features`` is on (MMRec's default), the fine-tuned copy of the
+    features with its gradient and Adam's moments; the fix names the setting that drops them."""
+    if settings.get("train_features", True) is False:
+        return MemoryEstimate(parts, per_scored_cell=8.0)
+    lighter = sum(parts.values())
+    tables = {"trainable feature tables (Adam)": size.n_items * feature_dim(size) * FLOAT32 * ADAM}
+    return MemoryEstimate({**parts, **tables}, per_scored_cell=8.0,
+                          fix=f"--train_features=False (about {gib(lighter)} for {model})")
+
+
+def user_graph(size: DataSize, k: int) -> float:
+    """Top-k co-occurring users (models/_user_graph.py): one block of user pairs while building,
+    then the n_users x k lists (ids, counts, an epoch's sample and its sparse graph)."""
+    return PAIR_BUDGET * BYTES_PER_PAIR + size.n_users * k * (8 + 4 + 8 + 4 + CSR_ENTRY)
+
+
+def _n_features(size: DataSize) -> int:
+    return max(len(size.feature_dims), 1)
+
+
+def bm3(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, layers = _setting(settings, "embedding_size", 64), _setting(settings, "n_layers", 1)
+    return with_trainable_tables({
+        "user-item graph": user_item_graph(size, copies=2),
+        "ID embeddings (Adam)": id_embeddings(size, dim),
+        # the online and target views, the predictor's outputs, the batch rows' projections
+        "activations of one step": propagation(size, dim, 2 * (layers + 1) + 16),
+    }, size, settings, "BM3")
+
+
+def lattice(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, n_features = _setting(settings, "embedding_size", 64), _n_features(size)
+    n_ui, n_mm = _setting(settings, "n_ui_layers", 2), _setting(settings, "n_mm_layers", 1)
+    return with_trainable_tables({
+        # each feature's graph from the raw features, and the one learnt from the projected ones
+        "kNN item graphs": knn_graphs(size, _setting(settings, "knn_k", 10), n_features + 1),
+        "user-item graph and its transpose": user_item_graph(size, copies=3),
+        "ID embeddings (Adam)": id_embeddings(size, dim),
+        "activations of one step": propagation(size, dim, 2 * (n_ui + n_mm + 2) + 2 * n_features),
+    }, size, settings, "LATTICE")
+
+
+def mgcn(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, n_features = _setting(settings, "embedding_size", 64), _n_features(size)
+    n_ui, n_layers = _setting(settings, "n_ui_layers", 2), _setting(settings, "n_layers", 1)
+    return with_trainable_tables({
+        "kNN item graphs and their transposes": 2 * knn_graphs(
+            size, _setting(settings, "knn_k", 10), n_features),
+        "user-item graphs": user_item_graph(size, copies=3) + size.n_interactions * CSR_ENTRY * 2,
+        "ID embeddings (Adam)": id_embeddings(size, dim),
+        # each view over all nodes, its gates and the InfoNCE's side embeddings
+        "activations of one step": propagation(size, dim, 2 * (n_ui + 1) + n_features
+                                               * (2 * n_layers + 10)),
+    }, size, settings, "MGCN")
+
+
+def pgl(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, n_features = _setting(settings, "embedding_size", 64), _n_features(size)
+    n_ui, n_mm = _setting(settings, "n_ui_layers", 2), _setting(settings, "n_mm_layers", 1)
+    return with_trainable_tables({
+        "kNN item graph and its transpose": 2 * knn_graphs(
+            size, _setting(settings, "knn_k", 10), n_features),
+        "user-item graphs (full and the epoch's principal one)": user_item_graph(size, copies=4),
+        "user embeddings per modality (Adam)": n_features * id_embeddings(size, dim),
+        "activations of one step": propagation(size, dim, n_features * 2 * (n_ui + n_mm + 4)),
+    }, size, settings, "PGL")
+
+
+def _user_preference_model(size: DataSize, settings: Mapping[str, Any],
+                           graph_parts: dict[str, float], layers: int) -> MemoryEstimate:
+    """DRAGON / DualGNN: per feature a trained user preference table and an item encoder
+    (feature -> 4 x dim -> dim over the catalogue), propagated over the user-item graph, and
+    the top co-occurring users' graph."""
+    dim, n_features = _setting(settings, "embedding_size", 64), _n_features(size)
+    return MemoryEstimate({
+        **graph_parts,
+        "user-item graph and its transpose": user_item_graph(size, copies=3),
+        "user-user graph": user_graph(size, _setting(settings, "user_knn_k", 40)),
+        "user preferences and weights (Adam)": n_features * size.n_users * (dim + 1) * FLOAT32
+        * ADAM,
+        "item encoders' activations": n_features * size.n_items * 5 * dim * FLOAT32 * 3,
+        "activations of one step": propagation(size, dim, n_features * 2 * (layers + 3)),
+    }, per_scored_cell=8.0)
+
+
+def dragon(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    knn = {"kNN item graph and its transpose": 2 * knn_graphs(
+        size, _setting(settings, "knn_k", 10), _n_features(size))}
+    layers = _setting(settings, "n_layers", 2) + _setting(settings, "n_mm_layers", 1)
+    return _user_preference_model(size, settings, knn, layers)
+
+
+def dualgnn(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    return _user_preference_model(size, settings, {}, _setting(settings, "n_layers", 2))
+
+
+def grcn(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, n_features = _setting(settings, "embedding_size", 64), _n_features(size)
+    latent, routing = _setting(settings, "latent_dim", 64), _setting(settings, "n_routing", 3)
+    nodes = size.n_users + size.n_items
+    return MemoryEstimate({
+        "user-item edge lists": size.n_interactions * 4 * 8,
+        "ID embeddings, preferences and confidences (Adam)": (nodes * (dim + n_features)
+                                                              + n_features * size.n_users
+                                                              * latent) * FLOAT32 * ADAM,
+        # per modality: its node representations and every edge's attention, per routing round
+        "activations of one step": propagation(size, latent, n_features * (2 * routing + 6))
+        + propagation(size, dim + n_features * latent, 4)
+        + size.n_interactions * n_features * (2 * routing + 8) * FLOAT32,
+    }, per_scored_cell=8.0)
+
+
+def slmrec(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, n_features = _setting(settings, "embedding_size", 64), _n_features(size)
+    layers = _setting(settings, "n_layers", 3)
+    return MemoryEstimate({
+        "unit-norm copies of the features": size.n_items * feature_dim(size) * FLOAT32,
+        "user-item graph": user_item_graph(size, copies=2),
+        "ID embeddings (Adam)": id_embeddings(size, dim),
+        # the ID view and one per feature, each propagated, then fused (concatenated)
+        "activations of one step": propagation(size, dim, (n_features + 1) * (2 * layers + 4) + 8),
+    }, per_scored_cell=8.0)
+
+
+def layergcn(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, layers = _setting(settings, "embedding_size", 64), _setting(settings, "n_layers", 4)
+    return MemoryEstimate({
+        "user-item graphs (full and the epoch's pruned one)": user_item_graph(size, copies=4),
+        "ID embeddings (Adam)": id_embeddings(size, dim),
+        "activations of one step": propagation(size, dim, 4 * (layers + 1)),
+    }, per_scored_cell=8.0)
+
+
+def selfcf(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:
+    dim, layers = _setting(settings, "embedding_size", 64), _setting(settings, "n_layers", 1)
+    return MemoryEstimate({
+        # the adjacency, its edge list and the step's edge-dropped copy
+        "user-item graphs": user_item_graph(size, copies=4) + 2 * size.n_interactions * 2 * 8,
+        "ID embeddings (Adam)": id_embeddings(size, dim),
+        "activations of one step": propagation(size, dim, 4 * (layers + 1) + 6),
+    }, per_scored_cell=8.0)
 
 
 def attribute_knn(size: DataSize, settings: Mapping[str, Any]) -> MemoryEstimate:

@@ -52,6 +52,7 @@ from torch import nn
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, FeatureTables, lightgcn_mean,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
 from recbole_vlm4rec.models.features import require_content_features
 
@@ -62,6 +63,7 @@ class BM3(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.bm3,
         settings=(
             Setting("embedding_size", int, "ID embedding size; every feature is projected to it",
                     minimum=1),

@@ -62,6 +62,8 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, knn_item_grap
                                            register_feature_buffers, sparse_matmul,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
+from recbole_vlm4rec.models._user_graph import top_co_occurring_users
 from recbole_vlm4rec.models.contract import (CONTENT_FEATURES_KEY, Features, ModelContract, Setting,
                                              positive_weights)
 from recbole_vlm4rec.models.features import feature_weights, require_content_features
@@ -75,6 +77,7 @@ class DRAGON(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.dragon,
         settings=(
             Setting("embedding_size", int, "size of each modality's user and item "
                     "representation (the final ones: x number of features)", minimum=1),
@@ -119,7 +122,8 @@ class DRAGON(CachedDotProductScores, GeneralRecommender):
                 feature.matrix, feature.has_vector, int(config["knn_k"]))
         self.register_buffer("item_graph", to_torch_sparse(item_graph), persistent=False)
         self.register_buffer("item_graph_t", to_torch_sparse(item_graph.T), persistent=False)
-        neighbours, counts, sizes = co_occurring_users(interactions, self.user_knn_k)
+        neighbours, counts, sizes = (torch.from_numpy(array) for array in
+                                     top_co_occurring_users(interactions, self.user_knn_k))
         self.register_buffer("user_neighbours", neighbours, persistent=False)
         self.register_buffer("user_counts", counts, persistent=False)
         self.register_buffer("user_list_sizes", sizes, persistent=False)
@@ -207,27 +211,6 @@ class DRAGON(CachedDotProductScores, GeneralRecommender):
         # Row 0 (RecBole's padding user) is not in MMRec's weight matrix.
         penalty = penalty + self.user_modality_weights[1:].square().mean()
         return loss + self.reg_weight * penalty
-
-
-def co_occurring_users(interactions: sp.csr_matrix,
-                       k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per user, the ``k`` other users sharing the most items (ties: lower id first), as
-    ``(n_users, k)`` neighbour ids and shared counts (zero-padded), and each list's length."""
-    shared = (interactions @ interactions.T).tocsr()
-    shared.setdiag(0)
-    shared.eliminate_zeros()
-    n_users = shared.shape[0]
-    neighbours = np.zeros((n_users, k), dtype=np.int64)
-    counts = np.zeros((n_users, k), dtype=np.float32)
-    sizes = np.zeros(n_users, dtype=np.int64)
-    for user in range(n_users):
-        start, end = shared.indptr[user], shared.indptr[user + 1]
-        columns, values = shared.indices[start:end], shared.data[start:end]
-        order = np.lexsort((columns, -values))[:k]
-        sizes[user] = len(order)
-        neighbours[user, :len(order)] = columns[order]
-        counts[user, :len(order)] = values[order]
-    return torch.from_numpy(neighbours), torch.from_numpy(counts), torch.from_numpy(sizes)
 
 
 def _forget_user_graph(module: nn.Module, _keys: Any) -> None:

@@ -68,8 +68,10 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, register_feature_buffers,
                                            sparse_matmul, to_torch_sparse, user_item_adjacency)
+from recbole_vlm4rec.models._user_graph import top_co_occurring_users
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
 from recbole_vlm4rec.models.features import require_content_features
 
@@ -82,6 +84,7 @@ class DualGNN(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.dualgnn,
         settings=(
             Setting("embedding_size", int, "size of every representation (features go through a "
                     "hidden layer of 4x this)", minimum=1),
@@ -120,7 +123,8 @@ class DualGNN(CachedDotProductScores, GeneralRecommender):
         start = nn.init.xavier_normal_(torch.empty(self.n_users, n_modalities, 1))
         self.modality_weights = nn.Parameter(torch.softmax(start, dim=1).squeeze(2))
 
-        neighbours, counts = co_occurring_users(interactions, int(config["user_knn_k"]))
+        neighbours, counts, _ = top_co_occurring_users(
+            (interactions > 0).astype(np.float32), int(config["user_knn_k"]))
         self.register_buffer("neighbours", torch.from_numpy(neighbours), persistent=False)
         self.register_buffer("neighbour_counts", torch.from_numpy(counts), persistent=False)
         # this epoch's weight of each neighbour slot; saved, as it is drawn at random
@@ -198,22 +202,3 @@ def _forget_user_graph(module: nn.Module, _keys: Any) -> None:
     # built from the loaded weights when next needed (and so is the cached evaluation pass)
     module._user_graph = None
     module._cached = None
-
-
-def co_occurring_users(interactions: sp.spmatrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per user, the ``k`` other users sharing the most training items (ties: lower id first) and
-    the number shared; rows with fewer have count 0 (and neighbour 0) in the free slots."""
-    binary = (interactions.tocsr() > 0).astype(np.float32)
-    shared = (binary @ binary.T).tocoo()
-    keep = shared.row != shared.col
-    rows, cols, counts = shared.row[keep], shared.col[keep], shared.data[keep]
-    order = np.lexsort((cols, -counts, rows))
-    rows, cols, counts = rows[order], cols[order], counts[order]
-    starts = np.searchsorted(rows, np.arange(binary.shape[0]))
-    rank = np.arange(len(rows)) - starts[rows]
-    top = rank < k
-    neighbours = np.zeros((binary.shape[0], k), dtype=np.int64)
-    shared_counts = np.zeros((binary.shape[0], k), dtype=np.float32)
-    neighbours[rows[top], rank[top]] = cols[top]
-    shared_counts[rows[top], rank[top]] = counts[top]
-    return neighbours, shared_counts

@@ -57,6 +57,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models._graph import CachedDotProductScores, register_feature_buffers
 from recbole_vlm4rec.models._message_passing import UserItemEdges
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
@@ -69,6 +70,7 @@ class GRCN(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.grcn,
         settings=(
             Setting("embedding_size", int, "ID embedding size", minimum=1),
             Setting("latent_dim", int, "size each modality's features and user preferences are "

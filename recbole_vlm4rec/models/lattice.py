@@ -59,6 +59,7 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, FeatureTables
                                            knn_neighbours, lightgcn_mean, sparse_matmul,
                                            to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
 from recbole_vlm4rec.models.features import require_content_features
 
@@ -69,6 +70,7 @@ class LATTICE(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.lattice,
         settings=(
             Setting("embedding_size", int, "user / item ID embedding size", minimum=1),
             Setting("feat_embed_dim", int, "size features are projected to before the learned "

@@ -37,6 +37,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, degree_sensitive_edge_sample,
                                            sparse_matmul, to_torch_sparse, user_item_adjacency)
 from recbole_vlm4rec.models.contract import ModelContract, Setting
@@ -48,6 +49,7 @@ class LayerGCN(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.layergcn,
         settings=(
             Setting("embedding_size", int, "user / item embedding size", minimum=1),
             Setting("n_layers", int, "refined propagation layers", minimum=1),

@@ -53,6 +53,7 @@ from recbole_vlm4rec.models._graph import (CachedDotProductScores, FeatureTables
                                            sigmoid_gate, sparse_matmul, to_torch_sparse,
                                            user_item_adjacency)
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
 from recbole_vlm4rec.models.features import require_content_features
 
@@ -63,6 +64,7 @@ class MGCN(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.mgcn,
         settings=(
             Setting("embedding_size", int, "ID embedding size; every feature is projected to it",
                     minimum=1),

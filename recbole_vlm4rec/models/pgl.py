@@ -54,6 +54,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, degree_sensitive_edge_sample,
                                            knn_item_graph, lightgcn_mean, sparse_matmul,
                                            to_torch_sparse, user_item_adjacency)
@@ -68,6 +69,7 @@ class PGL(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.pgl,
         settings=(
             Setting("embedding_size", int, "size of each modality's user embedding", minimum=1),
             Setting("feat_embed_dim", int, "size each feature is projected to", minimum=1),

@@ -39,6 +39,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean, to_torch_sparse,
                                            user_item_adjacency)
 from recbole_vlm4rec.models.contract import ModelContract, Setting
@@ -52,6 +53,7 @@ class SelfCF(CachedDotProductScores, GeneralRecommender):
     # (train_neg_sample_args: ~), as MMRec's SELFCFED_LGN.yaml does (use_neg_sampling: False)
     input_type = InputType.PAIRWISE
     contract = ModelContract(
+        memory_estimate=_memory.selfcf,
         settings=(
             Setting("embedding_size", int, "user / item embedding size", minimum=1),
             Setting("n_layers", int, "LightGCN layers of the online encoder", minimum=0),

@@ -58,6 +58,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_vlm4rec.models import register_model
+from recbole_vlm4rec.models import _memory
 from recbole_vlm4rec.models._graph import (CachedDotProductScores, lightgcn_mean, to_torch_sparse,
                                            user_item_adjacency)
 from recbole_vlm4rec.models.contract import CONTENT_FEATURES_KEY, Features, ModelContract, Setting
@@ -76,6 +77,7 @@ class SLMRec(CachedDotProductScores, GeneralRecommender):
 
     input_type = InputType.PAIRWISE  # pairs (user, positive item); the sampled negative is unused
     contract = ModelContract(
+        memory_estimate=_memory.slmrec,
         settings=(
             Setting("embedding_size", int, "ID, view and fused embedding size", minimum=1),
             Setting("n_layers", int, "LightGCN layers of every view (MMRec: layer_num)",
