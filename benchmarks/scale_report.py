@@ -168,12 +168,13 @@ def _slope(pairs: list[tuple[float, float]]) -> str:
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     models = [m for m in dict.fromkeys(r["model"] for r in records) if m != "(prepare)"]
     for index, model in enumerate(models):
         rows = sorted((r for r in records if r["model"] == model and "@" not in r["scale"]),
                       key=scale_items)
-        colour = plt.cm.tab10(index % 10)
+        # 20 colours; tab20's neighbours share a hue, so every other model is dashed
+        colour, style = plt.cm.tab20(index % 20), "--" if index % 2 else "-"
         for axis, value in zip(axes, (fit_seconds, lambda r: phase_seconds(r, "eval"),
                                       lambda r: (r["peak_rss_gb"], False))):
             points = [(scale_items(r), *value(r)) for r in rows
@@ -181,7 +182,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
             if not points:
                 continue
             xs, ys, projected = zip(*points)
-            axis.plot(xs, ys, "-", color=colour, label=model, linewidth=1.2)
+            axis.plot(xs, ys, style, color=colour, label=model, linewidth=1.2)
             for x, y, guess in points:
                 axis.plot(x, y, "o", color=colour, markerfacecolor="white" if guess else colour)
     titles = ("build + one epoch (s)", "one full-ranking evaluation (s)", "peak RSS (GB)")
@@ -191,9 +192,13 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         axis.set_xlabel("items |I| (users = 2 |I|, interactions ~ 100 |I|)")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper left")
+    labelled = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            labelled.setdefault(label, handle)
+    figure.legend(labelled.values(), labelled.keys(), loc="center right", fontsize=7)
     figure.suptitle("bench_scale.py: hollow markers = projected from the batches run in the limit")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.86, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
