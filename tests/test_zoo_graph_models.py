@@ -168,6 +168,15 @@ def test_co_occurring_users_are_the_top_k_by_shared_items(pair_budget, one_sort_
     assert sizes[3] == 0 and not counts[3].any()
 
 
+def test_co_occurring_users_count_shared_items_not_interaction_values():
+    rng = np.random.default_rng(2)
+    binary = (rng.random((20, 15)) < 0.3).astype(np.float32)
+    repeated = binary * rng.integers(1, 4, binary.shape)  # RecBole counts repeated interactions
+    for expected, got in zip(top_co_occurring_users(sp.csr_matrix(binary), k=3),
+                             top_co_occurring_users(sp.csr_matrix(repeated), k=3)):
+        assert np.array_equal(expected, got)
+
+
 def test_co_occurring_users_hold_at_most_the_pair_budget_per_block(monkeypatch):
     rng = np.random.default_rng(1)
     binary = sp.csr_matrix((rng.random((60, 20)) < 0.3).astype(np.float32))

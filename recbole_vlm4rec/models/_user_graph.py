@@ -27,16 +27,16 @@ def pair_bounds(binary: sp.csr_matrix) -> np.ndarray:
     return np.asarray(binary @ item_degree).ravel()
 
 
-def top_co_occurring_users(binary: sp.csr_matrix, k: int, pair_budget: int = PAIR_BUDGET
+def top_co_occurring_users(interactions: sp.spmatrix, k: int, pair_budget: int = PAIR_BUDGET
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per user (rows of the binary users x items ``binary``), the ``k`` other users sharing the
-    most items (ties: lower id first): ``(n_users, k)`` int64 neighbour ids and float32 shared
+    """Per user (rows of the users x items ``interactions``; any nonzero is an interaction), the
+    ``k`` other users sharing the most items (ties: lower id first): ``(n_users, k)`` int64 neighbour ids and float32 shared
     counts, zero in the slots past each user's list, and each list's length (int64).
 
     The same lists as ranking each row of the whole R R^T at once, built a block of users at a
     time (at most ``pair_budget`` pairs per block).
     """
-    binary = sp.csr_matrix(binary, dtype=np.float32)
+    binary = (sp.csr_matrix(interactions) > 0).astype(np.float32)
     n_users = binary.shape[0]
     item_users = binary.T.tocsr()
     neighbours = np.zeros((n_users, k), dtype=np.int64)

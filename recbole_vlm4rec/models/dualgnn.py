@@ -123,8 +123,7 @@ class DualGNN(CachedDotProductScores, GeneralRecommender):
         start = nn.init.xavier_normal_(torch.empty(self.n_users, n_modalities, 1))
         self.modality_weights = nn.Parameter(torch.softmax(start, dim=1).squeeze(2))
 
-        neighbours, counts, _ = top_co_occurring_users(
-            (interactions > 0).astype(np.float32), int(config["user_knn_k"]))
+        neighbours, counts, _ = top_co_occurring_users(interactions, int(config["user_knn_k"]))
         self.register_buffer("neighbours", torch.from_numpy(neighbours), persistent=False)
         self.register_buffer("neighbour_counts", torch.from_numpy(counts), persistent=False)
         # this epoch's weight of each neighbour slot; saved, as it is drawn at random
