@@ -20,8 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 

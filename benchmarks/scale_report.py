@@ -169,8 +169,7 @@ def _slope(pairs: list[tuple[float, float]]) -> str:
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    models = [m for m in dict.fromkeys(r["model"] for r in records) if m != "(prepare)"]
-    for index, model in enumerate(models):
+    for index, model in enumerate(_models(records)):
         rows = sorted((r for r in records if r["model"] == model and "@" not in r["scale"]),
                       key=scale_items)
         # 20 colours; tab20's neighbours share a hue, so every other model is dashed
